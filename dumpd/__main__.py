@@ -1,0 +1,3 @@
+from dumpd.cli import main
+
+raise SystemExit(main())

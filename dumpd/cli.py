@@ -1,0 +1,195 @@
+"""The `dumpd` command: serve, info, read, stats, plugins, demo.
+
+Operator mistakes and server errors print one line (`dumpd: ...`) and exit
+non-zero; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dumpd import __version__
+from dumpd.config import DEFAULT_SOCKET
+from dumpd.errors import DumpdError, StartupError
+
+READ_CHUNK = 8 << 20
+
+
+def _int(text: str) -> int:
+    """An integer in decimal or 0x hex (offsets, lengths, addresses)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _socket_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", default=os.environ.get("DUMPD_SOCKET", DEFAULT_SOCKET),
+                        help="server socket (default: $DUMPD_SOCKET or %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dumpd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dumpd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a dump on a socket")
+    serve.add_argument("-c", "--config", help="TOML configuration file")
+    serve.add_argument("--source", dest="source_path", metavar="PATH",
+                       help="dump to serve (/proc/vmcore, a vmcore file, /dev/oldmem)")
+    serve.add_argument("--kind", dest="source_kind", choices=["auto", "elf", "raw"])
+    serve.add_argument("--page-size", dest="source_page_size", type=_int)
+    serve.add_argument("--socket", dest="server_socket", metavar="PATH")
+    serve.add_argument("--tcp", dest="server_tcp", metavar="HOST:PORT")
+    serve.add_argument("--hook", dest="hook_name", metavar="NAME",
+                       help="is-RAM hook plugin to register (see `dumpd plugins`)")
+    serve.add_argument("--hook-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="an option for the hook (repeatable)")
+    serve.add_argument("--cache-mib", dest="engine_cache_mib", type=float)
+    serve.add_argument("--loop", dest="server_loop", choices=["auto", "uvloop", "asyncio"])
+    serve.add_argument("--log-level", dest="log_level",
+                       choices=["debug", "info", "warning", "error"])
+
+    for name, text in (("info", "describe the served dump"), ("stats", "show counters")):
+        p = sub.add_parser(name, help=text)
+        _socket_arg(p)
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    read = sub.add_parser("read", help="read bytes of the dump")
+    read.add_argument("offset", type=_int, help="file offset (or physical address with --phys)")
+    read.add_argument("length", type=_int)
+    read.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
+    read.add_argument("-o", "--output", help="write raw bytes to this file")
+    _socket_arg(read)
+
+    sub.add_parser("plugins", help="list installed is-RAM hook plugins")
+
+    demo = sub.add_parser("demo", help="build a sample dump, serve it, read it back")
+    demo.add_argument("--size-mib", type=_int, default=256, help="guest memory (default 256)")
+    demo.add_argument("--balloon-percent", type=_int, default=25)
+    demo.add_argument("--dir", help="work here instead of a temporary directory (kept)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except (StartupError, DumpdError) as exc:
+        print(f"dumpd: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, StartupError) else 1
+    except (ConnectionError, FileNotFoundError, PermissionError) as exc:
+        where = getattr(args, "socket", "")
+        print(f"dumpd: cannot talk to {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from dumpd import config as config_mod
+    from dumpd.runner import serve
+
+    config = config_mod.load(args.config)
+    options = dict(config.hook.options)
+    for item in args.hook_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise StartupError(f"--hook-option {item!r}: expected KEY=VALUE")
+        options[key] = value
+    flags = {k: v for k, v in vars(args).items()
+             if k.startswith(("source_", "server_", "engine_", "hook_name", "log_level"))}
+    config = config.with_overrides(**flags, hook_options=options)
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="dumpd: %(levelname)s: %(message)s")
+    return serve(config)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from dumpd.client import Client
+
+    return Client.connect(args.socket)
+
+
+def _info(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"dumpd {info['version']} (protocol {info['protocol']})")
+    print(f"source   {info['source']['path']} ({info['source']['kind']})")
+    print(f"size     {info['size']} bytes, page size {info['page_size']}")
+    print(f"hook     {info['hook'] or '(none registered)'}")
+    print(f"segments {len(info['segments'])}")
+    for paddr, offset, filesz, memsz in info["segments"]:
+        print(f"  paddr {paddr:#014x}  offset {offset:#012x}  filesz {filesz:#x}  memsz {memsz:#x}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        stats = client.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    else:
+        width = max(map(len, stats))
+        for key, value in stats.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _read(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        method = client.read_phys if args.phys else client.read
+        out = open(args.output, "wb") if args.output else None  # noqa: SIM115
+        try:
+            for pos in range(args.offset, args.offset + args.length, READ_CHUNK):
+                want = min(READ_CHUNK, args.offset + args.length - pos)
+                data = method(pos, want)
+                if out is not None:
+                    out.write(data)
+                elif sys.stdout.isatty():
+                    _hexdump(data, pos)
+                else:
+                    sys.stdout.buffer.write(data)
+                if len(data) < want:
+                    break
+        finally:
+            if out is not None:
+                out.close()
+    return 0
+
+
+def _hexdump(data: bytes, base: int) -> None:
+    for i in range(0, len(data), 16):
+        row = data[i : i + 16]
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        print(f"{base + i:012x}  {row[:8].hex(' '):<23}  {row[8:].hex(' '):<23}  |{text}|")
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from dumpd.hooks.discovery import installed_plugins
+
+    for plugin in installed_plugins():
+        print(f"{plugin.name:<12} {plugin.distribution} {plugin.version}  ({plugin.target})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dumpd.demo import run_demo
+
+    return run_demo(args.size_mib, args.balloon_percent, args.dir)
+
+
+COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read,
+            "plugins": _plugins, "demo": _demo}

@@ -1,0 +1,170 @@
+"""The configuration: one TOML file, flags that override it, one `load()`.
+
+Every option has a default (see `docs/configuration.md` and `systemd/dumpd.toml`).
+Mistakes are `StartupError`s naming the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dumpd.engine import EngineConfig
+from dumpd.errors import StartupError
+
+DEFAULT_SOCKET = "/run/dumpd/dumpd.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    path: str = "/proc/vmcore"
+    kind: str = "auto"
+    page_size: int = 4096
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    socket: str = DEFAULT_SOCKET
+    tcp: str = ""
+    allow_uids: tuple[int, ...] = ()
+    max_frame_kib: int = 1024
+    max_read_mib: int = 8
+    max_inflight: int = 64
+    reply_budget_mib: int = 16
+    loop: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class HookConfig:
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    hook: HookConfig = field(default_factory=HookConfig)
+    log_level: str = "info"
+
+    def with_overrides(self, **flags: Any) -> Config:
+        """Apply command-line flags named `section_key` (None means not given)."""
+        sections: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for name, value in flags.items():
+            if value is None:
+                continue
+            section, _, key = name.partition("_")
+            if section in ("source", "server", "engine", "hook") and key:
+                sections.setdefault(section, {})[key] = value
+            else:
+                top[name] = value
+        updated = {name: replace(getattr(self, name), **values)
+                   for name, values in sections.items()}
+        config = replace(self, **updated, **top)
+        config.validate("command line")
+        return config
+
+    def validate(self, origin: str) -> None:
+        """Cross-field checks; `origin` names the file (or "command line") in errors."""
+        def bad(key: str, why: str) -> StartupError:
+            return StartupError(f"{origin}: {key}: {why}")
+
+        if self.source.kind not in ("auto", "elf", "raw"):
+            raise bad("source.kind", f"must be auto, elf or raw, not {self.source.kind!r}")
+        ps = self.source.page_size
+        if ps < 512 or ps & (ps - 1):
+            raise bad("source.page_size", f"must be a power of two >= 512, not {ps}")
+        srv = self.server
+        for key in ("max_frame_kib", "max_read_mib", "max_inflight", "reply_budget_mib"):
+            if getattr(srv, key) <= 0:
+                raise bad(f"server.{key}", "must be positive")
+        if srv.reply_budget_mib < srv.max_read_mib:
+            raise bad("server.reply_budget_mib", "must be at least server.max_read_mib")
+        if srv.loop not in ("auto", "uvloop", "asyncio"):
+            raise bad("server.loop", f"must be auto, uvloop or asyncio, not {srv.loop!r}")
+        if srv.tcp:
+            host, sep, port = srv.tcp.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise bad("server.tcp", f"must be HOST:PORT, not {srv.tcp!r}")
+            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
+                raise bad("server.tcp", f"only loopback addresses are allowed, not {host!r}")
+        eng = self.engine
+        if eng.cache_mib < 0 or eng.verdict_cache_kib <= 0 or eng.read_threads <= 0:
+            raise bad("engine", "cache sizes and read_threads must be positive")
+        if eng.hook_timeout <= 0:
+            raise bad("engine.hook_timeout", "must be positive")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise bad("log_level", f"must be debug, info, warning or error, not {self.log_level!r}")
+
+
+def load(path: str | None) -> Config:
+    """Read `path` (None: all defaults) into a validated `Config`."""
+    if path is None:
+        config = Config()
+        config.validate("defaults")
+        return config
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise StartupError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise StartupError(f"{path}: not valid TOML: {exc}") from exc
+    config = _from_table(path, raw)
+    config.validate(path)
+    return config
+
+
+def _from_table(path: str, raw: dict[str, Any]) -> Config:
+    known = {"source": SourceConfig, "server": ServerConfig, "engine": EngineConfig,
+             "hook": HookConfig}
+    values: dict[str, Any] = {}
+    for name, table in raw.items():
+        if name == "log_level":
+            values[name] = _typed(path, name, table, str)
+            continue
+        cls = known.get(name)
+        if cls is None:
+            raise StartupError(f"{path}: unknown section or key {name!r}")
+        if not isinstance(table, dict):
+            raise StartupError(f"{path}: [{name}] must be a table")
+        values[name] = _section(path, name, cls, table)
+    return Config(**values)
+
+
+def _section(path: str, name: str, cls: type, table: dict[str, Any]) -> Any:
+    types = {f.name: f.type for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in types:
+            raise StartupError(
+                f"{path}: [{name}] unknown key {key!r} (known: {', '.join(sorted(types))})")
+        kwargs[key] = _typed(path, f"{name}.{key}", value, _python_type(types[key]))
+    return cls(**kwargs)
+
+
+def _python_type(annotation: Any) -> type:
+    text = str(annotation)
+    for name, typ in (("tuple", tuple), ("dict", dict), ("float", float), ("int", int),
+                      ("str", str), ("bool", bool)):
+        if text.startswith(name):
+            return typ
+    raise AssertionError(f"unsupported option type {text}")
+
+
+def _typed(path: str, key: str, value: Any, typ: type) -> Any:
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is tuple and isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(value)
+    if typ is dict and isinstance(value, dict):
+        return value
+    if typ in (int, str) and isinstance(value, typ) and not isinstance(value, bool):
+        return value
+    raise StartupError(
+        f"{path}: {key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")

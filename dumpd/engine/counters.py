@@ -1,0 +1,28 @@
+"""The engine's counters, as `stats` reports them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic counts since start. Hook counters are written by the hook thread only."""
+
+    hook_calls: int = 0
+    pfns_asked: int = 0
+    hook_errors: int = 0
+    hook_exceptions: int = 0
+    hook_bad_results: int = 0
+    hook_timeouts: int = 0
+    source_pages_read: int = 0
+    source_read_calls: int = 0
+    source_bytes_read: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    singleflight_waits: int = 0
+    zero_pages_served: int = 0
+    bytes_served: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)

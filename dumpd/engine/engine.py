@@ -1,0 +1,346 @@
+"""Page-granular reads of the file view, with hook verdicts, a page cache and single-flight.
+
+Design rules:
+- Every read becomes whole-page work: the hook is asked at most once per pfn
+  while a registration stands (kept in a bounded `VerdictCache`), a RAM page is
+  read from the source once while cached, and concurrent requests for the same
+  page wait on the one `Flight` that reads it.
+- Non-RAM bytes are never read; a miss over many pages goes to the source as
+  few large contiguous reads, split only where non-RAM runs interrupt it, all in
+  one hop to a worker thread. Cached work is done inline on the loop.
+- All per-registration state (verdicts, pages, flights) lives in one `_State`;
+  a change of the hook slot starts a new one, and a read in progress finishes
+  with the state (and verdicts) it started with.
+- Reads longer than a quarter of the page cache do not fill it (a bulk copy
+  would only evict the pages a debugger keeps coming back to). Non-RAM pages
+  are cached as references to one shared zero page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from dumpd.engine.counters import Counters
+from dumpd.engine.hookcall import HookCaller
+from dumpd.engine.layout import Layout
+from dumpd.engine.pagecache import PageCache
+from dumpd.engine.ratelog import RateLimitedLog
+from dumpd.engine.verdicts import CHUNK_PFNS, RAM, UNKNOWN, Run, VerdictCache
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import PfnIsRam
+from dumpd.hooks.slot import HookSlot
+from dumpd.sources.base import Source
+
+log = logging.getLogger("dumpd.engine")
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Sizes and timeouts of the engine; every cache is bounded by one of these."""
+
+    cache_mib: float = 16
+    verdict_cache_kib: int = 1024
+    hook_timeout: float = 2.0
+    read_threads: int = 4
+
+
+class Flight:
+    """One batched read of `count` pages from `first`; waiters share its result."""
+
+    __slots__ = ("buffer", "count", "first", "task", "zero")
+
+    def __init__(self, first: int, count: int) -> None:
+        self.first = first
+        self.count = count
+        self.buffer = bytearray()
+        self.zero: list[bool] = []
+        self.task: asyncio.Future[None] | None = None
+
+
+class _State:
+    """Everything that holds only while one hook registration stands."""
+
+    def __init__(self, generation: int, caller: HookCaller | None, config: EngineConfig,
+                 page_size: int) -> None:
+        self.generation = generation
+        self.caller = caller
+        self.verdicts = VerdictCache(config.verdict_cache_kib * 1024 // CHUNK_PFNS)
+        self.pages = PageCache(int(config.cache_mib * MiB) // page_size)
+        self.flights: dict[int, Flight] = {}
+
+
+class Engine:
+    """Serves the file view and physical reads of one source."""
+
+    def __init__(self, source: Source, config: EngineConfig | None = None) -> None:
+        self.source = source
+        self.config = config or EngineConfig()
+        self.page_size = source.page_size
+        self.layout = Layout(source.file_map, source.page_size)
+        self.slot = HookSlot()
+        self.counters = Counters()
+        self._ratelog = RateLimitedLog(logging.getLogger("dumpd.hook"))
+        self._readers = ThreadPoolExecutor(self.config.read_threads,
+                                           thread_name_prefix="dumpd-read")
+        self._state = _State(0, None, self.config, self.page_size)
+        self._zero_page = bytes(self.page_size)
+
+    # -- hook slot -------------------------------------------------------------
+
+    @property
+    def hook_name(self) -> str | None:
+        current = self.slot.current
+        return current.name if current else None
+
+    def register_hook(self, name: str, hook: PfnIsRam) -> None:
+        """Register `hook`; EBUSY if the slot is taken. Cached verdicts and pages are dropped."""
+        registration = self.slot.register(name, hook)
+        caller = HookCaller(name, hook, self.config.hook_timeout, self.counters, self._ratelog)
+        self._state = _State(registration.generation, caller, self.config, self.page_size)
+        log.info("hook %r registered", name)
+
+    def unregister_hook(self) -> str | None:
+        """Empty the slot (every pfn is RAM again); returns the name that was registered."""
+        previous = self.slot.unregister()
+        if previous is None:
+            return None
+        old = self._state
+        self._state = _State(self.slot.generation, None, self.config, self.page_size)
+        if old.caller is not None:
+            old.caller.close()
+        log.info("hook %r unregistered", previous.name)
+        return previous.name
+
+    # -- reads -----------------------------------------------------------------
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Bytes of the file view at `offset`, like pread: short at the end, empty past it."""
+        data = await self._read_view(offset, length)
+        self.counters.bytes_served += len(data)
+        return data
+
+    async def read_phys(self, paddr: int, length: int) -> bytes:
+        """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""
+        parts: list[bytes] = []
+        for piece in self.source.phys_to_file(paddr, length):
+            if piece.file_offset is None:
+                parts.append(bytes(piece.length))
+                continue
+            data = await self._read_view(piece.file_offset, piece.length)
+            if len(data) != piece.length:
+                raise DumpdError("EIO", f"segment data at {piece.file_offset:#x} is cut short")
+            parts.append(data)
+        data = b"".join(parts)
+        self.counters.bytes_served += len(data)
+        return data
+
+    async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
+        """`(offset, length, "data" | "zero")` runs of the file view; zero = non-RAM pages."""
+        lo, hi = offset, min(self.source.size, offset + length)
+        if lo >= hi:
+            return []
+        state = self._state
+        verdicts = await self._verdicts(state, self.layout.pfn_ranges(lo, hi))
+        return [
+            (start, end - start, "zero" if is_zero else "data")
+            for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
+        ]
+
+    async def _read_view(self, offset: int, length: int) -> bytes:
+        size = self.source.size
+        end = min(size, offset + length)
+        if offset >= end:
+            return b""
+        ps = self.page_size
+        first, last = offset // ps, (end - 1) // ps
+        state = self._state
+        if first == last:  # the small-read fast path: one cached page, no task, no hop
+            page = state.pages.get(first)
+            if page is not None:
+                self.counters.cache_hits += 1
+                if page is self._zero_page:
+                    self.counters.zero_pages_served += 1
+                return page[offset - first * ps : end - first * ps]
+        pages = await self._pages(state, first, last + 1)
+        pages[0] = pages[0][offset - first * ps :]
+        pages[-1] = pages[-1][: end - last * ps] if len(pages) > 1 else pages[0][: end - offset]
+        return pages[0] if len(pages) == 1 and isinstance(pages[0], bytes) else b"".join(pages)
+
+    async def _pages(self, state: _State, first: int, stop: int) -> list[bytes | memoryview]:
+        """Contents of pages `[first, stop)`, from cache, flights in progress or new flights."""
+        found: list[bytes | memoryview | Flight | None] = []
+        missing: list[int] = []
+        counters = self.counters
+        for index in range(first, stop):
+            page = state.pages.get(index)
+            if page is not None:
+                counters.cache_hits += 1
+                if page is self._zero_page:
+                    counters.zero_pages_served += 1
+                found.append(page)
+                continue
+            flight = state.flights.get(index)
+            if flight is not None:
+                counters.singleflight_waits += 1
+                found.append(flight)
+                continue
+            counters.cache_misses += 1
+            found.append(None)
+            missing.append(index)
+        if missing:
+            cache = stop - first <= state.pages.capacity // 4
+            for flight in self._start_flights(state, missing, cache):
+                found[flight.first - first : flight.first - first + flight.count] = (
+                    [flight] * flight.count
+                )
+        tasks = {id(item.task): item.task for item in found if isinstance(item, Flight)}
+        for task in tasks.values():
+            assert task is not None
+            await asyncio.shield(task)
+        out: list[bytes | memoryview] = []
+        ps = self.page_size
+        for i, item in enumerate(found):
+            if isinstance(item, Flight):
+                index = first + i
+                k = index - item.first
+                if item.zero[k]:
+                    counters.zero_pages_served += 1
+                    out.append(self._zero_page[: self._page_len(index)])
+                else:
+                    out.append(memoryview(item.buffer)[k * ps : k * ps + self._page_len(index)])
+            else:
+                assert item is not None
+                out.append(item)
+        return out
+
+    def _page_len(self, index: int) -> int:
+        return min(self.page_size, self.source.size - index * self.page_size)
+
+    def _start_flights(self, state: _State, missing: list[int], cache: bool) -> list[Flight]:
+        flights: list[Flight] = []
+        for index in missing:
+            last = flights[-1] if flights else None
+            if last is not None and last.first + last.count == index:
+                last.count += 1
+            else:
+                flights.append(Flight(index, 1))
+        for flight in flights:
+            for index in range(flight.first, flight.first + flight.count):
+                state.flights[index] = flight
+        task = asyncio.ensure_future(self._fly(state, flights, cache))
+        task.add_done_callback(_consume_exception)
+        for flight in flights:
+            flight.task = task
+        return flights
+
+    async def _fly(self, state: _State, flights: list[Flight], cache: bool) -> None:
+        """Ask verdicts, then read every non-zero piece of `flights` in one worker hop."""
+        ps = self.page_size
+        size = self.source.size
+        try:
+            ranges: list[tuple[int, int]] = []
+            for flight in flights:
+                ranges.extend(self.layout.pfn_ranges(flight.first * ps,
+                                                     min(size, (flight.first + flight.count) * ps)))
+            verdicts = await self._verdicts(state, _merge(ranges))
+            reads: list[tuple[int, memoryview]] = []
+            for flight in flights:
+                lo = flight.first * ps
+                hi = min(size, lo + flight.count * ps)
+                pieces = self.layout.classify(lo, hi, verdicts)
+                flight.zero = _zero_pages(pieces, flight.first, flight.count, ps)
+                if all(flight.zero):
+                    continue
+                flight.buffer = bytearray(hi - lo)
+                view = memoryview(flight.buffer)
+                reads.extend(
+                    (start, view[start - lo : end - lo])
+                    for start, end, is_zero in pieces if not is_zero
+                )
+            if reads:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._readers, _read_all, self.source, reads)
+                self.counters.source_read_calls += len(reads)
+                self.counters.source_bytes_read += sum(len(view) for _, view in reads)
+            for flight in flights:
+                self.counters.source_pages_read += flight.zero.count(False)
+                if cache and state.generation == self.slot.generation:
+                    self._cache_flight(state, flight)
+        finally:
+            for flight in flights:
+                for index in range(flight.first, flight.first + flight.count):
+                    if state.flights.get(index) is flight:
+                        del state.flights[index]
+
+    def _cache_flight(self, state: _State, flight: Flight) -> None:
+        """Cache the flight's pages; non-RAM pages all share one zero page (no memory)."""
+        ps = self.page_size
+        view = memoryview(flight.buffer)
+        for k, zero in enumerate(flight.zero):
+            index = flight.first + k
+            length = self._page_len(index)
+            if zero:
+                state.pages.put(index, self._zero_page if length == ps else bytes(length))
+            else:
+                state.pages.put(index, bytes(view[k * ps : k * ps + length]))
+
+    async def _verdicts(self, state: _State, ranges: list[tuple[int, int]]) -> list[Run]:
+        """Sorted verdict runs covering `ranges` (sorted, disjoint), asking the hook for gaps."""
+        if state.caller is None:
+            return [(first, end, RAM) for first, end in ranges]
+        runs: list[Run] = []
+        for first, end in ranges:
+            runs.extend(state.verdicts.lookup(first, end))
+        unknown = [(first, end) for first, end, code in runs if code == UNKNOWN]
+        if not unknown:
+            return runs
+        answers = await state.caller.ask(unknown)
+        for first, end, code in answers:
+            state.verdicts.store(first, end, code)
+        return sorted([run for run in runs if run[2] != UNKNOWN] + answers)
+
+    def close(self) -> None:
+        """Release threads and the hook; the source is closed by whoever opened it."""
+        if self._state.caller is not None:
+            self._state.caller.close()
+        self._readers.shutdown(wait=False, cancel_futures=True)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for first, end in sorted(ranges):
+        if merged and first <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((first, end))
+    return merged
+
+
+def _zero_pages(pieces: Sequence[tuple[int, int, bool]], first: int, count: int,
+                ps: int) -> list[bool]:
+    """Per page of the flight: True when no byte of it is read from the source."""
+    zero = [True] * count
+    base = first * ps
+    for start, end, is_zero in pieces:
+        if not is_zero:
+            lo, hi = (start - base) // ps, (end - 1 - base) // ps + 1
+            zero[lo:hi] = [False] * (hi - lo)
+    return zero
+
+
+def _read_all(source: Source, reads: list[tuple[int, memoryview]]) -> None:
+    """Worker side of a flight: every piece with one positional read each."""
+    for offset, view in reads:
+        source.read_into(offset, view)
+
+
+def _consume_exception(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+

@@ -1,0 +1,170 @@
+"""Asking the registered hook for verdicts, off the event loop, with a timeout.
+
+Hooks run on one dedicated thread (never concurrently), in one hop per batch of
+pfn ranges. A call that raises, returns a non-int or takes longer than the
+timeout gives the error verdict for its pfns, as the kernel treats `< 0`: the
+page is read. A call that hangs cannot be interrupted in Python; the loop stops
+waiting for it once no call has completed for `timeout` seconds and the rest of
+the batch counts as timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+from dumpd.engine.counters import Counters
+from dumpd.engine.ratelog import RateLimitedLog
+from dumpd.engine.verdicts import ERROR, code_of
+from dumpd.hooks.contract import PfnIsRam
+
+log = logging.getLogger("dumpd.hook")
+
+Answer = tuple[int, int, int]
+"""`(first_pfn, end_pfn, code)` as the hook answered it."""
+
+
+class _Batch:
+    """One hop's worth of calls; shared between the hook thread and the loop."""
+
+    def __init__(self, ranges: list[tuple[int, int]]) -> None:
+        self.ranges = ranges
+        self.answers: list[Answer] = []
+        self.calls_done = 0
+        self.abandoned = False
+        self.lock = threading.Lock()
+
+
+class HookCaller:
+    """Runs one registered hook's calls; one instance per registration."""
+
+    def __init__(
+        self, name: str, hook: PfnIsRam, timeout: float, counters: Counters,
+        ratelog: RateLimitedLog,
+    ) -> None:
+        self.name = name
+        self._hook = hook
+        self._ranged = getattr(hook, "pfn_range_is_ram", None)
+        self._timeout = timeout
+        self._counters = counters
+        self._ratelog = ratelog
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"dumpd-hook-{name}")
+
+    async def ask(self, ranges: list[tuple[int, int]]) -> list[Answer]:
+        """Verdict runs for each `[first, end)` pfn range, in order, covering them exactly."""
+        batch = _Batch(ranges)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch)
+        while True:
+            seen = batch.calls_done
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self._timeout)
+                return batch.answers
+            except TimeoutError:
+                with batch.lock:
+                    if batch.calls_done != seen:
+                        continue
+                    batch.abandoned = True
+                    answers = list(batch.answers)
+                future.add_done_callback(lambda f: f.exception())
+                return self._time_out_rest(ranges, answers)
+
+    def _time_out_rest(self, ranges: list[tuple[int, int]], answers: list[Answer]) -> list[Answer]:
+        # Answers come in order over sorted, disjoint ranges, so they cover a prefix.
+        answered = answers[-1][1] if answers else -1
+        rest = [
+            (max(first, answered), end, ERROR) for first, end in ranges if end > answered
+        ]
+        pfns = sum(end - first for first, end, _ in rest)
+        self._counters.hook_timeouts += 1
+        self._ratelog.warning(
+            "timeout",
+            f"hook {self.name!r}: no answer within {self._timeout}s; "
+            f"{pfns} pfns count as errors and are read",
+        )
+        return answers + rest
+
+    def _run(self, batch: _Batch) -> None:
+        for first, end in batch.ranges:
+            if self._ranged is not None:
+                self._call_ranged(batch, first, end)
+            else:
+                for pfn in range(first, end):
+                    if not self._call_single(batch, pfn):
+                        return
+            if batch.abandoned:
+                return
+
+    def _call_single(self, batch: _Batch, pfn: int) -> bool:
+        started = time.monotonic()
+        try:
+            verdict = self._hook.pfn_is_ram(pfn)
+            code = self._judge(verdict, time.monotonic() - started, pfn, 1)
+        except Exception as exc:
+            code = self._failed(exc, pfn, 1)
+        return self._record(batch, [(pfn, pfn + 1, code)], 1)
+
+    def _call_ranged(self, batch: _Batch, first: int, end: int) -> None:
+        assert self._ranged is not None
+        started = time.monotonic()
+        answers: list[Answer] = []
+        try:
+            runs: Iterable[tuple[int, int]] = self._ranged(first, end - first)
+            pos = first
+            for length, verdict in runs:
+                if type(length) is not int or length <= 0 or pos + length > end:
+                    raise ValueError(f"bad run length {length!r} at pfn {pos:#x}")
+                code = self._judge(verdict, time.monotonic() - started, pos, length)
+                answers.append((pos, pos + length, code))
+                pos += length
+            if pos < end:
+                raise ValueError(f"runs stop at pfn {pos:#x}, before {end:#x}")
+        except Exception as exc:
+            pos = answers[-1][1] if answers else first
+            answers.append((pos, end, self._failed(exc, pos, end - pos)))
+        self._record(batch, answers, end - first)
+
+    def _judge(self, verdict: object, elapsed: float, pfn: int, count: int) -> int:
+        if type(verdict) is not int:
+            self._counters.hook_bad_results += 1
+            self._ratelog.warning(
+                "bad", f"hook {self.name!r} returned {type(verdict).__name__} for pfn {pfn:#x}"
+            )
+            return ERROR
+        if elapsed > self._timeout:
+            self._counters.hook_timeouts += 1
+            self._ratelog.warning(
+                "slow", f"hook {self.name!r} took {elapsed:.3f}s for pfn {pfn:#x}+{count}"
+            )
+            return ERROR
+        code = code_of(verdict)
+        if code == ERROR:
+            self._counters.hook_errors += count
+        return code
+
+    def _failed(self, exc: Exception, pfn: int, count: int) -> int:
+        self._counters.hook_exceptions += 1
+        self._ratelog.warning(
+            "raise", f"hook {self.name!r} raised {type(exc).__name__}: {exc} (pfn {pfn:#x})"
+        )
+        return ERROR
+
+    def _record(self, batch: _Batch, answers: list[Answer], pfns: int) -> bool:
+        with batch.lock:
+            if batch.abandoned:
+                return False
+            batch.answers.extend(answers)
+            batch.calls_done += 1
+            self._counters.hook_calls += 1
+            self._counters.pfns_asked += pfns
+        return True
+
+    def close(self) -> None:
+        """Close the hook (if it can be) after the calls already queued, then the thread."""
+        closer = getattr(self._hook, "close", None)
+        if callable(closer):
+            self._executor.submit(closer)
+        self._executor.shutdown(wait=False)

@@ -1,0 +1,89 @@
+"""Where file bytes come from: which pfns a file range touches, and which of its
+bytes are served from the source and which as zeros.
+
+Pure functions over the source's `file_map` and a page size; the engine feeds
+them verdicts. A file byte is zero exactly when it holds memory of a pfn whose
+verdict is NOT_RAM; every other byte (RAM, error, unknown to no hook, ELF
+metadata) is read from the source.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from dumpd.engine.verdicts import NOT_RAM, Run
+from dumpd.sources.base import MappedRun
+
+Piece = tuple[int, int, bool]
+"""`(file_start, file_end, is_zero)`."""
+
+
+class Layout:
+    """The file map of one source, indexed for range queries."""
+
+    def __init__(self, file_map: Sequence[MappedRun], page_size: int) -> None:
+        self.file_map = tuple(file_map)
+        self.page_size = page_size
+        self._starts = [run.file_start for run in self.file_map]
+
+    def _runs(self, lo: int, hi: int) -> list[tuple[int, int, int | None]]:
+        """`(start, end, paddr_at_start)` pieces of the file map clipped to `[lo, hi)`."""
+        out = []
+        i = max(0, bisect_right(self._starts, lo) - 1)
+        while i < len(self.file_map) and self.file_map[i].file_start < hi:
+            run = self.file_map[i]
+            start, end = max(lo, run.file_start), min(hi, run.file_end)
+            if start < end:
+                paddr = None if run.paddr is None else run.paddr + (start - run.file_start)
+                out.append((start, end, paddr))
+            i += 1
+        return out
+
+    def pfn_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Sorted, disjoint `[first, end)` pfn ranges held by file bytes `[lo, hi)`."""
+        ps = self.page_size
+        ranges = sorted(
+            (paddr // ps, (paddr + (end - start) - 1) // ps + 1)
+            for start, end, paddr in self._runs(lo, hi)
+            if paddr is not None
+        )
+        merged: list[tuple[int, int]] = []
+        for first, end in ranges:
+            if merged and first <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((first, end))
+        return merged
+
+    def classify(self, lo: int, hi: int, verdicts: Sequence[Run]) -> list[Piece]:
+        """Split `[lo, hi)` into merged read and zero pieces.
+
+        `verdicts` are sorted runs covering at least `pfn_ranges(lo, hi)`.
+        """
+        ps = self.page_size
+        starts = [run[0] for run in verdicts]
+        pieces: list[Piece] = []
+        for start, end, paddr in self._runs(lo, hi):
+            if paddr is None:
+                _append(pieces, start, end, False)
+                continue
+            delta = paddr - start  # file offset + delta = physical address
+            pos = start
+            while pos < end:
+                pfn = (pos + delta) // ps
+                i = bisect_right(starts, pfn) - 1
+                first, stop_pfn, code = verdicts[i]
+                if not first <= pfn < stop_pfn:
+                    raise AssertionError(f"no verdict for pfn {pfn:#x}")
+                stop = min(end, stop_pfn * ps - delta)
+                _append(pieces, pos, stop, code == NOT_RAM)
+                pos = stop
+        return pieces
+
+
+def _append(pieces: list[Piece], start: int, end: int, is_zero: bool) -> None:
+    if pieces and pieces[-1][1] == start and pieces[-1][2] == is_zero:
+        pieces[-1] = (pieces[-1][0], end, is_zero)
+    else:
+        pieces.append((start, end, is_zero))

@@ -1,0 +1,30 @@
+"""A bounded LRU of file pages (page index -> bytes)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class PageCache:
+    """Holds at most `capacity` pages; the least recently used goes first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._pages: OrderedDict[int, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def get(self, index: int) -> bytes | None:
+        page = self._pages.get(index)
+        if page is not None:
+            self._pages.move_to_end(index)
+        return page
+
+    def put(self, index: int, page: bytes) -> None:
+        if self.capacity <= 0:
+            return
+        self._pages[index] = page
+        self._pages.move_to_end(index)
+        if len(self._pages) > self.capacity:
+            self._pages.popitem(last=False)

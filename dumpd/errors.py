@@ -1,0 +1,27 @@
+"""Errors with stable codes, shared by every layer.
+
+A `DumpdError` travels to the client as `[code, message]`; `code` is one of `CODES`
+and never changes meaning. `StartupError` is for operator mistakes found while
+starting (bad file, bad configuration): the CLI prints its one line, no traceback.
+"""
+
+from __future__ import annotations
+
+CODES = frozenset(
+    {"EINVAL", "ERANGE", "EIO", "EBUSY", "E2BIG", "ENOSYS", "EACCES", "EFAULT"}
+)
+
+
+class DumpdError(Exception):
+    """A request failed; `code` is a stable errno-like name, `message` one line."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class StartupError(Exception):
+    """dumpd cannot start; the message names the file or option and what is wrong."""

@@ -1,0 +1,1 @@
+"""The is-RAM hook slot and the discovery of hook plugins."""

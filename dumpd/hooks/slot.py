@@ -1,0 +1,56 @@
+"""The hook slot: one registered is-RAM hook at a time, as `register_oldmem_pfn_is_ram`.
+
+Registering while the slot is taken fails with EBUSY; unregistering empties it,
+after which every pfn counts as RAM. Every change bumps `generation`, which is
+how the engine knows its cached verdicts (and pages) no longer hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import PfnIsRam
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A hook in the slot, under the name it was registered with."""
+
+    name: str
+    hook: PfnIsRam
+    generation: int
+
+
+class HookSlot:
+    """Holds at most one `Registration`."""
+
+    def __init__(self) -> None:
+        self._current: Registration | None = None
+        self._generation = 0
+
+    @property
+    def current(self) -> Registration | None:
+        return self._current
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def register(self, name: str, hook: PfnIsRam) -> Registration:
+        """Put `hook` in the slot; EBUSY if one is there already."""
+        if self._current is not None:
+            raise DumpdError(
+                "EBUSY", f"hook {self._current.name!r} is registered; unregister it first"
+            )
+        self._generation += 1
+        self._current = Registration(name, hook, self._generation)
+        return self._current
+
+    def unregister(self) -> Registration | None:
+        """Empty the slot; returns what was there (None if it was empty)."""
+        previous = self._current
+        if previous is not None:
+            self._generation += 1
+            self._current = None
+        return previous

@@ -1,0 +1,58 @@
+"""Running the server in an event loop: uvloop when available, signals, exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from dumpd.config import Config
+
+log = logging.getLogger("dumpd")
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """`uvloop` when asked or (for "auto") importable, else the default loop."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def serve(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
+    with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:
+        return runner.run(_serve(config))
+
+
+async def _serve(config: Config) -> int:
+    from dumpd.server import Server
+
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int, *_: Any) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            raise SystemExit(1)
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        server.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await server.start()
+        await server.serve_until_stopped()
+    finally:
+        await server.shutdown()
+    return 0

@@ -1,0 +1,5 @@
+"""Sockets, connections, dispatch, backpressure and shutdown around one engine."""
+
+from dumpd.server.app import Server
+
+__all__ = ["Server"]

@@ -1,0 +1,123 @@
+"""The server's life: open the source, register the hook, listen, serve, shut down.
+
+`Server.start()` does everything that can fail because of the operator (and
+raises StartupError with one line); `Server.serve_until_stopped()` runs until
+`stop()`; `Server.shutdown()` stops accepting, lets running requests finish up
+to a deadline, then closes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+from dumpd.config import Config
+from dumpd.engine import Engine
+from dumpd.errors import StartupError
+from dumpd.hooks.contract import HookConfigError
+from dumpd.hooks.discovery import load_hook
+from dumpd.server.connection import ConnectionLimits, RpcConnection
+from dumpd.server.dispatch import Dispatcher, Peer
+from dumpd.server.listeners import bind_tcp, bind_unix, peer_uid
+from dumpd.sources import Source, open_source
+
+log = logging.getLogger("dumpd.server")
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+class Server:
+    """One served dump: its source, engine, listeners and live connections."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.source: Source | None = None
+        self.engine: Engine | None = None
+        self.connections: set[RpcConnection] = set()
+        self.refused = 0
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._stop = asyncio.Event()
+        self._allowed_uids = {0, os.geteuid(), *config.server.allow_uids}
+
+    async def start(self) -> None:
+        """Open the source, register the configured hook and start listening."""
+        cfg = self.config
+        self.source = open_source(cfg.source.path, cfg.source.kind, cfg.source.page_size,
+                                  cfg.source.size or None)
+        self.engine = Engine(self.source, cfg.engine)
+        if cfg.hook.name:
+            try:
+                hook = load_hook(cfg.hook.name, cfg.hook.options)
+            except HookConfigError as exc:
+                raise StartupError(f"[hook] {exc}") from exc
+            self.engine.register_hook(cfg.hook.name, hook)
+        srv = cfg.server
+        dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats)
+        limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
+                                  srv.reply_budget_mib * MiB)
+
+        def factory() -> RpcConnection:
+            conn = RpcConnection(dispatcher, limits, self._authorize, self.connections.discard)
+            self.connections.add(conn)
+            return conn
+
+        loop = asyncio.get_running_loop()
+        sockets = [bind_unix(srv.socket)] if srv.socket else []
+        if srv.tcp:
+            sockets.append(bind_tcp(srv.tcp))
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                listener = await loop.create_unix_server(factory, sock=sock)
+            else:
+                listener = await loop.create_server(factory, sock=sock)
+            self._listeners.append(listener)
+        log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
+                 self.source.path, self.source.kind, self.source.size, self.source.page_size,
+                 " and ".join(filter(None, [srv.socket, srv.tcp])), cfg.hook.name or "none")
+
+    def _authorize(self, transport: asyncio.BaseTransport) -> Peer | str:
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else None
+        if uid is None:  # TCP, loopback only by configuration
+            return Peer(uid=None, admin=False)
+        if uid not in self._allowed_uids:
+            self.refused += 1
+            log.warning("refused connection from uid %d", uid)
+            return f"uid {uid} is not allowed to read this dump"
+        return Peer(uid=uid, admin=uid in (0, os.geteuid()))
+
+    def _live_stats(self) -> dict[str, Any]:
+        return {"connections": len(self.connections), "refused_connections": self.refused}
+
+    def stop(self) -> None:
+        """Ask `serve_until_stopped` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    async def serve_until_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self, deadline: float = 10.0) -> None:
+        """Stop accepting, let running requests finish within `deadline` s, close the rest."""
+        for listener in self._listeners:
+            listener.close()
+        for conn in list(self.connections):
+            conn.close_when_idle()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while self.connections and loop.time() < end:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.abort()
+        for listener in self._listeners:
+            await listener.wait_closed()
+        if self.config.server.socket and self._listeners:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.server.socket)
+        if self.engine is not None:
+            self.engine.close()
+        if self.source is not None:
+            self.source.close()

@@ -1,0 +1,220 @@
+"""One client connection: bytes to requests, requests to engine calls, replies back.
+
+Design rules:
+- Memory per connection is bounded whatever the client does: undecoded bytes
+  wait (reading paused) until queued requests have started; at most
+  `max_inflight` requests run at once; replies reserve their size in a
+  `ByteBudget` before any work, and are released only once the transport has
+  drained them below its high-water mark.
+- The server stops reading a connection while its replies have not drained.
+- A broken frame with a recoverable msgid gets an error reply; any other
+  protocol violation closes this connection and no other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from dumpd.errors import DumpdError
+from dumpd.protocol import (
+    FrameDecoder,
+    InvalidRequest,
+    Limits,
+    ProtocolViolation,
+    Request,
+    encode_bin_response_head,
+    encode_error,
+    encode_notification,
+    encode_response,
+)
+from dumpd.server.budget import ByteBudget
+from dumpd.server.dispatch import Dispatcher, Peer
+
+log = logging.getLogger("dumpd.server")
+
+FEED_SLICE = 16 * 1024  # bytes decoded at a time, so queued requests stay few
+
+
+class ConnectionLimits:
+    """Per-connection bounds, from the server configuration."""
+
+    __slots__ = ("max_frame", "max_inflight", "reply_budget")
+
+    def __init__(self, max_frame: int, max_inflight: int, reply_budget: int) -> None:
+        self.max_frame = max_frame
+        self.max_inflight = max_inflight
+        self.reply_budget = reply_budget
+
+
+class RpcConnection(asyncio.Protocol):
+    """asyncio protocol serving msgpack-RPC requests from one client."""
+
+    def __init__(self, dispatcher: Dispatcher, limits: ConnectionLimits,
+                 authorize: Callable[[asyncio.BaseTransport], Peer | str],
+                 on_close: Callable[[RpcConnection], None]) -> None:
+        self._dispatcher = dispatcher
+        self._limits = limits
+        self._authorize = authorize
+        self._on_close = on_close
+        self._decoder = FrameDecoder("server", Limits(limits.max_frame))
+        self._budget = ByteBudget(limits.reply_budget)
+        self._unread = bytearray()
+        self._queue: deque[Request | InvalidRequest] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._msgids: set[int] = set()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._reading = True
+        self._closing_when_idle = False
+        self._transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Requests are running or waiting to run."""
+        return bool(self._tasks or self._queue)
+
+    # -- asyncio callbacks -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        verdict = self._authorize(transport)
+        if isinstance(verdict, str):
+            self._transport.write(encode_notification("error", ["EACCES", verdict]))
+            self._transport.close()
+            return
+        self.peer = verdict
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            return
+        self._unread += data
+        self._pump()
+
+    def eof_received(self) -> bool:
+        return True  # half-close: finish replying to what was asked, then close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        for task in self._tasks:
+            task.cancel()
+        self._queue.clear()
+        self._unread.clear()
+        self._drained.set()
+        self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+        self._pump()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+        self._pump()
+
+    # -- request flow ----------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start what may start, decode more when the queue is empty, steer reading."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        while True:
+            while self._queue and len(self._tasks) < self._limits.max_inflight:
+                self._start(self._queue.popleft())
+            if self._queue or not self._unread:
+                break
+            chunk = bytes(self._unread[:FEED_SLICE])
+            del self._unread[:FEED_SLICE]
+            try:
+                events = self._decoder.feed(chunk)
+            except ProtocolViolation as exc:
+                self._violation(exc)
+                return
+            self._queue.extend(e for e in events if isinstance(e, Request | InvalidRequest))
+        want = not self._queue and not self._unread and self._drained.is_set()
+        if want != self._reading:
+            self._reading = want
+            if want:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    def _start(self, event: Request | InvalidRequest) -> None:
+        task = asyncio.ensure_future(self._serve(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request task failed", exc_info=task.exception())
+        self._pump()
+        if self._transport is not None and self._closing_when_idle and not self.busy:
+            self._transport.close()
+
+    def close_when_idle(self) -> None:
+        """Stop reading new requests; close once the running ones have replied."""
+        self._closing_when_idle = True
+        self._queue.clear()
+        self._unread.clear()
+        if self._transport is not None:
+            if self.busy:
+                self._transport.pause_reading()
+            else:
+                self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is still running."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def _serve(self, event: Request | InvalidRequest) -> None:
+        if isinstance(event, InvalidRequest):
+            await self._send([encode_error(event.msgid, event.code, event.message)])
+            return
+        msgid = event.msgid
+        if msgid in self._msgids:
+            await self._send([encode_error(msgid, "EINVAL", f"msgid {msgid} is already in use")])
+            return
+        assert self.peer is not None
+        self._msgids.add(msgid)
+        cost = self._dispatcher.cost(event.method, event.params)
+        try:
+            await self._budget.acquire(cost)
+            try:
+                frames = await self._call(event)
+                await self._send(frames)
+            finally:
+                self._budget.release(cost)
+        finally:
+            self._msgids.discard(msgid)
+
+    async def _call(self, event: Request) -> list[Any]:
+        assert self.peer is not None
+        try:
+            result = await self._dispatcher.call(self.peer, event.method, event.params)
+        except DumpdError as exc:
+            return [encode_error(event.msgid, exc.code, exc.message)]
+        except Exception as exc:  # a bug of ours must not cost other requests
+            log.exception("%s failed", event.method)
+            return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]
+        if isinstance(result, bytes):
+            return [encode_bin_response_head(event.msgid, len(result)), result]
+        return [encode_response(event.msgid, result)]
+
+    async def _send(self, frames: list[Any]) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.writelines(frames)
+        await self._drained.wait()
+
+    def _violation(self, exc: ProtocolViolation) -> None:
+        log.info("closing connection: %s", exc.message)
+        assert self._transport is not None
+        self._transport.write(encode_notification("error", [exc.code, exc.message]))
+        self._transport.close()

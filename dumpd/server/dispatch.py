@@ -1,0 +1,140 @@
+"""From a request to an engine call: method table, argument checks, limits.
+
+Each method checks its own arguments (EINVAL, E2BIG) before touching the
+engine, and states its reply-size bound (`cost`) so the connection can reserve
+reply bytes before doing the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dumpd import PROTOCOL_VERSION, __version__
+from dumpd.engine import Engine
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import HookConfigError
+from dumpd.hooks.discovery import load_hook
+from dumpd.protocol import as_uint
+
+SMALL_REPLY = 64 * 1024
+MAX_EXTENTS_LENGTH = 1 << 30
+EXTENT_ENTRY_BYTES = 24
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent a request: uid from SO_PEERCRED (None over TCP) and admin rights."""
+
+    uid: int | None
+    admin: bool
+
+
+Handler = Callable[[Peer, Sequence[Any]], Awaitable[Any]]
+
+
+class Dispatcher:
+    """Maps method names to engine calls; knows no sockets."""
+
+    def __init__(self, engine: Engine, max_read: int, live: Callable[[], Mapping[str, int]]
+                 ) -> None:
+        self.engine = engine
+        self.max_read = max_read
+        self._live = live
+        self._started = time.monotonic()
+        self._methods: dict[str, tuple[int, Handler]] = {
+            "info": (0, self._info),
+            "read": (2, self._read),
+            "read_phys": (2, self._read_phys),
+            "extents": (2, self._extents),
+            "stats": (0, self._stats),
+            "hook.register": (2, self._register),
+            "hook.unregister": (0, self._unregister),
+        }
+
+    def cost(self, method: str, params: Sequence[Any]) -> int:
+        """Upper bound of the reply's size in bytes, for the connection's reply budget."""
+        if method in ("read", "read_phys") and len(params) == 2 and type(params[1]) is int:
+            return max(0, min(params[1], self.max_read)) + 64
+        if method == "extents" and len(params) == 2 and type(params[1]) is int:
+            pages = max(0, min(params[1], MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
+            return pages * EXTENT_ENTRY_BYTES
+        return SMALL_REPLY
+
+    async def call(self, peer: Peer, method: str, params: Sequence[Any]) -> Any:
+        """The result of `method(*params)`, or DumpdError with a stable code."""
+        entry = self._methods.get(method)
+        if entry is None:
+            raise DumpdError("ENOSYS", f"no method {method!r}")
+        arity, handler = entry
+        if len(params) != arity:
+            raise DumpdError("EINVAL", f"{method} takes {arity} parameters, got {len(params)}")
+        return await handler(peer, params)
+
+    def _length(self, value: Any) -> int:
+        length = as_uint(value, "length")
+        if length > self.max_read:
+            raise DumpdError("E2BIG", f"length {length} is above the maximum {self.max_read}")
+        return length
+
+    async def _info(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        source = self.engine.source
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "source": {"kind": source.kind, "path": source.path},
+            "size": source.size,
+            "page_size": source.page_size,
+            "segments": [[s.paddr, s.file_offset, s.filesz, s.memsz] for s in source.segments],
+            "hook": self.engine.hook_name,
+        }
+
+    async def _read(self, peer: Peer, params: Sequence[Any]) -> bytes:
+        offset = as_uint(params[0], "offset")
+        return await self.engine.read(offset, self._length(params[1]))
+
+    async def _read_phys(self, peer: Peer, params: Sequence[Any]) -> bytes:
+        paddr = as_uint(params[0], "paddr")
+        return await self.engine.read_phys(paddr, self._length(params[1]))
+
+    async def _extents(self, peer: Peer, params: Sequence[Any]) -> list[Sequence[Any]]:
+        offset = as_uint(params[0], "offset")
+        length = as_uint(params[1], "length")
+        if length > MAX_EXTENTS_LENGTH:
+            raise DumpdError(
+                "E2BIG", f"length {length} is above the extents maximum {MAX_EXTENTS_LENGTH}")
+        return [list(extent) for extent in await self.engine.extents(offset, length)]
+
+    async def _stats(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self.engine.counters.as_dict())
+        stats["uptime"] = round(time.monotonic() - self._started, 3)
+        stats.update(self._live())
+        stats["hook"] = self.engine.hook_name
+        return stats
+
+    async def _register(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        self._require_admin(peer, "hook.register")
+        name, options = params
+        if not isinstance(name, str) or not isinstance(options, dict):
+            raise DumpdError("EINVAL", "hook.register takes [name: str, options: map]")
+        if self.engine.hook_name is not None:  # fail fast, before loading anything
+            raise DumpdError(
+                "EBUSY", f"hook {self.engine.hook_name!r} is registered; unregister it first")
+        try:
+            hook = await asyncio.to_thread(load_hook, name, options)
+        except HookConfigError as exc:
+            raise DumpdError("EINVAL", str(exc)) from exc
+        self.engine.register_hook(name, hook)
+        return {"hook": name}
+
+    async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        self._require_admin(peer, "hook.unregister")
+        return {"hook": self.engine.unregister_hook()}
+
+    @staticmethod
+    def _require_admin(peer: Peer, method: str) -> None:
+        if not peer.admin:
+            raise DumpdError("EACCES", f"{method} is for administrators only")

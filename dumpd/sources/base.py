@@ -1,0 +1,179 @@
+"""What every source of oldmem offers the engine.
+
+Design rules:
+- A source is a read-only *file view*: `size` bytes, read positionally, never written.
+- `file_map` says which file bytes hold physical memory (and from which address);
+  it is sorted, non-overlapping and covers `[0, size)` exactly. Bytes with
+  `paddr is None` (ELF headers, notes, padding) are served as they are, with no verdict.
+- Where PT_LOADs overlap, the first one in program-header order wins, for file
+  offsets and physical addresses alike (as the kernel's vmcore list does).
+- Sources know nothing of hooks, caches or sockets; `read_into` blocks and is
+  called from worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dumpd.errors import DumpdError
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One PT_LOAD: physical `[paddr, paddr+memsz)`, of which `filesz` bytes are in the file."""
+
+    paddr: int
+    file_offset: int
+    filesz: int
+    memsz: int
+
+
+@dataclass(frozen=True, slots=True)
+class MappedRun:
+    """File bytes `[file_start, file_end)` hold memory from `paddr` on (None: not memory)."""
+
+    file_start: int
+    file_end: int
+    paddr: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhysPiece:
+    """Part of a physical range: `length` bytes at `file_offset` (None: beyond p_filesz, zeros)."""
+
+    length: int
+    file_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhysRun:
+    """Physical `[start, end)` is served from `file_offset` on (None: zeros past p_filesz)."""
+
+    start: int
+    end: int
+    file_offset: int | None
+
+
+def first_wins(segments: Sequence[Segment], key: str) -> list[tuple[int, int, Segment]]:
+    """Flatten the segments' `[start, end)` intervals (`key` "phys" or "file") by priority.
+
+    Returns sorted, non-overlapping `(start, end, segment)` pieces in which every point
+    belongs to the first segment, in program-header order, that contains it.
+    O(n^2) in the number of PT_LOADs, which is a few hundred at most.
+    """
+    taken: list[tuple[int, int, Segment]] = []
+    for seg in segments:
+        if key == "phys":
+            start, end = seg.paddr, seg.paddr + seg.memsz
+        else:
+            start, end = seg.file_offset, seg.file_offset + seg.filesz
+        free = [(start, end)] if start < end else []
+        for t_start, t_end, _ in taken:
+            free = [
+                piece
+                for f_start, f_end in free
+                for piece in ((f_start, min(f_end, t_start)), (max(f_start, t_end), f_end))
+                if piece[0] < piece[1]
+            ]
+        taken.extend((f_start, f_end, seg) for f_start, f_end in free)
+    return sorted(taken, key=lambda piece: piece[0])
+
+
+def build_phys_map(segments: Sequence[Segment]) -> tuple[PhysRun, ...]:
+    """Physical address -> file offset, first PT_LOAD in program-header order winning."""
+    out: list[PhysRun] = []
+    for start, end, seg in first_wins(segments, "phys"):
+        in_file_end = max(start, min(end, seg.paddr + seg.filesz))
+        if start < in_file_end:
+            out.append(PhysRun(start, in_file_end, seg.file_offset + (start - seg.paddr)))
+        if in_file_end < end:
+            out.append(PhysRun(in_file_end, end, None))
+    return tuple(out)
+
+
+def build_file_map(segments: Sequence[Segment], size: int) -> tuple[MappedRun, ...]:
+    """File offset -> physical address over `[0, size)`, first PT_LOAD winning."""
+    out: list[MappedRun] = []
+    pos = 0
+    for start, end, seg in first_wins(segments, "file"):
+        if pos < start:
+            out.append(MappedRun(pos, start, None))
+        out.append(MappedRun(start, end, seg.paddr + (start - seg.file_offset)))
+        pos = end
+    if pos < size:
+        out.append(MappedRun(pos, size, None))
+    return tuple(out)
+
+
+class Source:
+    """A positional reader over one open file descriptor (read-only)."""
+
+    def __init__(
+        self, kind: str, path: str, fd: int, size: int, page_size: int,
+        segments: Sequence[Segment],
+    ) -> None:
+        self.kind = kind
+        self.path = path
+        self._fd = fd
+        self.size = size
+        self.page_size = page_size
+        self.segments = tuple(segments)
+        self.file_map = build_file_map(self.segments, size)
+        self.phys_map = build_phys_map(self.segments)
+        self._phys_starts = [run.start for run in self.phys_map]
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill `view` with file bytes from `offset`; a short read is EIO (the file shrank)."""
+        done = 0
+        want = len(view)
+        while done < want:
+            try:
+                n = os.preadv(self._fd, [view[done:]], offset + done)
+            except OSError as exc:
+                raise DumpdError(
+                    "EIO",
+                    f"source read failed at {offset + done:#x}+{want - done:#x}: {exc.strerror}",
+                ) from exc
+            if n == 0:
+                raise DumpdError(
+                    "EIO", f"source ended early at {offset + done:#x} (file truncated?)"
+                )
+            done += n
+
+    def phys_to_file(self, paddr: int, length: int) -> list[PhysPiece]:
+        """Translate a physical range to file pieces, first PT_LOAD winning; ERANGE on gaps."""
+        pieces: list[PhysPiece] = []
+        pos, end = paddr, paddr + length
+        i = bisect_right(self._phys_starts, pos) - 1
+        while pos < end:
+            if i < 0 or i >= len(self.phys_map) or self.phys_map[i].end <= pos:
+                raise DumpdError(
+                    "ERANGE", f"physical address {pos:#x} is not in any segment"
+                )
+            run = self.phys_map[i]
+            stop = min(end, run.end)
+            offset = None if run.file_offset is None else run.file_offset + (pos - run.start)
+            pieces.append(PhysPiece(stop - pos, offset))
+            pos = stop
+            i += 1
+        return pieces
+
+    def describe(self) -> dict[str, object]:
+        """What `info` reports about the source."""
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "size": self.size,
+            "page_size": self.page_size,
+            "segments": [
+                [s.paddr, s.file_offset, s.filesz, s.memsz] for s in self.segments
+            ],
+        }
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
