@@ -73,6 +73,7 @@ class _State:
         self.verdicts = VerdictCache(config.verdict_cache_kib * 1024 // CHUNK_PFNS)
         self.pages = PageCache(int(config.cache_mib * MiB) // page_size)
         self.flights: dict[int, Flight] = {}
+        self.asking = asyncio.Lock()
 
 
 class Engine:
@@ -291,19 +292,33 @@ class Engine:
                 state.pages.put(index, bytes(view[k * ps : k * ps + length]))
 
     async def _verdicts(self, state: _State, ranges: list[tuple[int, int]]) -> list[Run]:
-        """Sorted verdict runs covering `ranges` (sorted, disjoint), asking the hook for gaps."""
+        """Sorted verdict runs covering `ranges` (sorted, disjoint), asking the hook for gaps.
+
+        Asks are serialized per registration (the hook has one thread anyway), and the
+        cache is looked at again once it is our turn, so concurrent readers of the same
+        pfns never ask the hook twice.
+        """
         if state.caller is None:
             return [(first, end, RAM) for first, end in ranges]
-        runs: list[Run] = []
-        for first, end in ranges:
-            runs.extend(state.verdicts.lookup(first, end))
-        unknown = [(first, end) for first, end, code in runs if code == UNKNOWN]
-        if not unknown:
+        runs = self._known(state, ranges)
+        if not any(code == UNKNOWN for _, _, code in runs):
             return runs
-        answers = await state.caller.ask(unknown)
+        async with state.asking:
+            runs = self._known(state, ranges)
+            unknown = [(first, end) for first, end, code in runs if code == UNKNOWN]
+            if not unknown:
+                return runs
+            answers = await state.caller.ask(unknown)
         for first, end, code in answers:
             state.verdicts.store(first, end, code)
         return sorted([run for run in runs if run[2] != UNKNOWN] + answers)
+
+    @staticmethod
+    def _known(state: _State, ranges: list[tuple[int, int]]) -> list[Run]:
+        runs: list[Run] = []
+        for first, end in ranges:
+            runs.extend(state.verdicts.lookup(first, end))
+        return runs
 
     def close(self) -> None:
         """Release threads and the hook; the source is closed by whoever opened it."""

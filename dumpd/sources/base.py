@@ -13,6 +13,8 @@ Design rules:
 
 from __future__ import annotations
 
+import heapq
+from itertools import pairwise
 import os
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -61,25 +63,36 @@ def first_wins(segments: Sequence[Segment], key: str) -> list[tuple[int, int, Se
     """Flatten the segments' `[start, end)` intervals (`key` "phys" or "file") by priority.
 
     Returns sorted, non-overlapping `(start, end, segment)` pieces in which every point
-    belongs to the first segment, in program-header order, that contains it.
-    O(n^2) in the number of PT_LOADs, which is a few hundred at most.
+    belongs to the first segment, in program-header order, that contains it. A sweep
+    with a heap of the open segments: O(n log n), as PN_XNUM files hold 65535+ PT_LOADs.
     """
-    taken: list[tuple[int, int, Segment]] = []
-    for seg in segments:
+    spans = []
+    for index, seg in enumerate(segments):
         if key == "phys":
             start, end = seg.paddr, seg.paddr + seg.memsz
         else:
             start, end = seg.file_offset, seg.file_offset + seg.filesz
-        free = [(start, end)] if start < end else []
-        for t_start, t_end, _ in taken:
-            free = [
-                piece
-                for f_start, f_end in free
-                for piece in ((f_start, min(f_end, t_start)), (max(f_start, t_end), f_end))
-                if piece[0] < piece[1]
-            ]
-        taken.extend((f_start, f_end, seg) for f_start, f_end in free)
-    return sorted(taken, key=lambda piece: piece[0])
+        if start < end:
+            spans.append((start, end, index))
+    spans.sort()
+    points = sorted({p for start, end, _ in spans for p in (start, end)})
+    open_spans: list[tuple[int, int]] = []  # (index, end), lowest index on top
+    pieces: list[tuple[int, int, Segment]] = []
+    j = 0
+    for here, there in pairwise(points):
+        while j < len(spans) and spans[j][0] <= here:
+            heapq.heappush(open_spans, (spans[j][2], spans[j][1]))
+            j += 1
+        while open_spans and open_spans[0][1] <= here:
+            heapq.heappop(open_spans)
+        if not open_spans:
+            continue
+        owner = segments[open_spans[0][0]]
+        if pieces and pieces[-1][1] == here and pieces[-1][2] is owner:
+            pieces[-1] = (pieces[-1][0], there, owner)
+        else:
+            pieces.append((here, there, owner))
+    return pieces
 
 
 def build_phys_map(segments: Sequence[Segment]) -> tuple[PhysRun, ...]:
@@ -149,7 +162,8 @@ class Source:
         pos, end = paddr, paddr + length
         i = bisect_right(self._phys_starts, pos) - 1
         while pos < end:
-            if i < 0 or i >= len(self.phys_map) or self.phys_map[i].end <= pos:
+            run_ok = 0 <= i < len(self.phys_map) and self.phys_map[i].start <= pos
+            if not run_ok or self.phys_map[i].end <= pos:
                 raise DumpdError(
                     "ERANGE", f"physical address {pos:#x} is not in any segment"
                 )

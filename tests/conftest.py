@@ -1,0 +1,51 @@
+"""Fixtures: real servers on real Unix sockets in temp dirs, on both event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from dumpd.client import AsyncClient
+from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
+from dumpd.engine import EngineConfig
+from dumpd.server import Server
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the default loop and on uvloop."""
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, source: str | Path, *, hook: str = "",
+    hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096, engine: EngineConfig | None = None,
+    **server: Any,
+) -> AsyncIterator[Server]:
+    """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit."""
+    config = Config(
+        source=SourceConfig(path=str(source), kind=kind, page_size=page_size),
+        server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
+        engine=engine or EngineConfig(),
+        hook=HookConfig(name=hook, options=hook_options or {}),
+    )
+    srv = Server(config)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.shutdown(deadline=2.0)
+
+
+@contextlib.asynccontextmanager
+async def client_of(server: Server) -> AsyncIterator[AsyncClient]:
+    async with await AsyncClient.connect(server.config.server.socket) as client:
+        yield client

@@ -1,0 +1,365 @@
+"""The core through the real socket: byte-exact reads, coalescing counters, the hook
+slot, error codes and bounded memory. Every server here is real, on a Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import stat
+import threading
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from dumpd.client import AsyncClient, RemoteError
+from dumpd.engine import EngineConfig
+from dumpd.errors import StartupError
+from dumpd.protocol import encode_request
+from dumpd.sources.base import Segment
+from tests.conftest import client_of, serving
+from tests.dumps import SegSpec, build_elf, build_raw, file_bytes, pattern
+
+PAGE = 4096
+
+IRREGULAR = [
+    SegSpec(paddr=0x1000, memsz=0x5000),
+    SegSpec(paddr=0x10000, memsz=0x3000, filesz=0x1800),  # memsz > filesz
+    SegSpec(paddr=0x20123, memsz=0x2345),  # not page aligned, not a page multiple
+    SegSpec(paddr=0x30000, memsz=0x2000, filesz=0),  # nothing in the file
+    SegSpec(paddr=0x40000, memsz=0x8000),
+]
+
+
+def expected_view(path: str, segments: tuple[Segment, ...], zero_pfns: set[int]) -> bytes:
+    """The file with every byte of a non-RAM pfn zeroed (first PT_LOAD wins per byte)."""
+    data = bytearray(file_bytes(path))
+    claimed = bytearray(len(data))
+    for seg in segments:
+        for pos in range(seg.file_offset, seg.file_offset + seg.filesz):
+            if claimed[pos]:
+                continue
+            claimed[pos] = 1
+            if (seg.paddr + pos - seg.file_offset) // PAGE in zero_pfns:
+                data[pos] = 0
+    return bytes(data)
+
+
+async def read_all(client: AsyncClient, size: int, chunk: int) -> bytes:
+    parts = await asyncio.gather(*(client.read(o, chunk) for o in range(0, size, chunk)))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("elf_class,endian", [(32, "little"), (32, "big"), (64, "little"),
+                                              (64, "big")])
+async def test_elf_view_is_byte_exact(tmp_path: Path, elf_class: int, endian: str) -> None:
+    dump = build_elf(tmp_path / "vmcore", IRREGULAR, elf_class=elf_class, endian=endian,
+                     page_size_note=PAGE, data_align=8, cpus=2)
+    want = file_bytes(dump.path)
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        assert await read_all(client, dump.size, 3 * PAGE + 17) == want
+        rng = random.Random(elf_class)
+        for _ in range(200):
+            off = rng.randrange(dump.size + 100)
+            n = rng.randrange(1, 3 * PAGE)
+            assert await client.read(off, n) == want[off : off + n]
+        info = await client.info()
+    assert info["source"] == {"kind": "elf", "path": dump.path}
+    assert info["size"] == dump.size
+    assert info["segments"] == [[s.paddr, s.file_offset, s.filesz, s.memsz]
+                                for s in dump.segments]
+    assert info["hook"] is None
+
+
+async def test_raw_view_is_byte_exact(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 300 * PAGE + 123)
+    want = file_bytes(dump.path)
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        assert await read_all(client, dump.size, 64 * PAGE) == want
+        assert await client.read(dump.size - 10, 100) == want[-10:]
+        assert await client.read(dump.size, 100) == b""
+        assert await client.read(dump.size + 5000, 1) == b""
+        assert await client.read_phys(0x1234, 99) == want[0x1234 : 0x1234 + 99]
+        assert (await client.info())["source"]["kind"] == "raw"
+
+
+async def test_read_phys_follows_segments(tmp_path: Path) -> None:
+    dump = build_elf(tmp_path / "vmcore", IRREGULAR, data_align=8)
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        assert await client.read_phys(0x1000, 0x5000) == pattern(0x1000, 0x5000)
+        # p_filesz < p_memsz: the rest of the segment reads as zeros
+        assert await client.read_phys(0x10000, 0x3000) == pattern(0x10000, 0x1800) + bytes(0x1800)
+        assert await client.read_phys(0x30000, 0x2000) == bytes(0x2000)
+        assert await client.read_phys(0x20123, 0x2345) == pattern(0x20123, 0x2345)
+        for paddr, length in ((0, 1), (0x5fff, 2), (0x6000, 1), (0x20000, 0x200)):
+            with pytest.raises(RemoteError) as err:
+                await client.read_phys(paddr, length)
+            assert err.value.code == "ERANGE"
+
+
+async def test_overlapping_segments_first_wins(tmp_path: Path) -> None:
+    """Kernel text inside the direct map, as in /proc/vmcore: each file copy is served
+    as it is, and read_phys takes the first PT_LOAD in program-header order."""
+    segs = [SegSpec(paddr=0x4000, memsz=0x2000), SegSpec(paddr=0x0, memsz=0x10000)]
+    dump = build_elf(tmp_path / "vmcore", segs,
+                     fill=lambda paddr, n: bytes([paddr >> 12 & 0xFF]) * n)
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        assert await read_all(client, dump.size, 5 * PAGE) == file_bytes(dump.path)
+        text = dump.segments[0]
+        assert await client.read_phys(0x4000, 0x2000) == file_bytes(
+            dump.path, text.file_offset, 0x2000)
+
+
+def balloon_file(path: Path, pfns: list[tuple[int, int]]) -> str:
+    path.write_text("".join(f"{a:#x}-{b:#x}\n" for a, b in pfns))
+    return str(path)
+
+
+async def test_512_small_reads_cost_one_verdict_and_one_source_read(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 64 * PAGE)
+    hook_file = balloon_file(tmp_path / "balloon.txt", [(10, 19)])
+    want = file_bytes(dump.path, 5 * PAGE, PAGE)
+    async with serving(tmp_path, dump.path, hook="balloon",
+                       hook_options={"file": hook_file}) as server, client_of(server) as client:
+        for i in range(512):
+            assert await client.read(5 * PAGE + 8 * i, 8) == want[8 * i : 8 * i + 8]
+        stats = await client.stats()
+        for i in range(512):  # a non-RAM page: one verdict, no source read, zeros
+            assert await client.read(12 * PAGE + 8 * i, 8) == bytes(8)
+        stats2 = await client.stats()
+    assert stats["hook"] == "balloon"
+    assert (stats["pfns_asked"], stats["hook_calls"]) == (1, 1)
+    assert (stats["source_read_calls"], stats["source_pages_read"]) == (1, 1)
+    assert stats["source_bytes_read"] == PAGE
+    assert (stats["cache_misses"], stats["cache_hits"]) == (1, 511)
+    assert stats["bytes_served"] == 512 * 8
+    assert (stats2["pfns_asked"], stats2["hook_calls"]) == (2, 2)
+    assert (stats2["source_read_calls"], stats2["source_bytes_read"]) == (1, PAGE)
+    assert stats2["zero_pages_served"] == 512
+
+
+async def test_whole_dump_asks_each_pfn_once_and_never_reads_non_ram(tmp_path: Path) -> None:
+    segs = [SegSpec(paddr=0x1000, memsz=0x9E000), SegSpec(paddr=0x20000, memsz=0x8000),
+            SegSpec(paddr=0x200000, memsz=0x300000, filesz=0x2FF800)]
+    dump = build_elf(tmp_path / "vmcore", segs, page_size_note=PAGE, data_align=0x200)
+    ballooned = [(0x30, 0x3F), (0x21, 0x22), (0x250, 0x3FF), (0x4F0, 0x4FF)]
+    zero_pfns = {p for a, b in ballooned for p in range(a, b + 1)}
+    hook_file = balloon_file(tmp_path / "balloon.txt", ballooned)
+    reads: list[tuple[int, int]] = []
+    async with serving(tmp_path, dump.path, hook="balloon",
+                       hook_options={"file": hook_file}) as server, client_of(server) as client:
+        assert server.source is not None
+        real_read = server.source.read_into
+
+        def recording_read(offset: int, view: memoryview) -> None:
+            reads.append((offset, len(view)))
+            real_read(offset, view)
+
+        server.source.read_into = recording_read  # type: ignore[method-assign]
+        got = await read_all(client, dump.size, 256 * 1024)
+        stats = await client.stats()
+        extents = await client.extents(0, dump.size)
+    assert got == expected_view(dump.path, dump.segments, zero_pfns)
+    distinct = {p for s in dump.segments for p in range(s.paddr // PAGE,
+                                                         (s.paddr + s.filesz - 1) // PAGE + 1)}
+    assert stats["pfns_asked"] == len(distinct)
+    for offset, length in reads:
+        for pos in range(offset, offset + length):
+            seg = next(s for s in dump.segments if s.file_offset <= pos < s.file_offset + s.filesz
+                       ) if any(s.file_offset <= pos < s.file_offset + s.filesz
+                                for s in dump.segments) else None
+            if seg is not None:
+                assert (seg.paddr + pos - seg.file_offset) // PAGE not in zero_pfns
+    assert stats["source_bytes_read"] == sum(n for _, n in reads)
+    zero_bytes = sum(n for _, n, kind in extents if kind == "zero")
+    assert stats["source_bytes_read"] == dump.size - zero_bytes
+    assert all(a[0] + a[1] == b[0] and a[2] != b[2] for a, b in pairwise(extents))
+
+
+async def test_concurrent_readers_share_one_flight(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
+    release = threading.Event()
+
+    class Gate:
+        def pfn_is_ram(self, pfn: int) -> int:
+            release.wait(5)
+            return 1
+
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        assert server.engine is not None
+        server.engine.register_hook("gate", Gate())
+        tasks = [asyncio.ensure_future(client.read(3 * PAGE + i, 100)) for i in range(50)]
+        while server.engine.counters.singleflight_waits < 49:
+            await asyncio.sleep(0.005)
+        release.set()
+        results = await asyncio.gather(*tasks)
+        stats = await client.stats()
+    want = file_bytes(dump.path)
+    assert results == [want[3 * PAGE + i : 3 * PAGE + i + 100] for i in range(50)]
+    assert (stats["singleflight_waits"], stats["cache_misses"]) == (49, 1)
+    assert (stats["pfns_asked"], stats["source_read_calls"]) == (1, 1)
+
+
+async def test_hook_slot_ebusy_and_unregister(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
+    hook_file = balloon_file(tmp_path / "balloon.txt", [(2, 2)])
+    async with serving(tmp_path, dump.path, hook="balloon",
+                       hook_options={"file": hook_file}) as server, client_of(server) as client:
+        assert await client.read(2 * PAGE, 16) == bytes(16)
+        with pytest.raises(RemoteError) as err:
+            await client.hook_register("none", {})
+        assert err.value.code == "EBUSY"
+        assert (await client.info())["hook"] == "balloon"
+        assert await client.hook_unregister() == {"hook": "balloon"}
+        assert (await client.info())["hook"] is None
+        assert await client.read(2 * PAGE, 16) == file_bytes(dump.path, 2 * PAGE, 16)
+        assert await client.hook_register("balloon", {"file": hook_file}) == {"hook": "balloon"}
+        assert await client.read(2 * PAGE, 16) == bytes(16)
+        with pytest.raises(RemoteError) as err:
+            await client.hook_register("balloon", {"file": hook_file})
+        assert err.value.code == "EBUSY"
+        await client.hook_unregister()
+        with pytest.raises(RemoteError) as err:
+            await client.hook_register("no-such-hook", {})
+        assert err.value.code == "EINVAL" and "installed:" in err.value.message
+
+
+async def test_swap_during_a_read_keeps_the_old_verdicts(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
+    release = threading.Event()
+
+    class SlowNotRam:
+        def pfn_is_ram(self, pfn: int) -> int:
+            release.wait(5)
+            return 0
+
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        assert server.engine is not None
+        server.engine.register_hook("slow", SlowNotRam())
+        pending = asyncio.ensure_future(client.read(4 * PAGE, 64))
+        while server.engine.counters.cache_misses < 1:
+            await asyncio.sleep(0.005)
+        await client.hook_unregister()
+        await client.hook_register("none", {})
+        release.set()
+        assert await pending == bytes(64)  # the verdicts it started with
+        assert await client.read(4 * PAGE, 64) == file_bytes(dump.path, 4 * PAGE, 64)
+
+
+class Faulty:
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def pfn_is_ram(self, pfn: int) -> object:
+        if self.mode == "raise":
+            raise RuntimeError("backend gone")
+        if self.mode == "str":
+            return "yes"
+        if self.mode == "negative":
+            return -22
+        threading.Event().wait(0.3)
+        return 0
+
+
+@pytest.mark.parametrize("mode,counter", [("raise", "hook_exceptions"),
+                                          ("str", "hook_bad_results"),
+                                          ("negative", "hook_errors"),
+                                          ("slow", "hook_timeouts")])
+async def test_hook_failures_read_the_page(tmp_path: Path, mode: str, counter: str) -> None:
+    dump = build_raw(tmp_path / "oldmem", 8 * PAGE)
+    async with serving(tmp_path, dump.path, engine=EngineConfig(hook_timeout=0.1)) as server:
+        assert server.engine is not None
+        server.engine.register_hook(mode, Faulty(mode))  # type: ignore[arg-type]
+        async with client_of(server) as client:
+            assert await client.read(PAGE, 32) == file_bytes(dump.path, PAGE, 32)
+            stats = await client.stats()
+    assert stats[counter] == 1
+    assert stats["source_read_calls"] == 1
+
+
+async def test_error_codes(tmp_path: Path) -> None:
+    dump = build_elf(tmp_path / "vmcore", IRREGULAR)
+    async with serving(tmp_path, dump.path, max_read_mib=1) as server, client_of(server) as c:
+        cases = [
+            (("read", -1, 8), "EINVAL"), (("read", "0", 8), "EINVAL"),
+            (("read", 0, 1.5), "EINVAL"), (("read", True, 8), "EINVAL"),
+            (("read", 0), "EINVAL"), (("read", -(2**63), 1), "EINVAL"),
+            (("read", 0, (1 << 20) + 1), "E2BIG"), (("read_phys", 0, 8), "ERANGE"),
+            (("extents", 0, 1 << 40), "E2BIG"), (("frobnicate",), "ENOSYS"),
+            (("hook.register", 1, {}), "EINVAL"),
+        ]
+        for call, code in cases:
+            with pytest.raises(RemoteError) as err:
+                await c.call(*call)
+            assert err.value.code == code, call
+        assert await c.read(dump.size, 1 << 20) == b""  # exactly the maximum is fine
+        os.truncate(dump.path, dump.size // 2)  # the source fails under the server
+        with pytest.raises(RemoteError) as err:
+            await c.read(dump.size - PAGE, 16)
+        assert err.value.code == "EIO"
+        assert await c.read(0, 4) == b"\x7fELF"  # and it carries on
+
+
+async def test_bad_frames_close_only_their_connection(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    async with serving(tmp_path, dump.path) as server, client_of(server) as honest:
+        path = server.config.server.socket
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(encode_request(7, "read", ["x", 1]))  # decodes: EINVAL for msgid 7
+        writer.write(b"\xc1\xc1\xc1")  # 0xc1 is never valid msgpack
+        reply = await reader.read()  # the error reply, an error notification, then EOF
+        writer.close()
+        assert b"EINVAL" in reply and reply.endswith(b"bytes are not msgpack")
+        assert await honest.read(0, 8) == file_bytes(dump.path, 0, 8)
+
+
+async def test_flood_without_reading_stays_bounded(tmp_path: Path) -> None:
+    """A client that sends 8 MiB reads and never reads a reply costs at most the reply
+    budget, the in-flight limit and the transport's buffers."""
+    dump = build_raw(tmp_path / "oldmem", 8 << 20)
+    async with serving(tmp_path, dump.path, reply_budget_mib=16, max_inflight=8) as server:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        frames = b"".join(encode_request(i, "read", [0, 8 << 20]) for i in range(2000))
+        writer.write(frames)  # 2000 x 8 MiB of replies = 16 GB if nothing held it back
+        await asyncio.sleep(1.0)
+        (conn,) = server.connections
+        held = conn._transport.get_write_buffer_size()  # type: ignore[union-attr]
+        assert conn._budget.available <= conn._budget.capacity
+        assert len(conn._tasks) <= 8
+        assert len(conn._queue) + len(conn._unread) // 20 <= 2000
+        assert held <= 16 << 20 + 256 << 10
+        async with client_of(server) as honest:  # the server still serves others
+            assert await honest.read(100, 4) == file_bytes(dump.path, 100, 4)
+        got = 0
+        while got < 3 * (8 << 20):
+            got += len(await reader.read(1 << 20))
+        writer.close()
+
+
+async def test_socket_is_0600_and_stale_files_are_replaced(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", PAGE)
+    sock = tmp_path / "dumpd.sock"
+    import socket as socket_mod
+    stale = socket_mod.socket(socket_mod.AF_UNIX)
+    stale.bind(str(sock))
+    stale.close()  # a socket file nobody listens on
+    async with serving(tmp_path, dump.path) as server:
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        with pytest.raises(StartupError, match="another server is listening"):
+            async with serving(tmp_path, dump.path):
+                pass
+        assert server.connections == set()
+    assert not sock.exists()
+
+
+async def test_refused_peer_gets_eacces(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", PAGE)
+    async with serving(tmp_path, dump.path) as server:
+        server._allowed_uids = set()
+        async with client_of(server) as client:
+            with pytest.raises((RemoteError, ConnectionError)) as err:
+                await client.read(0, 8)
+        assert server.refused == 1
+    if isinstance(err.value, RemoteError):
+        assert err.value.code == "EACCES"
