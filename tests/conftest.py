@@ -27,7 +27,8 @@ def pytest_asyncio_loop_factories(
 @contextlib.asynccontextmanager
 async def serving(
     tmp_path: Path, source: str | Path, *, hook: str = "",
-    hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096, engine: EngineConfig | None = None,
+    hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
+    engine: EngineConfig | None = None,
     **server: Any,
 ) -> AsyncIterator[Server]:
     """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit."""

@@ -14,11 +14,11 @@ Design rules:
 from __future__ import annotations
 
 import heapq
-from itertools import pairwise
 import os
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from dumpd.errors import DumpdError
 
