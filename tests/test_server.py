@@ -16,7 +16,7 @@ import pytest
 from dumpd.client import AsyncClient, RemoteError
 from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
-from dumpd.protocol import encode_request
+from dumpd.protocol import FrameDecoder, Limits, Response, encode_request
 from dumpd.sources.base import Segment
 from tests.conftest import client_of, serving
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes, pattern
@@ -150,13 +150,19 @@ async def test_whole_dump_asks_each_pfn_once_and_never_reads_non_ram(tmp_path: P
     async with serving(tmp_path, dump.path, hook="balloon",
                        hook_options={"file": hook_file}) as server, client_of(server) as client:
         assert server.source is not None
-        real_read = server.source.read_into
+        real_read, real_cached = server.source.read_into, server.source.read_cached_into
 
         def recording_read(offset: int, view: memoryview) -> None:
             reads.append((offset, len(view)))
             real_read(offset, view)
 
+        def recording_cached(offset: int, view: memoryview) -> int:
+            n = real_cached(offset, view)
+            reads.append((offset, n))
+            return n
+
         server.source.read_into = recording_read  # type: ignore[method-assign]
+        server.source.read_cached_into = recording_cached  # type: ignore[method-assign]
         got = await read_all(client, dump.size, 256 * 1024)
         stats = await client.stats()
         extents = await client.extents(0, dump.size)
@@ -363,3 +369,27 @@ async def test_refused_peer_gets_eacces(tmp_path: Path) -> None:
         assert server.refused == 1
     if isinstance(err.value, RemoteError):
         assert err.value.code == "EACCES"
+
+
+async def test_large_replies_to_a_slow_reader_arrive_whole(tmp_path: Path) -> None:
+    """Replies written while the client is not reading (the transport pauses mid-reply)
+    must still go out one after another, never interleaved."""
+    dump = build_raw(tmp_path / "oldmem", 24 << 20)
+    want = file_bytes(dump.path)
+    offsets = [0, 8 << 20, 16 << 20, 3, 5 << 20]
+    async with serving(tmp_path, dump.path, reply_budget_mib=64) as server:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        writer.write(b"".join(encode_request(i, "read", [o, 8 << 20])
+                              for i, o in enumerate(offsets)))
+        await asyncio.sleep(0.5)  # let every reply start and stall on a full socket
+        decoder = FrameDecoder("client", Limits(16 << 20))
+        replies: dict[int, bytes] = {}
+        while len(replies) < len(offsets):
+            data = await reader.read(1 << 20)
+            assert data, "connection closed early"
+            for event in decoder.feed(data):
+                assert isinstance(event, Response) and event.error is None
+                replies[event.msgid] = event.result
+        writer.close()
+    assert [replies[i] for i in range(len(offsets))] == [want[o : o + (8 << 20)]
+                                                          for o in offsets]

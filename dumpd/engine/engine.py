@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
+from dumpd.engine.buffers import BufferPool, zero
 from dumpd.engine.counters import Counters
 from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
@@ -38,6 +40,7 @@ from dumpd.sources.base import Source
 log = logging.getLogger("dumpd.engine")
 
 MiB = 1 << 20
+INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class EngineConfig:
     verdict_cache_kib: int = 1024
     hook_timeout: float = 2.0
     read_threads: int = 4
+    buffer_pool_mib: int = 16
 
 
 class Flight:
@@ -58,7 +62,7 @@ class Flight:
     def __init__(self, first: int, count: int) -> None:
         self.first = first
         self.count = count
-        self.buffer = bytearray()
+        self.buffer: memoryview | None = None
         self.zero: list[bool] = []
         self.task: asyncio.Future[None] | None = None
 
@@ -91,6 +95,7 @@ class Engine:
                                            thread_name_prefix="dumpd-read")
         self._state = _State(0, None, self.config, self.page_size)
         self._zero_page = bytes(self.page_size)
+        self._buffers = BufferPool(self.config.buffer_pool_mib * MiB)
 
     # -- hook slot -------------------------------------------------------------
 
@@ -120,15 +125,39 @@ class Engine:
 
     # -- reads -----------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> bytes:
-        """Bytes of the file view at `offset`, like pread: short at the end, empty past it."""
+    async def read(self, offset: int, length: int) -> bytes | memoryview:
+        """Bytes of the file view at `offset`, like pread: short at the end, empty past it.
+
+        Large reads come back as a read-only view of the buffer they were read into.
+        """
+        now = self.read_now(offset, length)
+        if now is not None:
+            return now
         data = await self._read_view(offset, length)
         self.counters.bytes_served += len(data)
         return data
 
+    def read_now(self, offset: int, length: int) -> bytes | None:
+        """The bytes if one cached page holds them all (no waiting at all), else None."""
+        ps = self.page_size
+        end = min(self.source.size, offset + length)
+        if offset >= end:
+            return b""
+        first = offset // ps
+        if (end - 1) // ps != first:
+            return None
+        page = self._state.pages.get(first)
+        if page is None:
+            return None
+        self.counters.cache_hits += 1
+        if page is self._zero_page:
+            self.counters.zero_pages_served += 1
+        self.counters.bytes_served += end - offset
+        return page[offset - first * ps : end - first * ps]
+
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         for piece in self.source.phys_to_file(paddr, length):
             if piece.file_offset is None:
                 parts.append(bytes(piece.length))
@@ -153,7 +182,7 @@ class Engine:
             for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
         ]
 
-    async def _read_view(self, offset: int, length: int) -> bytes:
+    async def _read_view(self, offset: int, length: int) -> bytes | memoryview:
         size = self.source.size
         end = min(size, offset + length)
         if offset >= end:
@@ -161,79 +190,79 @@ class Engine:
         ps = self.page_size
         first, last = offset // ps, (end - 1) // ps
         state = self._state
-        if first == last:  # the small-read fast path: one cached page, no task, no hop
-            page = state.pages.get(first)
-            if page is not None:
-                self.counters.cache_hits += 1
-                if page is self._zero_page:
-                    self.counters.zero_pages_served += 1
-                return page[offset - first * ps : end - first * ps]
-        pages = await self._pages(state, first, last + 1)
-        pages[0] = pages[0][offset - first * ps :]
-        pages[-1] = pages[-1][: end - last * ps] if len(pages) > 1 else pages[0][: end - offset]
-        return pages[0] if len(pages) == 1 and isinstance(pages[0], bytes) else b"".join(pages)
+        spans = await self._spans(state, first, last + 1)
+        skip = offset - first * ps
+        if len(spans) == 1:
+            span = spans[0][skip : skip + end - offset]
+            # Keep a view only when it is most of its buffer (a large read's own flight).
+            if isinstance(span, memoryview) and 2 * len(span) < len(cast(bytearray, span.obj)):
+                return bytes(span)  # do not pin a large buffer for a small reply
+            return span
+        return b"".join(spans)[skip : skip + end - offset]
 
-    async def _pages(self, state: _State, first: int, stop: int) -> list[bytes | memoryview]:
-        """Contents of pages `[first, stop)`, from cache, flights in progress or new flights."""
-        found: list[bytes | memoryview | Flight | None] = []
-        missing: list[int] = []
+    async def _spans(self, state: _State, first: int, stop: int) -> list[bytes | memoryview]:
+        """Pages `[first, stop)` as a few buffers: cached pages, and one slice per flight."""
+        # Runs of the range: a cached page (bytes), a flight in progress, or a gap
+        # `(start, count)` that a new flight will read.
+        runs: list[bytes | Flight | tuple[int, int]] = []
         counters = self.counters
-        for index in range(first, stop):
-            page = state.pages.get(index)
-            if page is not None:
-                counters.cache_hits += 1
-                if page is self._zero_page:
-                    counters.zero_pages_served += 1
-                found.append(page)
-                continue
-            flight = state.flights.get(index)
-            if flight is not None:
-                counters.singleflight_waits += 1
-                found.append(flight)
-                continue
-            counters.cache_misses += 1
-            found.append(None)
-            missing.append(index)
-        if missing:
-            cache = stop - first <= state.pages.capacity // 4
-            for flight in self._start_flights(state, missing, cache):
-                found[flight.first - first : flight.first - first + flight.count] = (
-                    [flight] * flight.count
-                )
-        tasks = {id(item.task): item.task for item in found if isinstance(item, Flight)}
-        for task in tasks.values():
-            assert task is not None
-            await asyncio.shield(task)
-        out: list[bytes | memoryview] = []
-        ps = self.page_size
-        for i, item in enumerate(found):
-            if isinstance(item, Flight):
-                index = first + i
-                k = index - item.first
-                if item.zero[k]:
-                    counters.zero_pages_served += 1
-                    out.append(self._zero_page[: self._page_len(index)])
+        pages, flights = state.pages, state.flights
+        if not pages and not flights:  # nothing to look up page by page
+            runs.append((first, stop - first))
+        else:
+            for index in range(first, stop):
+                page = pages.get(index) if pages else None
+                if page is not None:
+                    counters.cache_hits += 1
+                    runs.append(page)
+                    continue
+                flight = flights.get(index) if flights else None
+                if flight is not None:
+                    counters.singleflight_waits += 1
+                    if not runs or runs[-1] is not flight:
+                        runs.append(flight)
+                    continue
+                last = runs[-1] if runs else None
+                if isinstance(last, tuple) and last[0] + last[1] == index:
+                    runs[-1] = (last[0], last[1] + 1)
                 else:
-                    out.append(memoryview(item.buffer)[k * ps : k * ps + self._page_len(index)])
+                    runs.append((index, 1))
+        gaps = [run for run in runs if isinstance(run, tuple)]
+        new: Iterator[Flight] = iter(())
+        if gaps:
+            counters.cache_misses += sum(count for _, count in gaps)
+            new = iter(self._start_flights(state, gaps, stop - first <= pages.capacity // 4))
+        spans: list[bytes | memoryview] = []
+        for run in runs:
+            if isinstance(run, bytes):
+                spans.append(run)
             else:
-                assert item is not None
-                out.append(item)
-        return out
+                spans.append(await self._span(next(new) if isinstance(run, tuple) else run,
+                                              first, stop))
+        return spans
+
+    async def _span(self, flight: Flight, first: int, stop: int) -> bytes | memoryview:
+        """The part of `flight` inside pages `[first, stop)`, once it has landed."""
+        assert flight.task is not None
+        await asyncio.shield(flight.task)
+        ps = self.page_size
+        lo = max(first, flight.first) - flight.first
+        hi = min(stop, flight.first + flight.count) - flight.first
+        self.counters.zero_pages_served += flight.zero[lo:hi].count(True)
+        stop_byte = min(self.source.size - flight.first * ps, hi * ps)
+        if flight.buffer is not None:
+            return flight.buffer[lo * ps : stop_byte]
+        return bytes(stop_byte - lo * ps)
 
     def _page_len(self, index: int) -> int:
         return min(self.page_size, self.source.size - index * self.page_size)
 
-    def _start_flights(self, state: _State, missing: list[int], cache: bool) -> list[Flight]:
-        flights: list[Flight] = []
-        for index in missing:
-            last = flights[-1] if flights else None
-            if last is not None and last.first + last.count == index:
-                last.count += 1
-            else:
-                flights.append(Flight(index, 1))
+    def _start_flights(self, state: _State, gaps: list[tuple[int, int]], cache: bool
+                       ) -> list[Flight]:
+        flights = [Flight(start, count) for start, count in gaps]
         for flight in flights:
-            for index in range(flight.first, flight.first + flight.count):
-                state.flights[index] = flight
+            state.flights.update(dict.fromkeys(range(flight.first, flight.first + flight.count),
+                                               flight))
         task = asyncio.ensure_future(self._fly(state, flights, cache))
         task.add_done_callback(_consume_exception)
         for flight in flights:
@@ -258,17 +287,20 @@ class Engine:
                 flight.zero = _zero_pages(pieces, flight.first, flight.count, ps)
                 if all(flight.zero):
                     continue
-                flight.buffer = bytearray(hi - lo)
-                view = memoryview(flight.buffer)
-                reads.extend(
-                    (start, view[start - lo : end - lo])
-                    for start, end, is_zero in pieces if not is_zero
-                )
+                view, zeroed = self._buffers.take(hi - lo)
+                flight.buffer = view
+                for start, end, is_zero in pieces:
+                    if not is_zero:
+                        reads.append((start, view[start - lo : end - lo]))
+                    elif not zeroed:
+                        zero(view, start - lo, end - lo)
             if reads:
-                await asyncio.get_running_loop().run_in_executor(
-                    self._readers, _read_all, self.source, reads)
                 self.counters.source_read_calls += len(reads)
                 self.counters.source_bytes_read += sum(len(view) for _, view in reads)
+                rest = self._read_cached(reads)
+                if rest:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._readers, _read_all, self.source, rest)
             for flight in flights:
                 self.counters.source_pages_read += flight.zero.count(False)
                 if cache and state.generation == self.slot.generation:
@@ -279,14 +311,28 @@ class Engine:
                     if state.flights.get(index) is flight:
                         del state.flights[index]
 
+    def _read_cached(self, reads: list[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:
+        """Do small reads inline when the OS page cache holds them (microseconds, where
+        a hop to a worker costs tens); returns what is left for the workers."""
+        if sum(len(view) for _, view in reads) > INLINE_READ_MAX:
+            return reads
+        rest = []
+        for offset, view in reads:
+            n = self.source.read_cached_into(offset, view)
+            if n < len(view):
+                rest.append((offset + n, view[n:]))
+        if len(rest) < len(reads):
+            self.counters.source_reads_inline += len(reads) - len(rest)
+        return rest
+
     def _cache_flight(self, state: _State, flight: Flight) -> None:
         """Cache the flight's pages; non-RAM pages all share one zero page (no memory)."""
         ps = self.page_size
-        view = memoryview(flight.buffer)
-        for k, zero in enumerate(flight.zero):
+        view = flight.buffer
+        for k, is_zero in enumerate(flight.zero):
             index = flight.first + k
             length = self._page_len(index)
-            if zero:
+            if is_zero or view is None:
                 state.pages.put(index, self._zero_page if length == ps else bytes(length))
             else:
                 state.pages.put(index, bytes(view[k * ps : k * ps + length]))

@@ -32,11 +32,13 @@ from dumpd.protocol import (
     encode_response,
 )
 from dumpd.server.budget import ByteBudget
-from dumpd.server.dispatch import Dispatcher, Peer
+from dumpd.server.dispatch import NOT_READY, Dispatcher, Peer
 
 log = logging.getLogger("dumpd.server")
 
 FEED_SLICE = 16 * 1024  # bytes decoded at a time, so queued requests stay few
+WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
+WRITE_HIGH_WATER = 1024 * 1024
 
 
 class ConnectionLimits:
@@ -67,6 +69,7 @@ class RpcConnection(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()
         self._msgids: set[int] = set()
         self._drained = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._drained.set()
         self._reading = True
         self._closing_when_idle = False
@@ -82,6 +85,7 @@ class RpcConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         verdict = self._authorize(transport)
         if isinstance(verdict, str):
             self._transport.write(encode_notification("error", ["EACCES", verdict]))
@@ -144,9 +148,29 @@ class RpcConnection(asyncio.Protocol):
                 transport.pause_reading()
 
     def _start(self, event: Request | InvalidRequest) -> None:
+        if self._answer_now(event):
+            return
         task = asyncio.ensure_future(self._serve(event))
         self._tasks.add(task)
         task.add_done_callback(self._finished)
+
+    def _answer_now(self, event: Request | InvalidRequest) -> bool:
+        """Answer without a task when the work is already done (a cached page, `info`):
+        only while nothing is being written and the client keeps up."""
+        transport = self._transport
+        if (not isinstance(event, Request) or transport is None or self._writing.locked()
+                or not self._drained.is_set() or event.msgid in self._msgids):
+            return False
+        assert self.peer is not None
+        try:
+            result = self._dispatcher.call_now(self.peer, event.method, event.params)
+            if result is NOT_READY:
+                return False
+            frames = _frames(event.msgid, result)
+        except Exception as exc:
+            frames = _error_frames(event, exc)
+        transport.write(b"".join(frames))
+        return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -197,24 +221,42 @@ class RpcConnection(asyncio.Protocol):
         assert self.peer is not None
         try:
             result = await self._dispatcher.call(self.peer, event.method, event.params)
-        except DumpdError as exc:
-            return [encode_error(event.msgid, exc.code, exc.message)]
-        except Exception as exc:  # a bug of ours must not cost other requests
-            log.exception("%s failed", event.method)
-            return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]
-        if isinstance(result, bytes):
-            return [encode_bin_response_head(event.msgid, len(result)), result]
-        return [encode_response(event.msgid, result)]
+            return _frames(event.msgid, result)
+        except Exception as exc:
+            return _error_frames(event, exc)
 
     async def _send(self, frames: list[Any]) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        transport.writelines(frames)
-        await self._drained.wait()
+        """Write `frames` in slices, waiting for the transport to drain between them, so
+        a large reply goes to the socket from its own buffer instead of being copied
+        into the transport's."""
+        if sum(map(len, frames)) <= WRITE_SLICE:
+            frames = [b"".join(frames)]  # one write, one system call
+        async with self._writing:  # one reply at a time: slices must not interleave
+            for frame in frames:
+                view = memoryview(frame)
+                for pos in range(0, len(view), WRITE_SLICE):
+                    transport = self._transport
+                    if transport is None or transport.is_closing():
+                        return
+                    transport.write(view[pos : pos + WRITE_SLICE])
+                    await self._drained.wait()
 
     def _violation(self, exc: ProtocolViolation) -> None:
         log.info("closing connection: %s", exc.message)
         assert self._transport is not None
         self._transport.write(encode_notification("error", [exc.code, exc.message]))
         self._transport.close()
+
+
+def _frames(msgid: int, result: Any) -> list[Any]:
+    """The reply frames for a result; bytes go as a bin header plus the buffer itself."""
+    if isinstance(result, bytes | memoryview):
+        return [encode_bin_response_head(msgid, len(result)), result]
+    return [encode_response(msgid, result)]
+
+
+def _error_frames(event: Request, exc: Exception) -> list[Any]:
+    if isinstance(exc, DumpdError):
+        return [encode_error(event.msgid, exc.code, exc.message)]
+    log.error("%s failed", event.method, exc_info=exc)  # a bug of ours, not the client's
+    return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]

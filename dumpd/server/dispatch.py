@@ -21,6 +21,7 @@ from dumpd.hooks.discovery import load_hook
 from dumpd.protocol import as_uint
 
 SMALL_REPLY = 64 * 1024
+NOT_READY = object()  # `call_now` cannot answer without waiting
 MAX_EXTENTS_LENGTH = 1 << 30
 EXTENT_ENTRY_BYTES = 24
 
@@ -54,11 +55,12 @@ class Dispatcher:
             "hook.register": (2, self._register),
             "hook.unregister": (0, self._unregister),
         }
+        self._now = {"info": self._info_now, "stats": self._stats_now}
 
     def cost(self, method: str, params: Sequence[Any]) -> int:
         """Upper bound of the reply's size in bytes, for the connection's reply budget."""
         if method in ("read", "read_phys") and len(params) == 2 and type(params[1]) is int:
-            return max(0, min(params[1], self.max_read)) + 64
+            return max(0, min(params[1], self.max_read))
         if method == "extents" and len(params) == 2 and type(params[1]) is int:
             pages = max(0, min(params[1], MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
             return pages * EXTENT_ENTRY_BYTES
@@ -74,6 +76,17 @@ class Dispatcher:
             raise DumpdError("EINVAL", f"{method} takes {arity} parameters, got {len(params)}")
         return await handler(peer, params)
 
+    def call_now(self, peer: Peer, method: str, params: Sequence[Any]) -> Any:
+        """The result if it is at hand without waiting (a read of a cached page, info,
+        stats), else NOT_READY; argument errors raise DumpdError as `call` does."""
+        if method == "read" and len(params) == 2:
+            offset = as_uint(params[0], "offset")
+            data = self.engine.read_now(offset, self._length(params[1]))
+            return NOT_READY if data is None else data
+        if method in ("info", "stats") and not params:
+            return self._now[method]()
+        return NOT_READY
+
     def _length(self, value: Any) -> int:
         length = as_uint(value, "length")
         if length > self.max_read:
@@ -81,6 +94,9 @@ class Dispatcher:
         return length
 
     async def _info(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        return self._info_now()
+
+    def _info_now(self) -> dict[str, Any]:
         source = self.engine.source
         return {
             "version": __version__,
@@ -92,7 +108,7 @@ class Dispatcher:
             "hook": self.engine.hook_name,
         }
 
-    async def _read(self, peer: Peer, params: Sequence[Any]) -> bytes:
+    async def _read(self, peer: Peer, params: Sequence[Any]) -> bytes | memoryview:
         offset = as_uint(params[0], "offset")
         return await self.engine.read(offset, self._length(params[1]))
 
@@ -109,6 +125,9 @@ class Dispatcher:
         return [list(extent) for extent in await self.engine.extents(offset, length)]
 
     async def _stats(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        return self._stats_now()
+
+    def _stats_now(self) -> dict[str, Any]:
         stats: dict[str, Any] = dict(self.engine.counters.as_dict())
         stats["uptime"] = round(time.monotonic() - self._started, 3)
         stats.update(self._live())

@@ -13,8 +13,10 @@ Design rules:
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
+import stat
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,6 +139,28 @@ class Source:
         self.file_map = build_file_map(self.segments, size)
         self.phys_map = build_phys_map(self.segments)
         self._phys_starts = [run.start for run in self.phys_map]
+        # Regular files can be asked to answer from the page cache or not at all.
+        self._nowait = hasattr(os, "RWF_NOWAIT") and stat.S_ISREG(os.fstat(fd).st_mode)
+
+    def read_cached_into(self, offset: int, view: memoryview) -> int:
+        """Read what the OS page cache already holds, never blocking (RWF_NOWAIT).
+
+        Returns the bytes read: fewer than asked (down to 0) when the rest would need
+        the disk, or always 0 where the file cannot say (devices, /proc/vmcore).
+        """
+        if not self._nowait:
+            return 0
+        try:
+            return os.preadv(self._fd, [view], offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._nowait = False  # this file system cannot: use the workers
+                return 0
+            raise DumpdError(
+                "EIO", f"source read failed at {offset:#x}+{len(view):#x}: {exc.strerror}"
+            ) from exc
 
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill `view` with file bytes from `offset`; a short read is EIO (the file shrank)."""

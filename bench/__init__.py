@@ -1,0 +1,1 @@
+"""dumpd's benchmarks: ratios measured side by side in one run."""
