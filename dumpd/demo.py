@@ -224,13 +224,14 @@ def _report(stats: dict[str, Any], guest: Guest, size: int, debug_s: float, debu
     ballooned = sum(e - f for f, e in guest.balloon)
     naive_calls = size // 8 + debug_reads
     rows = [
-        ("reads sent by clients", f"{naive_calls:,}", f"{debug_reads:,} + {size // COPY_CHUNK}"),
+        ("reads sent by clients", f"{naive_calls:,}",
+         f"{debug_reads:,} + {-(-size // COPY_CHUNK)}"),
         ("source reads", f"{naive_calls:,}", f"{stats['source_read_calls']:,}"),
         ("reads of ballooned pages", f"{ballooned * (PAGE // 8):,}", "0"),
         ("hook verdicts per pfn", "-", f"{stats['pfns_asked'] / pfns:.3f}"),
         ("hook calls", "-", f"{stats['hook_calls']:,}"),
         ("pages served as zeros", "-", f"{stats['zero_pages_served']:,}"),
-        ("cache hits (8-byte reads)", "-", f"{stats['cache_hits']:,}"),
+        ("cache hits", "-", f"{stats['cache_hits']:,}"),
     ]
     print(f"\n{'':<28}{'naive 8-byte reader':>22}{'dumpd':>22}")
     for name, naive, ours in rows:

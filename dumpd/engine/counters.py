@@ -19,6 +19,7 @@ class Counters:
     source_read_calls: int = 0
     source_bytes_read: int = 0
     source_reads_inline: int = 0
+    worker_hops: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
     singleflight_waits: int = 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -31,6 +30,7 @@ from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
 from dumpd.engine.pagecache import PageCache
 from dumpd.engine.ratelog import RateLimitedLog
+from dumpd.engine.readbatch import ReadBatcher
 from dumpd.engine.verdicts import CHUNK_PFNS, RAM, UNKNOWN, Run, VerdictCache
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
@@ -91,8 +91,7 @@ class Engine:
         self.slot = HookSlot()
         self.counters = Counters()
         self._ratelog = RateLimitedLog(logging.getLogger("dumpd.hook"))
-        self._readers = ThreadPoolExecutor(self.config.read_threads,
-                                           thread_name_prefix="dumpd-read")
+        self._reader = ReadBatcher(source, self.config.read_threads, self.counters)
         self._state = _State(0, None, self.config, self.page_size)
         self._zero_page = bytes(self.page_size)
         self._buffers = BufferPool(self.config.buffer_pool_mib * MiB)
@@ -299,8 +298,7 @@ class Engine:
                 self.counters.source_bytes_read += sum(len(view) for _, view in reads)
                 rest = self._read_cached(reads)
                 if rest:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self._readers, _read_all, self.source, rest)
+                    await self._reader.read(rest)
             for flight in flights:
                 self.counters.source_pages_read += flight.zero.count(False)
                 if cache and state.generation == self.slot.generation:
@@ -370,7 +368,7 @@ class Engine:
         """Release threads and the hook; the source is closed by whoever opened it."""
         if self._state.caller is not None:
             self._state.caller.close()
-        self._readers.shutdown(wait=False, cancel_futures=True)
+        self._reader.close()
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -393,12 +391,6 @@ def _zero_pages(pieces: Sequence[tuple[int, int, bool]], first: int, count: int,
             lo, hi = (start - base) // ps, (end - 1 - base) // ps + 1
             zero[lo:hi] = [False] * (hi - lo)
     return zero
-
-
-def _read_all(source: Source, reads: list[tuple[int, memoryview]]) -> None:
-    """Worker side of a flight: every piece with one positional read each."""
-    for offset, view in reads:
-        source.read_into(offset, view)
 
 
 def _consume_exception(task: asyncio.Future[None]) -> None:

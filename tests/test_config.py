@@ -1,0 +1,273 @@
+"""`dumpd.config.load` on real TOML files, and `Config.with_overrides` (the CLI's flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dumpd.config import (
+    DEFAULT_SOCKET,
+    Config,
+    HookConfig,
+    ServerConfig,
+    SourceConfig,
+    load,
+)
+from dumpd.engine import EngineConfig
+from dumpd.errors import StartupError
+
+
+def toml(tmp_path: Path, text: str, name: str = "dumpd.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def load_error(path: str) -> str:
+    with pytest.raises(StartupError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message
+    return message
+
+
+FULL = """
+log_level = "debug"
+
+[source]
+path = "/dumps/vmcore"
+kind = "elf"
+page_size = 16384
+size = 123456
+
+[server]
+socket = "/tmp/x/dumpd.sock"
+tcp = "127.0.0.1:7300"
+allow_uids = [1000, 1001]
+max_frame_kib = 64
+max_read_mib = 4
+max_inflight = 7
+reply_budget_mib = 12
+loop = "asyncio"
+
+[engine]
+cache_mib = 3
+verdict_cache_kib = 8
+hook_timeout = 5
+read_threads = 2
+buffer_pool_mib = 32
+
+[hook]
+name = "balloon"
+
+[hook.options]
+file = "/etc/dumpd/balloon.txt"
+"""
+
+
+def test_no_file_gives_the_defaults() -> None:
+    config = load(None)
+    assert config == Config()
+    assert config.source == SourceConfig(path="/proc/vmcore", kind="auto", page_size=4096, size=0)
+    assert config.server == ServerConfig(
+        socket="/run/dumpd/dumpd.sock", tcp="", allow_uids=(), max_frame_kib=1024,
+        max_read_mib=8, max_inflight=64, reply_budget_mib=16, loop="auto")
+    assert DEFAULT_SOCKET == "/run/dumpd/dumpd.sock"
+    assert config.engine == EngineConfig(cache_mib=16, verdict_cache_kib=1024, hook_timeout=2.0,
+                                         read_threads=4, buffer_pool_mib=16)
+    assert config.hook == HookConfig(name="", options={})
+    assert config.log_level == "info"
+
+
+def test_empty_file_and_empty_sections_give_the_defaults(tmp_path: Path) -> None:
+    assert load(toml(tmp_path, "")) == Config()
+    assert load(toml(tmp_path, "[source]\n[server]\n[engine]\n[hook]\n", "b.toml")) == Config()
+
+
+def test_every_section_and_key(tmp_path: Path) -> None:
+    config = load(toml(tmp_path, FULL))
+    assert config == Config(
+        source=SourceConfig(path="/dumps/vmcore", kind="elf", page_size=16384, size=123456),
+        server=ServerConfig(socket="/tmp/x/dumpd.sock", tcp="127.0.0.1:7300",
+                            allow_uids=(1000, 1001), max_frame_kib=64, max_read_mib=4,
+                            max_inflight=7, reply_budget_mib=12, loop="asyncio"),
+        engine=EngineConfig(cache_mib=3.0, verdict_cache_kib=8, hook_timeout=5.0,
+                            read_threads=2, buffer_pool_mib=32),
+        hook=HookConfig(name="balloon", options={"file": "/etc/dumpd/balloon.txt"}),
+        log_level="debug",
+    )
+    # integers given for float options become floats; lists become tuples
+    assert type(config.engine.cache_mib) is float
+    assert type(config.engine.hook_timeout) is float
+    assert type(config.server.allow_uids) is tuple
+    assert type(config.source.page_size) is int
+
+
+def test_only_some_keys_keep_the_other_defaults(tmp_path: Path) -> None:
+    config = load(toml(tmp_path, '[server]\nmax_read_mib = 2\n[source]\npath = "/x"\n'))
+    assert config == Config(source=SourceConfig(path="/x"), server=ServerConfig(max_read_mib=2))
+
+
+@pytest.mark.xfail(strict=True, reason="config._typed rejects a TOML float for a float option "
+                   "('expected float, got float 0.5'); even docs/configuration.md's "
+                   "`hook_timeout = 2.0` does not load")
+def test_float_literals_for_float_options(tmp_path: Path) -> None:
+    config = load(toml(tmp_path, "[engine]\ncache_mib = 0.5\nhook_timeout = 2.0\n"))
+    assert config.engine == EngineConfig(cache_mib=0.5, hook_timeout=2.0)
+
+
+def test_hook_options_are_passed_through(tmp_path: Path) -> None:
+    text = """
+[hook]
+name = "custom"
+
+[hook.options]
+file = "/a/b"
+count = 3
+ratio = 0.25
+flag = true
+list = [1, "two"]
+
+[hook.options.nested]
+key = "value"
+"""
+    config = load(toml(tmp_path, text))
+    assert config.hook == HookConfig(name="custom", options={
+        "file": "/a/b", "count": 3, "ratio": 0.25, "flag": True, "list": [1, "two"],
+        "nested": {"key": "value"},
+    })
+
+
+@pytest.mark.parametrize("text,names", [
+    ("bogus = 1\n", ["unknown section or key", "'bogus'"]),
+    ("[bogus]\nx = 1\n", ["unknown section or key", "'bogus'"]),
+    ("[source]\nfoo = 1\n", ["[source] unknown key 'foo'", "page_size"]),
+    ("[server]\nsockett = 'x'\n", ["[server] unknown key 'sockett'"]),
+    ("[engine]\ncache = 1\n", ["[engine] unknown key 'cache'", "cache_mib"]),
+    ("[hook]\noption = {}\n", ["[hook] unknown key 'option'"]),
+    ("source = 5\n", ["[source] must be a table"]),
+], ids=["top-key", "section", "source-key", "server-key", "engine-key", "hook-key", "not-table"])
+def test_unknown_sections_and_keys(tmp_path: Path, text: str, names: list[str]) -> None:
+    message = load_error(toml(tmp_path, text))
+    for name in names:
+        assert name in message
+
+
+@pytest.mark.parametrize("text,key,got", [
+    ('[source]\npage_size = "4096"\n', "source.page_size", "expected int, got str '4096'"),
+    ("[source]\npage_size = true\n", "source.page_size", "expected int, got bool True"),
+    ("[source]\npath = 5\n", "source.path", "expected str, got int 5"),
+    ("[server]\nmax_read_mib = 8.0\n", "server.max_read_mib", "expected int, got float 8.0"),
+    ('[server]\nallow_uids = [1, "2"]\n', "server.allow_uids", "expected tuple"),
+    ("[server]\nallow_uids = [true]\n", "server.allow_uids", "expected tuple"),
+    ("[server]\nallow_uids = 1000\n", "server.allow_uids", "expected tuple, got int 1000"),
+    ('[engine]\nread_threads = "4"\n', "engine.read_threads", "expected int, got str"),
+    ("[engine]\ncache_mib = true\n", "engine.cache_mib", "expected float, got bool True"),
+    ("[hook]\nname = 3\n", "hook.name", "expected str, got int 3"),
+    ("[hook]\noptions = 5\n", "hook.options", "expected dict, got int 5"),
+    ("log_level = 1\n", "log_level", "expected str, got int 1"),
+])
+def test_wrong_types(tmp_path: Path, text: str, key: str, got: str) -> None:
+    path = toml(tmp_path, text)
+    assert load_error(path).startswith(f"{path}: {key}: {got}")
+
+
+@pytest.mark.parametrize("text,key,why", [
+    ("[source]\npage_size = 3000\n", "source.page_size", "must be a power of two >= 512, not 3000"),
+    ("[source]\npage_size = 256\n", "source.page_size", "must be a power of two >= 512, not 256"),
+    ('[source]\nkind = "zip"\n', "source.kind", "must be auto, elf or raw, not 'zip'"),
+    ("[server]\nreply_budget_mib = 4\n", "server.reply_budget_mib",
+     "must be at least server.max_read_mib"),
+    ("[server]\nmax_read_mib = 32\n", "server.reply_budget_mib",
+     "must be at least server.max_read_mib"),
+    ("[server]\nmax_inflight = 0\n", "server.max_inflight", "must be positive"),
+    ("[server]\nmax_frame_kib = -1\n", "server.max_frame_kib", "must be positive"),
+    ('[server]\ntcp = "0.0.0.0:7300"\n', "server.tcp",
+     "only loopback addresses are allowed, not '0.0.0.0'"),
+    ('[server]\ntcp = "10.1.2.3:7300"\n', "server.tcp", "only loopback"),
+    ('[server]\ntcp = "127.0.0.1"\n', "server.tcp", "must be HOST:PORT, not '127.0.0.1'"),
+    ('[server]\ntcp = "127.0.0.1:70000"\n', "server.tcp", "must be HOST:PORT"),
+    ('[server]\ntcp = "localhost:0"\n', "server.tcp", "must be HOST:PORT"),
+    ('[server]\nloop = "trio"\n', "server.loop", "must be auto, uvloop or asyncio, not 'trio'"),
+    ("[engine]\nhook_timeout = 0\n", "engine.hook_timeout", "must be positive"),
+    ('log_level = "verbose"\n', "log_level", "must be debug, info, warning or error"),
+])
+def test_invalid_values(tmp_path: Path, text: str, key: str, why: str) -> None:
+    path = toml(tmp_path, text)
+    assert load_error(path).startswith(f"{path}: {key}: {why}")
+
+
+@pytest.mark.parametrize("text", ['[server]\ntcp = "[::1]:7300"\n',
+                                  '[server]\ntcp = "localhost:65535"\n',
+                                  "[engine]\ncache_mib = 0\n",
+                                  "[source]\npage_size = 512\n"])
+def test_edge_values_that_are_valid(tmp_path: Path, text: str) -> None:
+    load(toml(tmp_path, text))
+
+
+@pytest.mark.xfail(strict=True, reason="Config.validate reports 'engine: cache sizes and "
+                   "read_threads must be positive' without naming which key is wrong")
+@pytest.mark.parametrize("key,value", [("cache_mib", -1), ("verdict_cache_kib", 0),
+                                       ("read_threads", 0)])
+def test_engine_sizes_name_the_key(tmp_path: Path, key: str, value: int) -> None:
+    path = toml(tmp_path, f"[engine]\n{key} = {value}\n")
+    assert load_error(path).startswith(f"{path}: engine.{key}: ")
+
+
+def test_syntax_error_and_unreadable_file(tmp_path: Path) -> None:
+    path = toml(tmp_path, "[source\npath = 1\n")
+    assert load_error(path).startswith(f"{path}: not valid TOML: ")
+    path = toml(tmp_path, 'log_level = "info"\nlog_level = "debug"\n', "dup.toml")
+    assert load_error(path).startswith(f"{path}: not valid TOML: ")
+    missing = str(tmp_path / "missing.toml")
+    assert load_error(missing) == f"{missing}: cannot read: No such file or directory"
+    assert load_error(str(tmp_path)) == f"{tmp_path}: cannot read: Is a directory"
+
+
+def test_overrides_replace_file_values(tmp_path: Path) -> None:
+    config = load(toml(tmp_path, FULL))
+    updated = config.with_overrides(
+        source_path="/other", source_kind=None, source_page_size=None,
+        server_socket="/run/other.sock", server_tcp=None, server_loop="uvloop",
+        engine_cache_mib=2.5, hook_name="none", hook_options={}, log_level="warning",
+    )
+    assert updated == Config(
+        source=SourceConfig(path="/other", kind="elf", page_size=16384, size=123456),
+        server=ServerConfig(socket="/run/other.sock", tcp="127.0.0.1:7300",
+                            allow_uids=(1000, 1001), max_frame_kib=64, max_read_mib=4,
+                            max_inflight=7, reply_budget_mib=12, loop="uvloop"),
+        engine=EngineConfig(cache_mib=2.5, verdict_cache_kib=8, hook_timeout=5.0,
+                            read_threads=2, buffer_pool_mib=32),
+        hook=HookConfig(name="none", options={}),
+        log_level="warning",
+    )
+    assert config == load(toml(tmp_path, FULL, "again.toml"))  # the original is untouched
+
+
+def test_overrides_none_means_not_given(tmp_path: Path) -> None:
+    config = load(toml(tmp_path, FULL))
+    flags = {"source_path": None, "source_kind": None, "source_page_size": None,
+             "server_socket": None, "server_tcp": None, "hook_name": None,
+             "engine_cache_mib": None, "server_loop": None, "log_level": None}
+    assert config.with_overrides(**flags) == config
+    assert config.with_overrides() == config
+    # falsy values that are given do override
+    assert config.with_overrides(server_tcp="", hook_name="").server.tcp == ""
+    assert config.with_overrides(hook_name="").hook == HookConfig(
+        name="", options={"file": "/etc/dumpd/balloon.txt"})
+
+
+def test_overrides_are_validated(tmp_path: Path) -> None:
+    config = load(None)
+    with pytest.raises(StartupError) as err:
+        config.with_overrides(source_page_size=1000)
+    assert str(err.value) == ("command line: source.page_size: "
+                              "must be a power of two >= 512, not 1000")
+    with pytest.raises(StartupError) as err:
+        config.with_overrides(server_tcp="192.168.0.1:7300")
+    assert str(err.value).startswith("command line: server.tcp: only loopback")
+    with pytest.raises(StartupError) as err:
+        config.with_overrides(log_level="loud")
+    assert str(err.value).startswith("command line: log_level: ")
