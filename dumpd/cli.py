@@ -150,11 +150,12 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _read(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        chunk = min(READ_CHUNK, client.info().get("max_read", READ_CHUNK))
         method = client.read_phys if args.phys else client.read
         out = open(args.output, "wb") if args.output else None  # noqa: SIM115
         try:
-            for pos in range(args.offset, args.offset + args.length, READ_CHUNK):
-                want = min(READ_CHUNK, args.offset + args.length - pos)
+            for pos in range(args.offset, args.offset + args.length, chunk):
+                want = min(chunk, args.offset + args.length - pos)
                 data = method(pos, want)
                 if out is not None:
                     out.write(data)

@@ -93,10 +93,13 @@ class Config:
             if host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
                 raise bad("server.tcp", f"only loopback addresses are allowed, not {host!r}")
         eng = self.engine
-        if eng.cache_mib < 0 or eng.verdict_cache_kib <= 0 or eng.read_threads <= 0:
-            raise bad("engine", "cache sizes and read_threads must be positive")
-        if eng.hook_timeout <= 0:
-            raise bad("engine.hook_timeout", "must be positive")
+        if eng.cache_mib < 0:
+            raise bad("engine.cache_mib", f"must not be negative, not {eng.cache_mib}")
+        for key in ("verdict_cache_kib", "read_threads", "hook_timeout"):
+            if getattr(eng, key) <= 0:
+                raise bad(f"engine.{key}", f"must be positive, not {getattr(eng, key)}")
+        if eng.buffer_pool_mib < 0:
+            raise bad("engine.buffer_pool_mib", f"must not be negative, not {eng.buffer_pool_mib}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", f"must be debug, info, warning or error, not {self.log_level!r}")
 
@@ -157,7 +160,7 @@ def _python_type(annotation: Any) -> type:
 
 
 def _typed(path: str, key: str, value: Any, typ: type) -> Any:
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+    if typ is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if typ is tuple and isinstance(value, list) and all(
             isinstance(v, int) and not isinstance(v, bool) for v in value):

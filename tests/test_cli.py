@@ -198,9 +198,6 @@ def test_socket_path_taken_by_a_regular_file(tmp_path: Path) -> None:
     assert taken.read_text() == "not a socket"
 
 
-@pytest.mark.xfail(strict=True, reason="listeners._remove_stale catches only "
-                   "FileNotFoundError: os.lstat raises NotADirectoryError (ENOTDIR), which "
-                   "escapes as a traceback with exit status 1")
 def test_socket_parent_is_a_regular_file(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     parent = tmp_path / "file"
@@ -211,9 +208,6 @@ def test_socket_parent_is_a_regular_file(tmp_path: Path) -> None:
     assert "Not a directory" in line
 
 
-@pytest.mark.xfail(strict=True, reason="Server.start binds the Unix socket before the TCP "
-                   "one; when the TCP bind fails, shutdown() unlinks only with listeners, so "
-                   "the socket file is left behind")
 def test_failed_start_leaves_no_socket_file(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     sock = tmp_path / "run" / "dumpd.sock"
@@ -247,7 +241,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         "version": __version__, "protocol": PROTOCOL_VERSION,
         "source": {"kind": "raw", "path": dump.path},
         "size": 20 * MiB, "page_size": PAGE, "segments": [[0, 0, 20 * MiB, 20 * MiB]],
-        "hook": None,
+        "hook": None, "max_read": 8 * MiB,
     }
 
 
@@ -271,9 +265,6 @@ def test_read_to_file_pipe_and_phys(tmp_path: Path) -> None:
     assert stats["bytes_served"] == length + 100 + 99 + 10
 
 
-@pytest.mark.xfail(strict=True, reason="cli._read always asks for READ_CHUNK (8 MiB) pieces, "
-                   "so against a server with server.max_read_mib below 8 any read longer "
-                   "than that limit fails with E2BIG instead of being split")
 def test_read_splits_to_the_servers_max_read(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 6 * MiB)
     config = tmp_path / "dumpd.toml"
@@ -340,9 +331,6 @@ def test_stats_counters(tmp_path: Path) -> None:
     assert len(lines) == len(stats)
 
 
-@pytest.mark.xfail(strict=True, reason="RpcConnection.eof_received returns True and nothing "
-                   "closes the transport once idle, so a client that hangs up stays in "
-                   "Server.connections (and its fd stays open) until shutdown")
 def test_finished_clients_are_released(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     with served(tmp_path, dump.path) as sock:

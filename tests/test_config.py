@@ -110,9 +110,6 @@ def test_only_some_keys_keep_the_other_defaults(tmp_path: Path) -> None:
     assert config == Config(source=SourceConfig(path="/x"), server=ServerConfig(max_read_mib=2))
 
 
-@pytest.mark.xfail(strict=True, reason="config._typed rejects a TOML float for a float option "
-                   "('expected float, got float 0.5'); even docs/configuration.md's "
-                   "`hook_timeout = 2.0` does not load")
 def test_float_literals_for_float_options(tmp_path: Path) -> None:
     config = load(toml(tmp_path, "[engine]\ncache_mib = 0.5\nhook_timeout = 2.0\n"))
     assert config.engine == EngineConfig(cache_mib=0.5, hook_timeout=2.0)
@@ -207,8 +204,6 @@ def test_edge_values_that_are_valid(tmp_path: Path, text: str) -> None:
     load(toml(tmp_path, text))
 
 
-@pytest.mark.xfail(strict=True, reason="Config.validate reports 'engine: cache sizes and "
-                   "read_threads must be positive' without naming which key is wrong")
 @pytest.mark.parametrize("key,value", [("cache_mib", -1), ("verdict_cache_kib", 0),
                                        ("read_threads", 0)])
 def test_engine_sizes_name_the_key(tmp_path: Path, key: str, value: int) -> None:

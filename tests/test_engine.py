@@ -434,8 +434,6 @@ async def test_hanging_hook_times_out_and_pages_are_read(tmp_path: Path) -> None
         assert not thread.is_alive()
 
 
-@pytest.mark.xfail(strict=True, reason="a hung hook call is counted twice in hook_timeouts: "
-                   "once when HookCaller.ask gives up on it, again by _judge when it returns")
 async def test_one_hung_call_is_one_timeout(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 2 * PAGE)
     hook = Hanging()

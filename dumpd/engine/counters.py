@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 @dataclass(slots=True)
 class Counters:
-    """Monotonic counts since start. Hook counters are written by the hook thread only."""
+    """Monotonic counts since start. Hook counters are written by the hook thread (and
+    `hook_timeouts` also by the loop, under a lock); the others by the loop."""
 
     hook_calls: int = 0
     pfns_asked: int = 0

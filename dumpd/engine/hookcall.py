@@ -53,6 +53,7 @@ class HookCaller:
         self._counters = counters
         self._ratelog = ratelog
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"dumpd-hook-{name}")
+        self._timeouts_lock = threading.Lock()
 
     async def ask(self, ranges: list[tuple[int, int]]) -> list[Answer]:
         """Verdict runs for each `[first, end)` pfn range, in order, covering them exactly."""
@@ -79,7 +80,7 @@ class HookCaller:
             (max(first, answered), end, ERROR) for first, end in ranges if end > answered
         ]
         pfns = sum(end - first for first, end, _ in rest)
-        self._counters.hook_timeouts += 1
+        self._count_timeout()
         self._ratelog.warning(
             "timeout",
             f"hook {self.name!r}: no answer within {self._timeout}s; "
@@ -102,6 +103,8 @@ class HookCaller:
         started = time.monotonic()
         try:
             verdict = self._hook.pfn_is_ram(pfn)
+            if batch.abandoned:  # the loop gave up on this call and counted it
+                return False
             code = self._judge(verdict, time.monotonic() - started, pfn, 1)
         except Exception as exc:
             code = self._failed(exc, pfn, 1)
@@ -113,6 +116,8 @@ class HookCaller:
         answers: list[Answer] = []
         try:
             runs: Iterable[tuple[int, int]] = self._ranged(first, end - first)
+            if batch.abandoned:  # the loop gave up on this call and counted it
+                return
             pos = first
             for length, verdict in runs:
                 if type(length) is not int or length <= 0 or pos + length > end:
@@ -135,7 +140,7 @@ class HookCaller:
             )
             return ERROR
         if elapsed > self._timeout:
-            self._counters.hook_timeouts += 1
+            self._count_timeout()
             self._ratelog.warning(
                 "slow", f"hook {self.name!r} took {elapsed:.3f}s for pfn {pfn:#x}+{count}"
             )
@@ -144,6 +149,12 @@ class HookCaller:
         if code == ERROR:
             self._counters.hook_errors += count
         return code
+
+    def _count_timeout(self) -> None:
+        # The only hook counter written from both sides: the loop when it gives up on a
+        # call, the hook thread when a call returns late.
+        with self._timeouts_lock:
+            self._counters.hook_timeouts += 1
 
     def _failed(self, exc: Exception, pfn: int, count: int) -> int:
         self._counters.hook_exceptions += 1

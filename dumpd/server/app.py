@@ -40,6 +40,7 @@ class Server:
         self.connections: set[RpcConnection] = set()
         self.refused = 0
         self._listeners: list[asyncio.AbstractServer] = []
+        self._unix_path: str | None = None
         self._stop = asyncio.Event()
         self._allowed_uids = {0, os.geteuid(), *config.server.allow_uids}
 
@@ -66,9 +67,17 @@ class Server:
             return conn
 
         loop = asyncio.get_running_loop()
-        sockets = [bind_unix(srv.socket)] if srv.socket else []
-        if srv.tcp:
-            sockets.append(bind_tcp(srv.tcp))
+        sockets: list[socket.socket] = []
+        try:
+            if srv.socket:
+                sockets.append(bind_unix(srv.socket))
+                self._unix_path = srv.socket  # ours to remove from now on
+            if srv.tcp:
+                sockets.append(bind_tcp(srv.tcp))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
                 listener = await loop.create_unix_server(factory, sock=sock)
@@ -114,9 +123,10 @@ class Server:
             conn.abort()
         for listener in self._listeners:
             await listener.wait_closed()
-        if self.config.server.socket and self._listeners:
+        if self._unix_path is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.config.server.socket)
+                os.unlink(self._unix_path)
+            self._unix_path = None
         if self.engine is not None:
             self.engine.close()
         if self.source is not None:

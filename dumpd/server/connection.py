@@ -78,8 +78,8 @@ class RpcConnection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        """Requests are running or waiting to run."""
-        return bool(self._tasks or self._queue)
+        """Requests are running, waiting to run, or not yet decoded."""
+        return bool(self._tasks or self._queue or self._unread)
 
     # -- asyncio callbacks -----------------------------------------------------
 
@@ -100,7 +100,9 @@ class RpcConnection(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool:
-        return True  # half-close: finish replying to what was asked, then close
+        # The client is done asking: answer what it asked, then close.
+        self.close_when_idle()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -139,6 +141,10 @@ class RpcConnection(asyncio.Protocol):
                 self._violation(exc)
                 return
             self._queue.extend(e for e in events if isinstance(e, Request | InvalidRequest))
+        if self._closing_when_idle:
+            if not self.busy:
+                transport.close()
+            return
         want = not self._queue and not self._unread and self._drained.is_set()
         if want != self._reading:
             self._reading = want
@@ -177,19 +183,16 @@ class RpcConnection(asyncio.Protocol):
         if not task.cancelled() and task.exception() is not None:
             log.error("request task failed", exc_info=task.exception())
         self._pump()
-        if self._transport is not None and self._closing_when_idle and not self.busy:
-            self._transport.close()
 
     def close_when_idle(self) -> None:
-        """Stop reading new requests; close once the running ones have replied."""
+        """Read no more; answer what was already received, then close."""
+        if self._closing_when_idle or self._transport is None:
+            return
         self._closing_when_idle = True
-        self._queue.clear()
-        self._unread.clear()
-        if self._transport is not None:
-            if self.busy:
-                self._transport.pause_reading()
-            else:
-                self._transport.close()
+        if self._reading and not self._transport.is_closing():
+            self._transport.pause_reading()
+            self._reading = False
+        self._pump()
 
     def abort(self) -> None:
         """Close now, dropping whatever is still running."""

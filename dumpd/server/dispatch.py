@@ -106,6 +106,7 @@ class Dispatcher:
             "page_size": source.page_size,
             "segments": [[s.paddr, s.file_offset, s.filesz, s.memsz] for s in source.segments],
             "hook": self.engine.hook_name,
+            "max_read": self.max_read,
         }
 
     async def _read(self, peer: Peer, params: Sequence[Any]) -> bytes | memoryview:

@@ -40,6 +40,8 @@ def _remove_stale(path: str) -> None:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise StartupError(f"{path}: {exc.strerror}") from exc
     if not stat.S_ISSOCK(mode):
         raise StartupError(f"{path}: exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
