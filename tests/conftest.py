@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,3 +51,16 @@ async def serving(
 async def client_of(server: Server) -> AsyncIterator[AsyncClient]:
     async with await AsyncClient.connect(server.config.server.socket) as client:
         yield client
+
+
+class GatedHook:
+    """A hook whose calls block until `release` is set (5 s at most), then answer `verdict`:
+    holds a flight open so a test can line up concurrent readers or swap the slot."""
+
+    def __init__(self, verdict: int) -> None:
+        self.verdict = verdict
+        self.release = threading.Event()
+
+    def pfn_is_ram(self, pfn: int) -> int:
+        self.release.wait(5)
+        return self.verdict

@@ -33,6 +33,7 @@ __all__ = [
     "EM_X86_64",
     "ET_CORE",
     "ET_EXEC",
+    "IRREGULAR",
     "CoreLayout",
     "Dump",
     "LoadSpec",
@@ -49,6 +50,15 @@ __all__ = [
 
 SegSpec = LoadSpec
 """A PT_LOAD to write: paddr, memsz, optional filesz (default memsz), offset, vaddr."""
+
+IRREGULAR = [
+    SegSpec(paddr=0x1000, memsz=0x5000),
+    SegSpec(paddr=0x10000, memsz=0x3000, filesz=0x1800),  # memsz > filesz
+    SegSpec(paddr=0x20123, memsz=0x2345),  # not page aligned, not a page multiple
+    SegSpec(paddr=0x30000, memsz=0x2000, filesz=0),  # nothing in the file
+    SegSpec(paddr=0x40000, memsz=0x8000),
+]
+"""PT_LOADs with the irregularities real dumps have, for tests of every layer."""
 
 
 @dataclass(frozen=True, slots=True)

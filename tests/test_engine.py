@@ -22,19 +22,10 @@ from dumpd.engine.layout import Layout
 from dumpd.engine.verdicts import CHUNK_PFNS, ERROR, NOT_RAM, RAM, UNKNOWN, VerdictCache
 from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun
-from tests.dumps import SegSpec, build_elf, build_raw, file_bytes, pattern
+from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes, pattern
 
 PAGE = 4096
 MiB = 1 << 20
-
-IRREGULAR = [
-    SegSpec(paddr=0x1000, memsz=0x5000),
-    SegSpec(paddr=0x10000, memsz=0x3000, filesz=0x1800),  # memsz > filesz
-    SegSpec(paddr=0x20123, memsz=0x2345),  # not page aligned, not a page multiple
-    SegSpec(paddr=0x30000, memsz=0x2000, filesz=0),  # nothing in the file
-    SegSpec(paddr=0x40000, memsz=0x8000),
-]
-
 
 @contextlib.contextmanager
 def engine_for(path: str | Path, config: EngineConfig | None = None,

@@ -18,19 +18,10 @@ from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
 from dumpd.protocol import FrameDecoder, Limits, Response, encode_request
 from dumpd.sources.base import Segment
-from tests.conftest import client_of, serving
-from tests.dumps import SegSpec, build_elf, build_raw, file_bytes, pattern
+from tests.conftest import GatedHook, client_of, serving
+from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
 
 PAGE = 4096
-
-IRREGULAR = [
-    SegSpec(paddr=0x1000, memsz=0x5000),
-    SegSpec(paddr=0x10000, memsz=0x3000, filesz=0x1800),  # memsz > filesz
-    SegSpec(paddr=0x20123, memsz=0x2345),  # not page aligned, not a page multiple
-    SegSpec(paddr=0x30000, memsz=0x2000, filesz=0),  # nothing in the file
-    SegSpec(paddr=0x40000, memsz=0x8000),
-]
-
 
 def expected_view(path: str, segments: tuple[Segment, ...], zero_pfns: set[int]) -> bytes:
     """The file with every byte of a non-RAM pfn zeroed (first PT_LOAD wins per byte)."""
@@ -185,20 +176,14 @@ async def test_whole_dump_asks_each_pfn_once_and_never_reads_non_ram(tmp_path: P
 
 async def test_concurrent_readers_share_one_flight(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
-    release = threading.Event()
-
-    class Gate:
-        def pfn_is_ram(self, pfn: int) -> int:
-            release.wait(5)
-            return 1
-
+    gate = GatedHook(1)
     async with serving(tmp_path, dump.path) as server, client_of(server) as client:
         assert server.engine is not None
-        server.engine.register_hook("gate", Gate())
+        server.engine.register_hook("gate", gate)
         tasks = [asyncio.ensure_future(client.read(3 * PAGE + i, 100)) for i in range(50)]
         while server.engine.counters.singleflight_waits < 49:
             await asyncio.sleep(0.005)
-        release.set()
+        gate.release.set()
         results = await asyncio.gather(*tasks)
         stats = await client.stats()
     want = file_bytes(dump.path)
@@ -233,22 +218,16 @@ async def test_hook_slot_ebusy_and_unregister(tmp_path: Path) -> None:
 
 async def test_swap_during_a_read_keeps_the_old_verdicts(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
-    release = threading.Event()
-
-    class SlowNotRam:
-        def pfn_is_ram(self, pfn: int) -> int:
-            release.wait(5)
-            return 0
-
+    slow_not_ram = GatedHook(0)
     async with serving(tmp_path, dump.path) as server, client_of(server) as client:
         assert server.engine is not None
-        server.engine.register_hook("slow", SlowNotRam())
+        server.engine.register_hook("slow", slow_not_ram)
         pending = asyncio.ensure_future(client.read(4 * PAGE, 64))
         while server.engine.counters.cache_misses < 1:
             await asyncio.sleep(0.005)
         await client.hook_unregister()
         await client.hook_register("none", {})
-        release.set()
+        slow_not_ram.release.set()
         assert await pending == bytes(64)  # the verdicts it started with
         assert await client.read(4 * PAGE, 64) == file_bytes(dump.path, 4 * PAGE, 64)
 

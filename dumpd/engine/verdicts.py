@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 
 UNKNOWN = 0
 RAM = 1
@@ -45,29 +46,20 @@ class VerdictCache:
     def lookup(self, first: int, end: int) -> list[Run]:
         """Runs covering `[first, end)`, adjacent equal codes merged; UNKNOWN where not stored."""
         runs: list[Run] = []
-        pfn = first
-        while pfn < end:
-            index = pfn >> CHUNK_SHIFT
-            base = index << CHUNK_SHIFT
-            stop = min(end, base + CHUNK_PFNS)
+        for index, base, lo, hi in _chunk_spans(first, end):
             chunk = self._chunks.get(index)
             if chunk is None:
-                _append(runs, pfn, stop, UNKNOWN)
-            else:
-                self._chunks.move_to_end(index)
-                for match in _RUNS.finditer(chunk, pfn - base, stop - base):
-                    _append(runs, base + match.start(), base + match.end(), chunk[match.start()])
-            pfn = stop
+                _append(runs, base + lo, base + hi, UNKNOWN)
+                continue
+            self._chunks.move_to_end(index)
+            for match in _RUNS.finditer(chunk, lo, hi):
+                _append(runs, base + match.start(), base + match.end(), chunk[match.start()])
         return runs
 
     def store(self, first: int, end: int, code: int) -> None:
         """Remember `code` for `[first, end)`, evicting the oldest chunks beyond the budget."""
         value = bytes([code])
-        pfn = first
-        while pfn < end:
-            index = pfn >> CHUNK_SHIFT
-            base = index << CHUNK_SHIFT
-            stop = min(end, base + CHUNK_PFNS)
+        for index, _, lo, hi in _chunk_spans(first, end):
             chunk = self._chunks.get(index)
             if chunk is None:
                 chunk = self._chunks[index] = bytearray(CHUNK_PFNS)
@@ -75,8 +67,18 @@ class VerdictCache:
                     self._chunks.popitem(last=False)
             else:
                 self._chunks.move_to_end(index)
-            chunk[pfn - base : stop - base] = value * (stop - pfn)
-            pfn = stop
+            chunk[lo:hi] = value * (hi - lo)
+
+
+def _chunk_spans(first: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """`(chunk index, its first pfn, lo, hi)`: the part `[lo, hi)` of each chunk in range."""
+    pfn = first
+    while pfn < end:
+        index = pfn >> CHUNK_SHIFT
+        base = index << CHUNK_SHIFT
+        stop = min(end, base + CHUNK_PFNS)
+        yield index, base, pfn - base, stop - base
+        pfn = stop
 
 
 def _append(runs: list[Run], first: int, end: int, code: int) -> None:

@@ -147,7 +147,13 @@ class Dispatcher:
             hook = await asyncio.to_thread(load_hook, name, options)
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
-        self.engine.register_hook(name, hook)
+        try:
+            self.engine.register_hook(name, hook)
+        except DumpdError:  # another register won the slot while this one loaded
+            closer = getattr(hook, "close", None)
+            if callable(closer):
+                closer()
+            raise
         return {"hook": name}
 
     async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
