@@ -4,9 +4,11 @@
 
 Starts `dumpd serve` (a separate process, uvloop, no hook) on a raw image in a temp
 dir, warms the page cache, then measures from a client process:
-- dependent 8-byte reads (each waits for the previous): p50 / p99 round trip,
-  beside a local `os.pread` of 8 bytes;
-- pipelined 8-byte reads per second (depth 64), beside local `os.pread` calls;
+- dependent 8-byte reads (each waits for the previous): p50 / p99 round trip, on
+  pages dumpd has cached and on any page, beside the same calls to `bench.echo` (a
+  bare msgpack-RPC server on the same loop: the stack's own limit) and a local
+  `os.pread` of 8 bytes;
+- pipelined 8-byte reads per second (depth 64), beside the echo server and `os.pread`;
 - `read` of 8 MiB chunks over the whole file in GB/s (depth 1 and 2),
   beside `cat FILE > /dev/null`.
 Prints a Markdown table; absolute numbers drift on shared machines, ratios hold.
@@ -106,39 +108,59 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1]
 
 
-Row = tuple[str, str, str, str]
+Row = tuple[str, str, str, str, str]
 
 
-async def client_side(sock: str, image: Path, size: int, seconds: float) -> list[Row]:
-    async with await AsyncClient.connect(sock) as client:
+def us(values: list[float], q: float) -> str:
+    return f"{pct(values, q) * 1e6:.1f} us"
+
+
+async def client_side(sock: str, echo_sock: str, image: Path, size: int,
+                      seconds: float) -> list[Row]:
+    async with (await AsyncClient.connect(sock) as client,
+                await AsyncClient.connect(echo_sock) as echo):
         await bulk(client, size, 1)  # warm the server's threads and the page cache
         await round_trips(client, HOT, 5000)  # bring the hot pages into dumpd's cache
+        await round_trips(echo, HOT, 5000)
         hot = await round_trips(client, HOT, 20000)
         trips = await round_trips(client, size, 20000)
+        bare = await round_trips(echo, size, 20000)
         local = pread_latency(image, 20000)
         hot_rate = await pipelined(client, HOT, 64, seconds)
         rate = await pipelined(client, size, 64, seconds)
+        bare_rate = await pipelined(echo, size, 64, seconds)
         local_rate = 1 / statistics.mean(local)
         bulk1 = min([await bulk(client, size, 1) for _ in range(3)])
         bulk2 = min([await bulk(client, size, 2) for _ in range(3)])
     cat = min(cat_seconds(image) for _ in range(3))
-    gbs = lambda s: size / s / 1e9  # noqa: E731
+    gbs = lambda s: f"{size / s / 1e9:.2f} GB/s"  # noqa: E731
+    ratio = lambda a, b: f"{a / b:.2f}x"  # noqa: E731
     return [
-        ("8-byte read round trip p50, cached page", f"{pct(hot, 50) * 1e6:.1f} us",
-         f"{pct(local, 50) * 1e6:.2f} us (os.pread)", f"{pct(hot, 50) / pct(local, 50):.0f}x"),
-        ("8-byte read round trip p50, any page", f"{pct(trips, 50) * 1e6:.1f} us",
-         f"{pct(local, 50) * 1e6:.2f} us (os.pread)", f"{pct(trips, 50) / pct(local, 50):.0f}x"),
-        ("8-byte read round trip p99, any page", f"{pct(trips, 99) * 1e6:.1f} us",
-         f"{pct(local, 99) * 1e6:.2f} us (os.pread)", f"{pct(trips, 99) / pct(local, 99):.0f}x"),
-        ("pipelined 8-byte reads (depth 64), cached pages", f"{hot_rate:,.0f} /s",
-         f"{local_rate:,.0f} /s (os.pread)", f"{hot_rate / local_rate:.3f}x"),
-        ("pipelined 8-byte reads (depth 64), any page", f"{rate:,.0f} /s",
-         f"{local_rate:,.0f} /s (os.pread)", f"{rate / local_rate:.3f}x"),
-        ("read 8 MiB chunks, depth 1", f"{gbs(bulk1):.2f} GB/s", f"{gbs(cat):.2f} GB/s (cat)",
-         f"{cat / bulk1:.2f}x"),
-        ("read 8 MiB chunks, depth 2", f"{gbs(bulk2):.2f} GB/s", f"{gbs(cat):.2f} GB/s (cat)",
-         f"{cat / bulk2:.2f}x"),
+        ("8-byte read round trip p50, cached page", us(hot, 50), us(bare, 50), us(local, 50),
+         ratio(pct(hot, 50), pct(bare, 50))),
+        ("8-byte read round trip p50, any page", us(trips, 50), us(bare, 50), us(local, 50),
+         ratio(pct(trips, 50), pct(bare, 50))),
+        ("8-byte read round trip p99, any page", us(trips, 99), us(bare, 99), us(local, 99),
+         ratio(pct(trips, 99), pct(bare, 99))),
+        ("pipelined 8-byte reads/s (depth 64), cached pages", f"{hot_rate:,.0f}",
+         f"{bare_rate:,.0f}", f"{local_rate:,.0f}", ratio(hot_rate, bare_rate)),
+        ("pipelined 8-byte reads/s (depth 64), any page", f"{rate:,.0f}", f"{bare_rate:,.0f}",
+         f"{local_rate:,.0f}", ratio(rate, bare_rate)),
+        ("read 8 MiB chunks, depth 1 (baseline: cat)", gbs(bulk1), "-", gbs(cat),
+         ratio(cat, bulk1) + " of cat"),
+        ("read 8 MiB chunks, depth 2 (baseline: cat)", gbs(bulk2), "-", gbs(cat),
+         ratio(cat, bulk2) + " of cat"),
     ]
+
+
+def start(argv: list[str], sock: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"bench: {argv[2]} did not start")
+        time.sleep(0.01)
+    return proc
 
 
 def main() -> int:
@@ -150,24 +172,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dumpd-bench-") as tmp:
         image = Path(tmp) / "oldmem.img"
         make_image(image, size)
-        sock = str(Path(tmp) / "dumpd.sock")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "dumpd", "serve", "--source", str(image), "--kind", "raw",
-             "--socket", sock, "--loop", "uvloop", "--log-level", "warning"])
+        sock, echo_sock = str(Path(tmp) / "dumpd.sock"), str(Path(tmp) / "echo.sock")
+        servers = [
+            start([sys.executable, "-m", "dumpd", "serve", "--source", str(image), "--kind",
+                   "raw", "--socket", sock, "--loop", "uvloop", "--log-level", "warning"], sock),
+            start([sys.executable, "-m", "bench.echo", echo_sock], echo_sock),
+        ]
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(sock):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("bench: dumpd serve did not start")
-                time.sleep(0.01)
-            rows = uvloop.run(client_side(sock, image, size, args.seconds))
+            rows = uvloop.run(client_side(sock, echo_sock, image, size, args.seconds))
         finally:
-            server.terminate()
-            server.wait(10)
-    print(f"\n{args.size_mib} MiB raw image, page cache warm, dumpd on uvloop, "
-          f"{os.cpu_count()} CPUs\n")
-    print("| measure | dumpd | baseline | dumpd / baseline |")
-    print("|---|---|---|---|")
+            for proc in servers:
+                proc.terminate()
+                proc.wait(10)
+    print(f"\n{args.size_mib} MiB raw image, page cache warm, servers on uvloop, client "
+          f"AsyncClient, {os.cpu_count()} CPUs\n")
+    print("| measure | dumpd | bare echo server | local os.pread / cat | dumpd vs echo |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     return 0

@@ -137,7 +137,9 @@ class Engine:
         return data
 
     def read_now(self, offset: int, length: int) -> bytes | None:
-        """The bytes if one cached page holds them all (no waiting at all), else None."""
+        """The bytes of a read within one page if they can be had without waiting (the
+        page is cached, or its verdicts are known and the OS page cache holds it), else
+        None: then `read` does the work."""
         ps = self.page_size
         end = min(self.source.size, offset + length)
         if offset >= end:
@@ -145,14 +147,53 @@ class Engine:
         first = offset // ps
         if (end - 1) // ps != first:
             return None
-        page = self._state.pages.get(first)
-        if page is None:
-            return None
-        self.counters.cache_hits += 1
+        state = self._state
+        page = state.pages.get(first)
+        if page is not None:
+            self.counters.cache_hits += 1
+        else:
+            page = self._load_now(state, first)
+            if page is None:
+                return None
         if page is self._zero_page:
             self.counters.zero_pages_served += 1
         self.counters.bytes_served += end - offset
         return page[offset - first * ps : end - first * ps]
+
+    def _load_now(self, state: _State, index: int) -> bytes | None:
+        """Page `index` into the cache without waiting, or None if that would need the
+        hook, a worker thread or another request's flight."""
+        if index in state.flights:
+            return None
+        ps = self.page_size
+        lo = index * ps
+        hi = min(self.source.size, lo + ps)
+        ranges = self.layout.pfn_ranges(lo, hi)
+        if state.caller is None:
+            verdicts = [(first, end, RAM) for first, end in ranges]
+        else:
+            verdicts = self._known(state, ranges)
+            if any(code == UNKNOWN for _, _, code in verdicts):
+                return None
+        pieces = [(start, end) for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
+                  if not is_zero]
+        if not pieces:
+            page = self._zero_page if hi - lo == ps else bytes(hi - lo)
+        else:
+            buffer = bytearray(hi - lo)
+            view = memoryview(buffer)
+            for start, end in pieces:
+                if self.source.read_cached_into(start, view[start - lo : end - lo]) < end - start:
+                    return None
+            page = bytes(buffer)
+            counters = self.counters
+            counters.source_read_calls += len(pieces)
+            counters.source_reads_inline += len(pieces)
+            counters.source_bytes_read += sum(end - start for start, end in pieces)
+            counters.source_pages_read += 1
+        self.counters.cache_misses += 1
+        state.pages.put(index, page)
+        return page
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""
