@@ -65,11 +65,12 @@ def pread_latency(path: Path, n: int) -> list[float]:
 
 
 HOT = 1 * MiB  # a debugger's working set: pages the cache keeps
+RNG = random.Random(3)
 
 
 async def round_trips(client: AsyncClient, size: int, n: int) -> list[float]:
     """Dependent 8-byte reads at random offsets in the first `size` bytes."""
-    rng = random.Random(3)
+    rng = RNG
     out = []
     for _ in range(n):
         off = rng.randrange(size - 8)
@@ -122,9 +123,13 @@ async def client_side(sock: str, echo_sock: str, image: Path, size: int,
         await bulk(client, size, 1)  # warm the server's threads and the page cache
         await round_trips(client, HOT, 5000)  # bring the hot pages into dumpd's cache
         await round_trips(echo, HOT, 5000)
-        hot = await round_trips(client, HOT, 20000)
-        trips = await round_trips(client, size, 20000)
-        bare = await round_trips(echo, size, 20000)
+        hot: list[float] = []
+        trips: list[float] = []
+        bare: list[float] = []
+        for _ in range(20):  # interleaved, so that drift on a shared machine hits all alike
+            hot += await round_trips(client, HOT, 1000)
+            trips += await round_trips(client, size, 1000)
+            bare += await round_trips(echo, size, 1000)
         local = pread_latency(image, 20000)
         hot_rate = await pipelined(client, HOT, 64, seconds)
         rate = await pipelined(client, size, 64, seconds)
@@ -133,8 +138,13 @@ async def client_side(sock: str, echo_sock: str, image: Path, size: int,
         bulk1 = min([await bulk(client, size, 1) for _ in range(3)])
         bulk2 = min([await bulk(client, size, 2) for _ in range(3)])
     cat = min(cat_seconds(image) for _ in range(3))
-    gbs = lambda s: f"{size / s / 1e9:.2f} GB/s"  # noqa: E731
-    ratio = lambda a, b: f"{a / b:.2f}x"  # noqa: E731
+
+    def gbs(seconds: float) -> str:
+        return f"{size / seconds / 1e9:.2f} GB/s"
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x"
+
     return [
         ("8-byte read round trip p50, cached page", us(hot, 50), us(bare, 50), us(local, 50),
          ratio(pct(hot, 50), pct(bare, 50))),

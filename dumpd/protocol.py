@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import msgpack  # type: ignore[import-untyped, unused-ignore]
+import msgpack
 
 from dumpd.errors import CODES, DumpdError
 
