@@ -73,6 +73,8 @@ class RpcConnection(asyncio.Protocol):
         self._drained.set()
         self._reading = True
         self._closing_when_idle = False
+        self._corked: list[Any] | None = None  # replies of this _pump, written at its end
+        self._corked_bytes = 0
         self._transport: asyncio.Transport | None = None
         self.peer: Peer | None = None
 
@@ -114,8 +116,11 @@ class RpcConnection(asyncio.Protocol):
         self._on_close(self)
 
     def pause_writing(self) -> None:
+        # Called from inside transport.write: only stop reading here, never re-enter _pump.
         self._drained.clear()
-        self._pump()
+        if self._reading and self._transport is not None:
+            self._reading = False
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._drained.set()
@@ -128,19 +133,24 @@ class RpcConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        while True:
-            while self._queue and len(self._tasks) < self._limits.max_inflight:
-                self._start(self._queue.popleft())
-            if self._queue or not self._unread:
-                break
-            chunk = bytes(self._unread[:FEED_SLICE])
-            del self._unread[:FEED_SLICE]
-            try:
-                events = self._decoder.feed(chunk)
-            except ProtocolViolation as exc:
-                self._violation(exc)
-                return
-            self._queue.extend(e for e in events if isinstance(e, Request | InvalidRequest))
+        self._corked = []
+        try:
+            while True:
+                while self._queue and len(self._tasks) < self._limits.max_inflight:
+                    self._start(self._queue.popleft())
+                if self._queue or not self._unread:
+                    break
+                chunk = bytes(self._unread[:FEED_SLICE])
+                del self._unread[:FEED_SLICE]
+                try:
+                    events = self._decoder.feed(chunk)
+                except ProtocolViolation as exc:
+                    self._uncork()
+                    self._violation(exc)
+                    return
+                self._queue.extend(e for e in events if isinstance(e, Request | InvalidRequest))
+        finally:
+            self._uncork()
         if self._closing_when_idle:
             if not self.busy:
                 transport.close()
@@ -163,8 +173,7 @@ class RpcConnection(asyncio.Protocol):
     def _answer_now(self, event: Request | InvalidRequest) -> bool:
         """Answer without a task when the work is already done (a cached page, `info`):
         only while nothing is being written and the client keeps up."""
-        transport = self._transport
-        if (not isinstance(event, Request) or transport is None or self._writing.locked()
+        if (not isinstance(event, Request) or self._corked is None or self._writing.locked()
                 or not self._drained.is_set() or event.msgid in self._msgids):
             return False
         assert self.peer is not None
@@ -175,8 +184,20 @@ class RpcConnection(asyncio.Protocol):
             frames = _frames(event.msgid, result)
         except Exception as exc:
             frames = _error_frames(event, exc)
-        transport.write(b"".join(frames))
+        assert self._corked is not None
+        self._corked.extend(frames)
+        self._corked_bytes += sum(map(len, frames))
+        if self._corked_bytes >= WRITE_SLICE:
+            self._uncork()
+            self._corked = []
         return True
+
+    def _uncork(self) -> None:
+        """Write the replies answered at once in one go: one system call for a burst of
+        pipelined requests instead of one each."""
+        corked, self._corked, self._corked_bytes = self._corked, None, 0
+        if corked and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(corked))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
