@@ -372,3 +372,28 @@ async def test_large_replies_to_a_slow_reader_arrive_whole(tmp_path: Path) -> No
         writer.close()
     assert [replies[i] for i in range(len(offsets))] == [want[o : o + (8 << 20)]
                                                           for o in offsets]
+
+
+async def test_a_burst_of_pipelined_reads_is_answered_in_full(tmp_path: Path) -> None:
+    """One write of 3000 requests (cached pages, answered at once and written together,
+    beyond the write slice so the transport pauses midway): every reply arrives, right."""
+    dump = build_raw(tmp_path / "oldmem", 64 * PAGE)
+    want = file_bytes(dump.path)
+    async with serving(tmp_path, dump.path) as server, client_of(server) as client:
+        await client.read(0, 64 * PAGE)  # fills the page cache (a quarter of it at most)
+        for page in range(64):
+            await client.read(page * PAGE, 1)
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        requests = [((i * 7919) % (64 * PAGE - PAGE), PAGE if i % 3 else 8) for i in range(3000)]
+        writer.write(b"".join(encode_request(i, "read", [off, n])
+                              for i, (off, n) in enumerate(requests)))
+        decoder = FrameDecoder("client", Limits(1 << 20))
+        replies: dict[int, bytes] = {}
+        while len(replies) < len(requests):
+            data = await reader.read(1 << 20)
+            assert data, "connection closed early"
+            for event in decoder.feed(data):
+                assert isinstance(event, Response) and event.error is None
+                replies[event.msgid] = event.result
+        writer.close()
+    assert all(replies[i] == want[off : off + n] for i, (off, n) in enumerate(requests))
