@@ -561,3 +561,24 @@ async def test_read_phys_past_filesz_is_zeros_without_a_source_read(tmp_path: Pa
         assert await engine.read_phys(0x11000, 0x1000) == pattern(0x11000, 0x800) + bytes(0x800)
         assert engine.counters.source_pages_read == 1
         assert engine.counters.source_read_calls == 1
+
+
+async def test_a_read_that_had_not_asked_before_unregister_sees_ram(tmp_path: Path) -> None:
+    """The slot empties while a read waits for its turn to ask the hook: it must not
+    fail on the closed hook; every pfn is RAM from then on."""
+    dump = build_raw(tmp_path / "oldmem", 8 * PAGE)
+    want = file_bytes(dump.path)
+    with engine_for(dump.path) as engine:
+        gate = GatedHook(0)
+        engine.register_hook("gate", gate)
+        first = asyncio.ensure_future(engine.read(0, 8))  # holds the ask lock, in the hook
+        while engine.counters.cache_misses < 1:
+            await asyncio.sleep(0.005)
+        second = asyncio.ensure_future(engine.read(5 * PAGE, 8))  # waits for its turn
+        while engine.counters.cache_misses < 2:
+            await asyncio.sleep(0.005)
+        engine.unregister_hook()
+        gate.release.set()
+        assert await first == bytes(8)  # the verdict it started with
+        assert await second == want[5 * PAGE : 5 * PAGE + 8]
+        assert engine.counters.pfns_asked == 1

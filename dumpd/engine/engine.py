@@ -127,7 +127,7 @@ class Engine:
     async def read(self, offset: int, length: int) -> bytes | memoryview:
         """Bytes of the file view at `offset`, like pread: short at the end, empty past it.
 
-        Large reads come back as a read-only view of the buffer they were read into.
+        Large reads come back as a view of the buffer they were read into (no copy).
         """
         now = self.read_now(offset, length)
         if now is not None:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dumpd.engine.counters import Counters
 from dumpd.engine.ratelog import RateLimitedLog
-from dumpd.engine.verdicts import ERROR, code_of
+from dumpd.engine.verdicts import ERROR, RAM, code_of
 from dumpd.hooks.contract import PfnIsRam
 
 log = logging.getLogger("dumpd.hook")
@@ -54,9 +54,12 @@ class HookCaller:
         self._ratelog = ratelog
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"dumpd-hook-{name}")
         self._timeouts_lock = threading.Lock()
+        self._closed = False
 
     async def ask(self, ranges: list[tuple[int, int]]) -> list[Answer]:
         """Verdict runs for each `[first, end)` pfn range, in order, covering them exactly."""
+        if self._closed:  # unregistered before this read got to ask: every pfn is RAM now
+            return [(first, end, RAM) for first, end in ranges]
         batch = _Batch(ranges)
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch)
         while True:
@@ -175,6 +178,7 @@ class HookCaller:
 
     def close(self) -> None:
         """Close the hook (if it can be) after the calls already queued, then the thread."""
+        self._closed = True
         closer = getattr(self._hook, "close", None)
         if callable(closer):
             self._executor.submit(closer)

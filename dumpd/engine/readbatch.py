@@ -11,6 +11,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from dumpd.engine.counters import Counters
+from dumpd.errors import DumpdError
 from dumpd.sources.base import Source
 
 Reads = list[tuple[int, memoryview]]
@@ -37,8 +38,13 @@ class ReadBatcher:
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._pending = self._pending, []
+        try:
+            self._executor.submit(self._run, loop, batch)
+        except RuntimeError:  # closed: the server is stopping
+            stopping = DumpdError("EIO", "the server is shutting down")
+            _settle(batch, [stopping] * len(batch))
+            return
         self._counters.worker_hops += 1
-        self._executor.submit(self._run, loop, batch)
 
     def _run(self, loop: asyncio.AbstractEventLoop,
              batch: list[tuple[Reads, asyncio.Future[None]]]) -> None:
