@@ -397,3 +397,19 @@ async def test_a_burst_of_pipelined_reads_is_answered_in_full(tmp_path: Path) ->
                 replies[event.msgid] = event.result
         writer.close()
     assert all(replies[i] == want[off : off + n] for i, (off, n) in enumerate(requests))
+
+
+async def test_tcp_listener_on_loopback_when_configured(tmp_path: Path) -> None:
+    import socket as socket_mod
+
+    with socket_mod.socket() as probe:  # a free loopback port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    async with serving(tmp_path, dump.path, tcp=f"127.0.0.1:{port}") as server:
+        async with await AsyncClient.connect_tcp("127.0.0.1", port) as client:
+            assert await client.read(PAGE, 16) == file_bytes(dump.path, PAGE, 16)
+            with pytest.raises(RemoteError) as err:  # no peer credentials: never admin
+                await client.hook_register("none", {})
+            assert err.value.code == "EACCES"
+        assert server.engine is not None and server.engine.hook_name is None
