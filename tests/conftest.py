@@ -60,7 +60,11 @@ class GatedHook:
     def __init__(self, verdict: int) -> None:
         self.verdict = verdict
         self.release = threading.Event()
+        self.returned = threading.Event()
+        self.calls = 0
 
     def pfn_is_ram(self, pfn: int) -> int:
+        self.calls += 1
         self.release.wait(5)
+        self.returned.set()
         return self.verdict

@@ -5,7 +5,8 @@ pfn ranges. A call that raises, returns a non-int or takes longer than the
 timeout gives the error verdict for its pfns, as the kernel treats `< 0`: the
 page is read. A call that hangs cannot be interrupted in Python; the loop stops
 waiting for it once no call has completed for `timeout` seconds and the rest of
-the batch counts as timed out.
+the batch counts as timed out. Until the hung call returns, later asks are
+answered with errors at once instead of queueing behind it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class _Batch:
         self.ranges = ranges
         self.answers: list[Answer] = []
         self.calls_done = 0
-        self.abandoned = False
+        self.abandoned = False  # the loop stopped waiting for it
+        self.finished = False  # the hook thread is done with it
         self.lock = threading.Lock()
 
 
@@ -55,11 +57,15 @@ class HookCaller:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"dumpd-hook-{name}")
         self._timeouts_lock = threading.Lock()
         self._closed = False
+        self._stuck = False  # a call the loop gave up on has not returned yet
 
     async def ask(self, ranges: list[tuple[int, int]]) -> list[Answer]:
         """Verdict runs for each `[first, end)` pfn range, in order, covering them exactly."""
         if self._closed:  # unregistered before this read got to ask: every pfn is RAM now
             return [(first, end, RAM) for first, end in ranges]
+        if self._stuck:  # do not queue behind a hung call: answer errors (read) at once
+            self._counters.hook_stuck_asks += 1
+            return self._error_rest(ranges, [], "is still stuck in an earlier call")
         batch = _Batch(ranges)
         future = asyncio.get_running_loop().run_in_executor(self._executor, self._run, batch)
         while True:
@@ -72,35 +78,46 @@ class HookCaller:
                     if batch.calls_done != seen:
                         continue
                     batch.abandoned = True
+                    self._stuck = not batch.finished
                     answers = list(batch.answers)
                 future.add_done_callback(lambda f: f.exception())
-                return self._time_out_rest(ranges, answers)
+                self._count_timeout()
+                return self._error_rest(ranges, answers, f"gave no answer within "
+                                                         f"{self._timeout}s")
 
-    def _time_out_rest(self, ranges: list[tuple[int, int]], answers: list[Answer]) -> list[Answer]:
+    def _error_rest(self, ranges: list[tuple[int, int]], answers: list[Answer],
+                    why: str) -> list[Answer]:
+        """`answers` completed with error verdicts for every pfn they do not cover."""
         # Answers come in order over sorted, disjoint ranges, so they cover a prefix.
         answered = answers[-1][1] if answers else -1
         rest = [
             (max(first, answered), end, ERROR) for first, end in ranges if end > answered
         ]
         pfns = sum(end - first for first, end, _ in rest)
-        self._count_timeout()
         self._ratelog.warning(
-            "timeout",
-            f"hook {self.name!r}: no answer within {self._timeout}s; "
-            f"{pfns} pfns count as errors and are read",
+            "timeout", f"hook {self.name!r} {why}; {pfns} pfns count as errors and are read"
         )
         return answers + rest
 
     def _run(self, batch: _Batch) -> None:
+        try:
+            self._run_calls(batch)
+        finally:
+            with batch.lock:
+                batch.finished = True
+                if batch.abandoned:
+                    self._stuck = False  # the hung call came back: ask the hook again
+
+    def _run_calls(self, batch: _Batch) -> None:
         for first, end in batch.ranges:
+            if batch.abandoned:  # given up on while it waited or ran: call nothing more
+                return
             if self._ranged is not None:
                 self._call_ranged(batch, first, end)
             else:
                 for pfn in range(first, end):
                     if not self._call_single(batch, pfn):
                         return
-            if batch.abandoned:
-                return
 
     def _call_single(self, batch: _Batch, pfn: int) -> bool:
         started = time.monotonic()
