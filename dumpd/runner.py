@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dumpd.config import Config
+from dumpd.errors import StartupError
 
 log = logging.getLogger("dumpd")
 
@@ -18,9 +19,9 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if choice in ("auto", "uvloop"):
         try:
             import uvloop
-        except ImportError:
+        except ImportError as exc:
             if choice == "uvloop":
-                raise
+                raise StartupError("server.loop is uvloop, but uvloop is not installed") from exc
         else:
             return uvloop.new_event_loop
     return asyncio.new_event_loop
