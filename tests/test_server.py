@@ -37,6 +37,19 @@ def expected_view(path: str, segments: tuple[Segment, ...], zero_pfns: set[int])
     return bytes(data)
 
 
+async def read_replies(reader: asyncio.StreamReader, count: int) -> dict[int, bytes]:
+    """`count` successful replies from a raw connection, by msgid."""
+    decoder = FrameDecoder("client", Limits(16 << 20))
+    replies: dict[int, bytes] = {}
+    while len(replies) < count:
+        data = await reader.read(1 << 20)
+        assert data, "connection closed early"
+        for event in decoder.feed(data):
+            assert isinstance(event, Response) and event.error is None, event
+            replies[event.msgid] = event.result
+    return replies
+
+
 async def read_all(client: AsyncClient, size: int, chunk: int) -> bytes:
     parts = await asyncio.gather(*(client.read(o, chunk) for o in range(0, size, chunk)))
     return b"".join(parts)
@@ -361,14 +374,7 @@ async def test_large_replies_to_a_slow_reader_arrive_whole(tmp_path: Path) -> No
         writer.write(b"".join(encode_request(i, "read", [o, 8 << 20])
                               for i, o in enumerate(offsets)))
         await asyncio.sleep(0.5)  # let every reply start and stall on a full socket
-        decoder = FrameDecoder("client", Limits(16 << 20))
-        replies: dict[int, bytes] = {}
-        while len(replies) < len(offsets):
-            data = await reader.read(1 << 20)
-            assert data, "connection closed early"
-            for event in decoder.feed(data):
-                assert isinstance(event, Response) and event.error is None
-                replies[event.msgid] = event.result
+        replies = await read_replies(reader, len(offsets))
         writer.close()
     assert [replies[i] for i in range(len(offsets))] == [want[o : o + (8 << 20)]
                                                           for o in offsets]
@@ -387,14 +393,7 @@ async def test_a_burst_of_pipelined_reads_is_answered_in_full(tmp_path: Path) ->
         requests = [((i * 7919) % (64 * PAGE - PAGE), PAGE if i % 3 else 8) for i in range(3000)]
         writer.write(b"".join(encode_request(i, "read", [off, n])
                               for i, (off, n) in enumerate(requests)))
-        decoder = FrameDecoder("client", Limits(1 << 20))
-        replies: dict[int, bytes] = {}
-        while len(replies) < len(requests):
-            data = await reader.read(1 << 20)
-            assert data, "connection closed early"
-            for event in decoder.feed(data):
-                assert isinstance(event, Response) and event.error is None
-                replies[event.msgid] = event.result
+        replies = await read_replies(reader, len(requests))
         writer.close()
     assert all(replies[i] == want[off : off + n] for i, (off, n) in enumerate(requests))
 
