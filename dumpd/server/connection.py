@@ -7,6 +7,9 @@ Design rules:
   `ByteBudget` before any work, and are released only once the transport has
   drained them below its high-water mark.
 - The server stops reading a connection while its replies have not drained.
+- Work already done (a cached page, `info`) is answered without a task, and the
+  replies of one burst of pipelined requests go out in one write. Other replies
+  are written one at a time, in slices, never interleaved.
 - A broken frame with a recoverable msgid gets an error reply; any other
   protocol violation closes this connection and no other.
 """
