@@ -47,6 +47,14 @@ async def serving(
         await srv.shutdown(deadline=2.0)
 
 
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait (without blocking the loop) until `condition()` holds; fail after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
 @contextlib.asynccontextmanager
 async def client_of(server: Server) -> AsyncIterator[AsyncClient]:
     async with await AsyncClient.connect(server.config.server.socket) as client:
@@ -61,10 +69,10 @@ class GatedHook:
         self.verdict = verdict
         self.release = threading.Event()
         self.returned = threading.Event()
-        self.calls = 0
+        self.asked: list[int] = []
 
     def pfn_is_ram(self, pfn: int) -> int:
-        self.calls += 1
+        self.asked.append(pfn)
         self.release.wait(5)
         self.returned.set()
         return self.verdict

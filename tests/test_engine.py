@@ -21,7 +21,7 @@ from dumpd.engine.layout import Layout
 from dumpd.engine.verdicts import CHUNK_PFNS, ERROR, NOT_RAM, RAM, UNKNOWN, VerdictCache
 from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun
-from tests.conftest import GatedHook
+from tests.conftest import GatedHook, until
 from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes, pattern
 
 PAGE = 4096
@@ -93,19 +93,6 @@ class FixedRuns:
     def pfn_range_is_ram(self, first_pfn: int, count: int) -> Any:
         self.calls.append((first_pfn, count))
         return self.runs(first_pfn, count)
-
-
-class Hanging:
-    """Blocks every call until `release` is set (far longer than the hook timeout)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.asked: list[int] = []
-
-    def pfn_is_ram(self, pfn: int) -> int:
-        self.asked.append(pfn)
-        self.release.wait(30)
-        return 1
 
 
 def hook_threads(name: str) -> list[threading.Thread]:
@@ -397,7 +384,7 @@ async def test_hook_that_raises_reads_every_page(tmp_path: Path) -> None:
 async def test_hanging_hook_times_out_and_pages_are_read(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 8 * PAGE)
     want = file_bytes(dump.path)
-    hook = Hanging()
+    hook = GatedHook(1)
     try:
         with engine_for(dump.path, EngineConfig(hook_timeout=0.2, cache_mib=0)) as engine:
             engine.register_hook("hang", hook)
@@ -424,7 +411,7 @@ async def test_hanging_hook_times_out_and_pages_are_read(tmp_path: Path) -> None
 
 async def test_one_hung_call_is_one_timeout(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 2 * PAGE)
-    hook = Hanging()
+    hook = GatedHook(1)
     try:
         with engine_for(dump.path, EngineConfig(hook_timeout=0.1)) as engine:
             engine.register_hook("hang1", hook)
@@ -568,11 +555,9 @@ async def test_a_read_that_had_not_asked_before_unregister_sees_ram(tmp_path: Pa
         gate = GatedHook(0)
         engine.register_hook("gate", gate)
         first = asyncio.ensure_future(engine.read(0, 8))  # holds the ask lock, in the hook
-        while engine.counters.cache_misses < 1:
-            await asyncio.sleep(0.005)
+        await until(lambda: engine.counters.cache_misses >= 1)
         second = asyncio.ensure_future(engine.read(5 * PAGE, 8))  # waits for its turn
-        while engine.counters.cache_misses < 2:
-            await asyncio.sleep(0.005)
+        await until(lambda: engine.counters.cache_misses >= 2)
         engine.unregister_hook()
         gate.release.set()
         assert await first == bytes(8)  # the verdict it started with
@@ -592,7 +577,7 @@ async def test_asks_do_not_queue_behind_a_hung_hook(tmp_path: Path) -> None:
             assert [bytes(g) for g in got] == [want[p * PAGE : p * PAGE + 8] for p in range(10)]
             assert engine.counters.hook_timeouts == 1  # one wait...
             assert engine.counters.hook_stuck_asks == 9  # ...then nine answered at once
-            assert gate.calls == 1
+            assert len(gate.asked) == 1
             gate.release.set()  # the hung call returns; after it the hook is asked again
             await asyncio.to_thread(gate.returned.wait, 5)
             for page in range(10, 16):  # a page read before the thread is free is an error
@@ -601,6 +586,6 @@ async def test_asks_do_not_queue_behind_a_hung_hook(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError("the hook was never asked again")
-            assert gate.calls == 2  # nothing queued behind the hung call ran later
+            assert len(gate.asked) == 2  # nothing queued behind the hung call ran later
     finally:
         gate.release.set()

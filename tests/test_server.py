@@ -18,7 +18,7 @@ from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
 from dumpd.protocol import FrameDecoder, Limits, Response, encode_request
 from dumpd.sources.base import Segment
-from tests.conftest import GatedHook, client_of, serving
+from tests.conftest import GatedHook, client_of, serving, until
 from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
 
 PAGE = 4096
@@ -191,11 +191,11 @@ async def test_concurrent_readers_share_one_flight(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
     gate = GatedHook(1)
     async with serving(tmp_path, dump.path) as server, client_of(server) as client:
-        assert server.engine is not None
-        server.engine.register_hook("gate", gate)
+        engine = server.engine
+        assert engine is not None
+        engine.register_hook("gate", gate)
         tasks = [asyncio.ensure_future(client.read(3 * PAGE + i, 100)) for i in range(50)]
-        while server.engine.counters.singleflight_waits < 49:
-            await asyncio.sleep(0.005)
+        await until(lambda: engine.counters.singleflight_waits >= 49)
         gate.release.set()
         results = await asyncio.gather(*tasks)
         stats = await client.stats()
@@ -233,11 +233,11 @@ async def test_swap_during_a_read_keeps_the_old_verdicts(tmp_path: Path) -> None
     dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
     slow_not_ram = GatedHook(0)
     async with serving(tmp_path, dump.path) as server, client_of(server) as client:
-        assert server.engine is not None
-        server.engine.register_hook("slow", slow_not_ram)
+        engine = server.engine
+        assert engine is not None
+        engine.register_hook("slow", slow_not_ram)
         pending = asyncio.ensure_future(client.read(4 * PAGE, 64))
-        while server.engine.counters.cache_misses < 1:
-            await asyncio.sleep(0.005)
+        await until(lambda: engine.counters.cache_misses >= 1)
         await client.hook_unregister()
         await client.hook_register("none", {})
         slow_not_ram.release.set()

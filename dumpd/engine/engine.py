@@ -30,7 +30,7 @@ from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
 from dumpd.engine.pagecache import PageCache
 from dumpd.engine.ratelog import RateLimitedLog
-from dumpd.engine.readbatch import ReadBatcher
+from dumpd.engine.readbatch import ReadBatcher, Reads
 from dumpd.engine.verdicts import CHUNK_PFNS, RAM, UNKNOWN, Run, VerdictCache
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
@@ -165,32 +165,23 @@ class Engine:
         hook, a worker thread or another request's flight."""
         if index in state.flights:
             return None
-        ps = self.page_size
-        lo = index * ps
-        hi = min(self.source.size, lo + ps)
-        ranges = self.layout.pfn_ranges(lo, hi)
-        if state.caller is None:
-            verdicts = [(first, end, RAM) for first, end in ranges]
-        else:
-            verdicts = self._known(state, ranges)
-            if any(code == UNKNOWN for _, _, code in verdicts):
-                return None
-        pieces = [(start, end) for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
-                  if not is_zero]
-        if not pieces:
-            page = self._zero_page if hi - lo == ps else bytes(hi - lo)
-        else:
-            buffer = bytearray(hi - lo)
-            view = memoryview(buffer)
-            for start, end in pieces:
-                if self.source.read_cached_into(start, view[start - lo : end - lo]) < end - start:
-                    return None
+        lo = index * self.page_size
+        hi = min(self.source.size, lo + self.page_size)
+        verdicts = self._known(state, self.layout.pfn_ranges(lo, hi))
+        if any(code == UNKNOWN for _, _, code in verdicts):
+            return None
+        buffer = bytearray(hi - lo)
+        view = memoryview(buffer)
+        reads = [(start, view[start - lo : end - lo])
+                 for start, end, is_zero in self.layout.classify(lo, hi, verdicts) if not is_zero]
+        if self._read_cached(reads):
+            return None  # some of it is not in the OS page cache: `read` will do it
+        self._count_reads(reads, inline=len(reads))
+        if reads:
             page = bytes(buffer)
-            counters = self.counters
-            counters.source_read_calls += len(pieces)
-            counters.source_reads_inline += len(pieces)
-            counters.source_bytes_read += sum(end - start for start, end in pieces)
-            counters.source_pages_read += 1
+            self.counters.source_pages_read += 1
+        else:
+            page = self._zeros(hi - lo)
         self.counters.cache_misses += 1
         state.pages.put(index, page)
         return page
@@ -319,7 +310,7 @@ class Engine:
                 ranges.extend(self.layout.pfn_ranges(flight.first * ps,
                                                      min(size, (flight.first + flight.count) * ps)))
             verdicts = await self._verdicts(state, _merge(ranges))
-            reads: list[tuple[int, memoryview]] = []
+            reads: Reads = []
             for flight in flights:
                 lo = flight.first * ps
                 hi = min(size, lo + flight.count * ps)
@@ -335,9 +326,8 @@ class Engine:
                     elif not zeroed:
                         zero(view, start - lo, end - lo)
             if reads:
-                self.counters.source_read_calls += len(reads)
-                self.counters.source_bytes_read += sum(len(view) for _, view in reads)
                 rest = self._read_cached(reads)
+                self._count_reads(reads, inline=len(reads) - len(rest))
                 if rest:
                     await self._reader.read(rest)
             for flight in flights:
@@ -350,7 +340,7 @@ class Engine:
                     if state.flights.get(index) is flight:
                         del state.flights[index]
 
-    def _read_cached(self, reads: list[tuple[int, memoryview]]) -> list[tuple[int, memoryview]]:
+    def _read_cached(self, reads: Reads) -> Reads:
         """Do small reads inline when the OS page cache holds them (microseconds, where
         a hop to a worker costs tens); returns what is left for the workers."""
         if sum(len(view) for _, view in reads) > INLINE_READ_MAX:
@@ -360,9 +350,17 @@ class Engine:
             n = self.source.read_cached_into(offset, view)
             if n < len(view):
                 rest.append((offset + n, view[n:]))
-        if len(rest) < len(reads):
-            self.counters.source_reads_inline += len(reads) - len(rest)
         return rest
+
+    def _count_reads(self, reads: Reads, inline: int) -> None:
+        counters = self.counters
+        counters.source_read_calls += len(reads)
+        counters.source_bytes_read += sum(len(view) for _, view in reads)
+        counters.source_reads_inline += inline
+
+    def _zeros(self, length: int) -> bytes:
+        """`length` zero bytes; a whole page is the one shared zero page."""
+        return self._zero_page if length == self.page_size else bytes(length)
 
     def _cache_flight(self, state: _State, flight: Flight) -> None:
         """Cache the flight's pages; non-RAM pages all share one zero page (no memory)."""
@@ -372,7 +370,7 @@ class Engine:
             index = flight.first + k
             length = self._page_len(index)
             if is_zero or view is None:
-                state.pages.put(index, self._zero_page if length == ps else bytes(length))
+                state.pages.put(index, self._zeros(length))
             else:
                 state.pages.put(index, bytes(view[k * ps : k * ps + length]))
 
@@ -383,10 +381,8 @@ class Engine:
         cache is looked at again once it is our turn, so concurrent readers of the same
         pfns never ask the hook twice.
         """
-        if state.caller is None:
-            return [(first, end, RAM) for first, end in ranges]
         runs = self._known(state, ranges)
-        if not any(code == UNKNOWN for _, _, code in runs):
+        if state.caller is None or not any(code == UNKNOWN for _, _, code in runs):
             return runs
         async with state.asking:
             runs = self._known(state, ranges)
@@ -400,6 +396,9 @@ class Engine:
 
     @staticmethod
     def _known(state: _State, ranges: list[tuple[int, int]]) -> list[Run]:
+        """The verdicts at hand: all RAM with no hook, else the cache (UNKNOWN for gaps)."""
+        if state.caller is None:
+            return [(first, end, RAM) for first, end in ranges]
         runs: list[Run] = []
         for first, end in ranges:
             runs.extend(state.verdicts.lookup(first, end))

@@ -187,7 +187,6 @@ class RpcConnection(asyncio.Protocol):
             frames = _frames(event.msgid, result)
         except Exception as exc:
             frames = _error_frames(event, exc)
-        assert self._corked is not None
         self._corked.extend(frames)
         self._corked_bytes += sum(map(len, frames))
         if self._corked_bytes >= WRITE_SLICE:

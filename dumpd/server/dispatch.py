@@ -80,18 +80,19 @@ class Dispatcher:
         """The result if it is at hand without waiting (a read of a cached page, info,
         stats), else NOT_READY; argument errors raise DumpdError as `call` does."""
         if method == "read" and len(params) == 2:
-            offset = as_uint(params[0], "offset")
-            data = self.engine.read_now(offset, self._length(params[1]))
+            data = self.engine.read_now(*self._range(params, "offset"))
             return NOT_READY if data is None else data
         if method in ("info", "stats") and not params:
             return self._now[method]()
         return NOT_READY
 
-    def _length(self, value: Any) -> int:
-        length = as_uint(value, "length")
+    def _range(self, params: Sequence[Any], start: str) -> tuple[int, int]:
+        """`(start, length)` of a read: unsigned ints, length at most `max_read`."""
+        first = as_uint(params[0], start)
+        length = as_uint(params[1], "length")
         if length > self.max_read:
             raise DumpdError("E2BIG", f"length {length} is above the maximum {self.max_read}")
-        return length
+        return first, length
 
     async def _info(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         return self._info_now()
@@ -110,12 +111,10 @@ class Dispatcher:
         }
 
     async def _read(self, peer: Peer, params: Sequence[Any]) -> bytes | memoryview:
-        offset = as_uint(params[0], "offset")
-        return await self.engine.read(offset, self._length(params[1]))
+        return await self.engine.read(*self._range(params, "offset"))
 
     async def _read_phys(self, peer: Peer, params: Sequence[Any]) -> bytes:
-        paddr = as_uint(params[0], "paddr")
-        return await self.engine.read_phys(paddr, self._length(params[1]))
+        return await self.engine.read_phys(*self._range(params, "paddr"))
 
     async def _extents(self, peer: Peer, params: Sequence[Any]) -> list[Sequence[Any]]:
         offset = as_uint(params[0], "offset")
