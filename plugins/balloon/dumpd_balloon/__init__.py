@@ -12,10 +12,9 @@ import os
 from collections.abc import Iterable, Mapping
 
 from dumpd.hooks.contract import ERROR, NOT_RAM, RAM, HookConfigError
+from dumpd.hooks.pfnrange import MAX_PFN, PFN_LIMIT
 
 from .ranges import (
-    MAX_PFN,
-    PFN_LIMIT,
     BalloonFormatError,
     PfnRanges,
     format_text,

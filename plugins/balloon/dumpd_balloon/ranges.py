@@ -16,20 +16,12 @@ Numbers are decimal or `0x` hex; `#` starts a comment; blank lines are ignored.
 from __future__ import annotations
 
 import os
-import re
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 
 from dumpd.hooks.contract import HookConfigError
-
-PFN_LIMIT = 1 << 64
-"""One past the largest pfn a balloon list can name."""
-
-MAX_PFN = PFN_LIMIT - 1
-
-_ITEM = re.compile(r"(?P<a>[^\s+\-]+)(?:\s*(?P<op>[-+])\s*(?P<b>[^\s+\-]+))?", re.ASCII)
-_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+", re.ASCII)
+from dumpd.hooks.pfnrange import PFN_LIMIT, parse_pfn_range
 
 
 class BalloonFormatError(HookConfigError):
@@ -40,23 +32,6 @@ class BalloonFormatError(HookConfigError):
         self.source = source
         self.line = line
         self.reason = reason
-
-
-def _integer(role: str, token: str) -> int:
-    """`token` as decimal or 0x hex; anything past 2**64 saturates to `PFN_LIMIT + 1`."""
-    if _NUMBER.fullmatch(token) is None:
-        raise ValueError(f"{role} {token!r} is not a decimal or 0x hex number")
-    base = 16 if token[:2] in ("0x", "0X") else 10
-    digits = (token[2:] if base == 16 else token).lstrip("0") or "0"
-    return int(digits, base) if len(digits) <= 20 else PFN_LIMIT + 1
-
-
-def _pfn(role: str, token: str) -> int:
-    """`token` as a pfn: a number no larger than `MAX_PFN`."""
-    value = _integer(role, token)
-    if value > MAX_PFN:
-        raise ValueError(f"{role} {token} is above the largest pfn {MAX_PFN:#x}")
-    return value
 
 
 def parse_line(line: str | bytes) -> tuple[int, int] | None:
@@ -70,27 +45,7 @@ def parse_line(line: str | bytes) -> tuple[int, int] | None:
         except UnicodeDecodeError:
             raise ValueError("line is not UTF-8 text") from None
     text = line.partition("#")[0].strip()
-    if not text:
-        return None
-    match = _ITEM.fullmatch(text)
-    if match is None:
-        raise ValueError(f"expected PFN, START-END or START+COUNT, got {text!r}")
-    a, op, b = match.group("a", "op", "b")
-    if op is None:
-        pfn = _pfn("PFN", a)
-        return pfn, pfn + 1
-    start = _pfn("START", a)
-    if op == "-":
-        end = _pfn("END", b)
-        if end < start:
-            raise ValueError(f"END {b} is below START {a}")
-        return start, end + 1
-    count = _integer("COUNT", b)
-    if count == 0:
-        raise ValueError(f"COUNT {b} must be at least 1")
-    if start + count > PFN_LIMIT:
-        raise ValueError(f"START+COUNT {a}+{b} ends past the largest pfn {MAX_PFN:#x}")
-    return start, start + count
+    return parse_pfn_range(text) if text else None
 
 
 def parse_lines(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[int, int]]:
