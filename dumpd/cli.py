@@ -1,4 +1,4 @@
-"""The `dumpd` command: serve, info, read, stats, plugins, demo.
+"""The `dumpd` command: serve, info, read, stats, plugins, hook, demo.
 
 Operator mistakes and server errors print one line (`dumpd: ...`) and exit
 non-zero; tracebacks are for bugs only.
@@ -19,6 +19,7 @@ from dumpd.config import DEFAULT_SOCKET
 from dumpd.errors import DumpdError, StartupError
 
 READ_CHUNK = 8 << 20
+OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
 
 
 def _int(text: str) -> int:
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--hook", dest="hook_name", metavar="NAME",
                        help="is-RAM hook plugin to register (see `dumpd plugins`)")
     serve.add_argument("--hook-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="an option for the hook (repeatable)")
+                       help=f"an option for the hook (repeatable); {OPTION_VALUES}")
     serve.add_argument("--cache-mib", dest="engine_cache_mib", type=float)
     serve.add_argument("--loop", dest="server_loop", choices=["auto", "uvloop", "asyncio"])
     serve.add_argument("--log-level", dest="log_level",
@@ -72,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     _socket_arg(read)
 
     sub.add_parser("plugins", help="list installed is-RAM hook plugins")
+
+    hook = sub.add_parser("hook", help="register, unregister, reload or check an is-RAM hook")
+    actions = hook.add_subparsers(dest="action", required=True)
+    register = actions.add_parser("register", help="register a hook in the running server")
+    check = actions.add_parser("check", help="run the plugin conformance kit on a hook here")
+    for p in (register, check):
+        p.add_argument("name", help="entry point name (see `dumpd plugins`)")
+        p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"an option for the hook (repeatable); {OPTION_VALUES}")
+    check.add_argument("--pfn-limit", type=_int, default=1 << 32,
+                       help="draw random pfns below this (default 2**32)")
+    actions.add_parser("unregister", help="empty the server's hook slot (all pfns are RAM)")
+    actions.add_parser("reload", help="have the registered hook reload its data")
+    for p in (register, actions.choices["unregister"], actions.choices["reload"]):
+        _socket_arg(p)
 
     demo = sub.add_parser("demo", help="build a sample dump, serve it, read it back")
     demo.add_argument("--size-mib", type=_int, default=256, help="guest memory (default 256)")
@@ -95,17 +111,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """`KEY=VALUE` items as a map; a VALUE that reads as a TOML value is one."""
+    import tomllib
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise StartupError(f"{flag} {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key] = text
+    return options
+
+
 def _serve(args: argparse.Namespace) -> int:
     from dumpd import config as config_mod
     from dumpd.runner import serve
 
     config = config_mod.load(args.config)
-    options = dict(config.hook.options)
-    for item in args.hook_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise StartupError(f"--hook-option {item!r}: expected KEY=VALUE")
-        options[key] = value
+    options = {**config.hook.options, **_options(args.hook_option, "--hook-option")}
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "log_level"))}
     config = config.with_overrides(**flags, hook_options=options)
@@ -186,6 +213,42 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hook(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        return _hook_check(args)
+    with _client(args) as client:
+        if args.action == "register":
+            client.hook_register(args.name, _options(args.option, "--option"))
+            print(f"hook {args.name!r} registered")
+        elif args.action == "unregister":
+            name = client.hook_unregister()["hook"]
+            print(f"hook {name!r} unregistered" if name else "no hook was registered")
+        else:
+            reply = client.hook_reload()
+            print(f"hook {reply['hook']!r} reloaded its data "
+                  f"(generation {reply['hook_generation']})")
+    return 0
+
+
+def _hook_check(args: argparse.Namespace) -> int:
+    from dumpd.testing import ConformanceError, check_plugin
+
+    try:
+        report = check_plugin(args.name, _options(args.option, "--option"),
+                              pfn_limit=args.pfn_limit)
+    except ConformanceError as exc:
+        print(f"dumpd: conformance: {exc}", file=sys.stderr)
+        return 1
+    print(f"hook {report.name!r} ({report.distribution} {report.version}) conforms: "
+          f"{', '.join(report.checks)}")
+    print(f"single lookups   {report.single_per_s:,.0f}/s")
+    if report.batched_pfns_per_s is None:
+        print("batched lookups  (no batched form)")
+    else:
+        print(f"batched lookups  {report.batched_pfns_per_s:,.0f} pfns/s")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from dumpd.demo import run_demo
 
@@ -193,4 +256,4 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read,
-            "plugins": _plugins, "demo": _demo}
+            "plugins": _plugins, "hook": _hook, "demo": _demo}

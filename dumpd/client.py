@@ -213,6 +213,10 @@ class AsyncClient:
         """Remove the installed is-RAM hook."""
         return await self.call("hook.unregister")
 
+    async def hook_reload(self) -> Any:
+        """Have the installed hook reload its data; ENOSYS when it has none."""
+        return await self.call("hook.reload")
+
     # -- life cycle ------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -409,6 +413,10 @@ class Client:
     def hook_unregister(self) -> Any:
         """Remove the installed is-RAM hook."""
         return self.call("hook.unregister")
+
+    def hook_reload(self) -> Any:
+        """Have the installed hook reload its data; ENOSYS when it has none."""
+        return self.call("hook.reload")
 
     def close(self) -> None:
         """Close the socket."""

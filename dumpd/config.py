@@ -29,6 +29,7 @@ class ServerConfig:
     socket: str = DEFAULT_SOCKET
     tcp: str = ""
     allow_uids: tuple[int, ...] = ()
+    admin_uids: tuple[int, ...] = ()
     max_frame_kib: int = 1024
     max_read_mib: int = 8
     max_inflight: int = 64
@@ -95,7 +96,7 @@ class Config:
         eng = self.engine
         if eng.cache_mib < 0:
             raise bad("engine.cache_mib", f"must not be negative, not {eng.cache_mib}")
-        for key in ("verdict_cache_kib", "read_threads", "hook_timeout"):
+        for key in ("verdict_cache_kib", "read_threads", "hook_timeout", "hook_reload_timeout"):
             if getattr(eng, key) <= 0:
                 raise bad(f"engine.{key}", f"must be positive, not {getattr(eng, key)}")
         if eng.buffer_pool_mib < 0:

@@ -28,7 +28,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def serve(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
+    """Serve until SIGTERM/SIGINT (a second one forces the exit); SIGHUP reloads the hook."""
     with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:
         return runner.run(_serve(config))
 
@@ -49,8 +49,17 @@ async def _serve(config: Config) -> int:
         log.info("%s: shutting down", signal.Signals(signum).name)
         server.stop()
 
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reloading the hook's data")
+        task = loop.create_task(server.reload_hook())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await server.start()
         await server.serve_until_stopped()

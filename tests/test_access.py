@@ -99,10 +99,29 @@ async def test_allowed_uid_reads_but_may_not_change_the_hook(shared_dir: Path) -
     async with serving(shared_dir, dump.path, allow_uids=(NOBODY,)) as server:
         os.chmod(server.config.server.socket, 0o666)
         got = await as_nobody(server.config.server.socket, ("read", [0, 8]),
-                              ("hook.register", ["none", {}]), ("hook.unregister", []))
+                              ("hook.register", ["none", {}]), ("hook.unregister", []),
+                              ("hook.reload", []))
         assert server.refused == 0
         assert server.engine is not None and server.engine.hook_name is None
     replies = {e.msgid: e for e in events(got) if isinstance(e, Response)}
     assert replies[0].error is None and replies[0].result == file_bytes(dump.path, 0, 8)
     assert replies[1].error == ("EACCES", "hook.register is for administrators only")
     assert replies[2].error == ("EACCES", "hook.unregister is for administrators only")
+    assert replies[3].error == ("EACCES", "hook.reload is for administrators only")
+
+
+async def test_admin_uids_may_change_the_hook(shared_dir: Path) -> None:
+    dump = build_raw(shared_dir / "oldmem", 4096)
+    replies = []
+    async with serving(shared_dir, dump.path, admin_uids=(NOBODY,)) as server:
+        os.chmod(server.config.server.socket, 0o666)
+        for request in (("hook.register", ["none", {}]), ("hook.reload", []),
+                        ("hook.unregister", [])):  # one at a time: requests run concurrently
+            got = events(await as_nobody(server.config.server.socket, request))
+            assert len(got) == 1 and isinstance(got[0], Response)
+            replies.append((got[0].error, got[0].result))
+        assert server.refused == 0
+        assert server.engine is not None and server.engine.slot.generation == 2
+    assert replies == [(None, {"hook": "none"}),
+                       (("ENOSYS", "hook 'none' has no data to reload"), None),
+                       (None, {"hook": "none"})]

@@ -6,111 +6,26 @@ start-up errors must be one `dumpd: ...` line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dumpd import PROTOCOL_VERSION, __version__
 from dumpd.cli import _hexdump
+from tests.daemon import DUMPD, ENV, info_json, ok, one_line_error, run, served, stats_json
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes, pattern
 
 PAGE = 4096
 MiB = 1 << 20
-DUMPD = [sys.executable, "-m", "dumpd"]
-ENV = {k: v for k, v in os.environ.items() if k != "DUMPD_SOCKET"}
-
-
-def run(*args: str, timeout: float = 30, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*DUMPD, *args], capture_output=True, timeout=timeout,
-                          env=env or ENV, cwd=cwd, stdin=subprocess.DEVNULL, check=False)
-
-
-def ok(*args: str, **kwargs: Any) -> str:
-    """Run a command that must succeed; its stdout as text."""
-    result = run(*args, **kwargs)
-    assert (result.returncode, result.stderr) == (0, b""), result.stderr.decode()
-    return result.stdout.decode()
-
-
-def one_line_error(result: subprocess.CompletedProcess[bytes], status: int) -> str:
-    """The single `dumpd: ...` line of a failed command."""
-    stderr = result.stderr.decode()
-    assert "Traceback" not in stderr, stderr
-    assert result.returncode == status, stderr
-    assert result.stdout == b""
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("dumpd: "), stderr
-    return lines[0]
-
-
 def serve_error(*args: str) -> str:
     return one_line_error(run("serve", *args), 2)
-
-
-@contextlib.contextmanager
-def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
-    """`dumpd serve` on tmp_path/run/dumpd.sock until SIGTERM; yields the socket path.
-
-    On the way out: exit status 0, the socket file removed, no traceback in the log.
-    """
-    sock = tmp_path / "run" / "dumpd.sock"
-    log_path = tmp_path / "serve.log"
-    args = ["serve", "--socket", str(sock), *extra]
-    if source is not None:
-        args += ["--source", source]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*DUMPD, *args], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 15
-        while b"dumpd: INFO: serving " not in log_path.read_bytes():
-            if proc.poll() is not None:
-                pytest.fail(f"dumpd serve exited with {proc.returncode}: "
-                            f"{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"dumpd serve did not start: {log_path.read_text()}")
-            time.sleep(0.02)
-        assert sock.is_socket()
-        yield str(sock)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            status = proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-    output = log_path.read_text()
-    assert status == 0, output
-    assert not sock.exists()
-    assert "Traceback" not in output, output
-    assert "dumpd: INFO: SIGTERM: shutting down" in output.splitlines()
-
-
-def info_json(sock: str) -> dict[str, Any]:
-    info: dict[str, Any] = json.loads(ok("info", "--json", "--socket", sock))
-    return info
-
-
-def stats_json(sock: str) -> dict[str, Any]:
-    stats: dict[str, Any] = json.loads(ok("stats", "--json", "--socket", sock))
-    return stats
 
 
 # -- start-up errors -------------------------------------------------------------------
@@ -140,7 +55,7 @@ def test_unknown_hook_lists_the_installed_ones(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     line = serve_error("--source", dump.path, "--socket", str(tmp_path / "dumpd.sock"),
                        "--hook", "bogus")
-    assert line == "dumpd: [hook] unknown hook 'bogus'; installed: balloon, none"
+    assert line == "dumpd: [hook] unknown hook 'bogus'; installed: balloon, none, xen"
 
 
 @pytest.mark.parametrize("options,problem", [
@@ -241,7 +156,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         "version": __version__, "protocol": PROTOCOL_VERSION,
         "source": {"kind": "raw", "path": dump.path},
         "size": 20 * MiB, "page_size": PAGE, "segments": [[0, 0, 20 * MiB, 20 * MiB]],
-        "hook": None, "max_read": 8 * MiB,
+        "hook": None, "hook_generation": 0, "max_read": 8 * MiB,
     }
 
 
@@ -390,6 +305,7 @@ def test_plugins_lists_installed_hooks() -> None:
     assert ok("plugins").splitlines() == [
         f"balloon      dumpd-balloon {version('dumpd-balloon')}  (dumpd_balloon:create)",
         f"none         dumpd {__version__}  (dumpd.hooks.none:create)",
+        f"xen          dumpd-xen {version('dumpd-xen')}  (dumpd_xen:create)",
     ]
 
 

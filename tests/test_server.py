@@ -17,25 +17,11 @@ from dumpd.client import AsyncClient, RemoteError
 from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
 from dumpd.protocol import FrameDecoder, Limits, Response, encode_request
-from dumpd.sources.base import Segment
 from tests.conftest import GatedHook, client_of, serving, until
 from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
+from tests.views import balloon_file, expected_view, pfns_read, read_all, record_reads
 
 PAGE = 4096
-
-def expected_view(path: str, segments: tuple[Segment, ...], zero_pfns: set[int]) -> bytes:
-    """The file with every byte of a non-RAM pfn zeroed (first PT_LOAD wins per byte)."""
-    data = bytearray(file_bytes(path))
-    claimed = bytearray(len(data))
-    for seg in segments:
-        for pos in range(seg.file_offset, seg.file_offset + seg.filesz):
-            if claimed[pos]:
-                continue
-            claimed[pos] = 1
-            if (seg.paddr + pos - seg.file_offset) // PAGE in zero_pfns:
-                data[pos] = 0
-    return bytes(data)
-
 
 async def read_replies(reader: asyncio.StreamReader, count: int) -> dict[int, bytes]:
     """`count` successful replies from a raw connection, by msgid."""
@@ -48,11 +34,6 @@ async def read_replies(reader: asyncio.StreamReader, count: int) -> dict[int, by
             assert isinstance(event, Response) and event.error is None, event
             replies[event.msgid] = event.result
     return replies
-
-
-async def read_all(client: AsyncClient, size: int, chunk: int) -> bytes:
-    parts = await asyncio.gather(*(client.read(o, chunk) for o in range(0, size, chunk)))
-    return b"".join(parts)
 
 
 @pytest.mark.parametrize("elf_class,endian", [(32, "little"), (32, "big"), (64, "little"),
@@ -115,11 +96,6 @@ async def test_overlapping_segments_first_wins(tmp_path: Path) -> None:
             dump.path, text.file_offset, 0x2000)
 
 
-def balloon_file(path: Path, pfns: list[tuple[int, int]]) -> str:
-    path.write_text("".join(f"{a:#x}-{b:#x}\n" for a, b in pfns))
-    return str(path)
-
-
 async def test_512_small_reads_cost_one_verdict_and_one_source_read(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 64 * PAGE)
     hook_file = balloon_file(tmp_path / "balloon.txt", [(10, 19)])
@@ -150,23 +126,10 @@ async def test_whole_dump_asks_each_pfn_once_and_never_reads_non_ram(tmp_path: P
     ballooned = [(0x30, 0x3F), (0x21, 0x22), (0x250, 0x3FF), (0x4F0, 0x4FF)]
     zero_pfns = {p for a, b in ballooned for p in range(a, b + 1)}
     hook_file = balloon_file(tmp_path / "balloon.txt", ballooned)
-    reads: list[tuple[int, int]] = []
     async with serving(tmp_path, dump.path, hook="balloon",
                        hook_options={"file": hook_file}) as server, client_of(server) as client:
         assert server.source is not None
-        real_read, real_cached = server.source.read_into, server.source.read_cached_into
-
-        def recording_read(offset: int, view: memoryview) -> None:
-            reads.append((offset, len(view)))
-            real_read(offset, view)
-
-        def recording_cached(offset: int, view: memoryview) -> int:
-            n = real_cached(offset, view)
-            reads.append((offset, n))
-            return n
-
-        server.source.read_into = recording_read  # type: ignore[method-assign]
-        server.source.read_cached_into = recording_cached  # type: ignore[method-assign]
+        reads = record_reads(server.source)
         got = await read_all(client, dump.size, 256 * 1024)
         stats = await client.stats()
         extents = await client.extents(0, dump.size)
@@ -174,13 +137,7 @@ async def test_whole_dump_asks_each_pfn_once_and_never_reads_non_ram(tmp_path: P
     distinct = {p for s in dump.segments for p in range(s.paddr // PAGE,
                                                          (s.paddr + s.filesz - 1) // PAGE + 1)}
     assert stats["pfns_asked"] == len(distinct)
-    for offset, length in reads:
-        for pos in range(offset, offset + length):
-            seg = next(s for s in dump.segments if s.file_offset <= pos < s.file_offset + s.filesz
-                       ) if any(s.file_offset <= pos < s.file_offset + s.filesz
-                                for s in dump.segments) else None
-            if seg is not None:
-                assert (seg.paddr + pos - seg.file_offset) // PAGE not in zero_pfns
+    assert not pfns_read(reads, dump.segments) & zero_pfns
     assert stats["source_bytes_read"] == sum(n for _, n in reads)
     zero_bytes = sum(n for _, n, kind in extents if kind == "zero")
     assert stats["source_bytes_read"] == dump.size - zero_bytes

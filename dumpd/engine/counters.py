@@ -17,6 +17,8 @@ class Counters:
     hook_bad_results: int = 0
     hook_timeouts: int = 0
     hook_stuck_asks: int = 0
+    hook_reloads: int = 0
+    hook_reload_failures: int = 0
     source_pages_read: int = 0
     source_read_calls: int = 0
     source_bytes_read: int = 0

@@ -50,6 +50,7 @@ class EngineConfig:
     cache_mib: float = 16
     verdict_cache_kib: int = 1024
     hook_timeout: float = 2.0
+    hook_reload_timeout: float = 60.0
     read_threads: int = 4
     buffer_pool_mib: int = 16
 
@@ -109,6 +110,32 @@ class Engine:
         caller = HookCaller(name, hook, self.config.hook_timeout, self.counters, self._ratelog)
         self._state = _State(registration.generation, caller, self.config, self.page_size)
         log.info("hook %r registered", name)
+
+    async def reload_hook(self) -> int:
+        """Have the hook reload its data, then drop cached verdicts and pages.
+
+        Readers that need a verdict wait until the reload is over (instead of
+        timing out into reads of pages that may be ballooned); reads in progress
+        finish with the verdicts they hold. Returns the new generation. EINVAL: no
+        hook; ENOSYS: it has no data to reload; EINVAL/EIO: the reload failed and
+        the hook keeps its old data.
+        """
+        state = self._state
+        if state.caller is None:
+            raise DumpdError("EINVAL", "no hook is registered")
+        async with state.asking:
+            try:
+                await state.caller.reload(self.config.hook_reload_timeout)
+            except DumpdError:
+                self.counters.hook_reload_failures += 1
+                raise
+        self.counters.hook_reloads += 1
+        if self._state is not state:  # unregistered meanwhile: its caches are gone already
+            return self.slot.generation
+        registration = self.slot.reloaded()
+        self._state = _State(registration.generation, state.caller, self.config, self.page_size)
+        log.info("hook %r reloaded its data", registration.name)
+        return registration.generation
 
     def unregister_hook(self) -> str | None:
         """Empty the slot (every pfn is RAM again); returns the name that was registered."""

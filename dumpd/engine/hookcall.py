@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from dumpd.engine.counters import Counters
 from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.engine.verdicts import ERROR, RAM, code_of
-from dumpd.hooks.contract import PfnIsRam
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import HookConfigError, PfnIsRam
 
 log = logging.getLogger("dumpd.hook")
 
@@ -84,6 +86,36 @@ class HookCaller:
                 self._count_timeout()
                 return self._error_rest(ranges, answers, f"gave no answer within "
                                                          f"{self._timeout}s")
+
+    async def reload(self, timeout: float) -> None:
+        """Run the hook's `reload()` on its thread; DumpdError says why it failed."""
+        reload = getattr(self._hook, "reload", None)
+        if not callable(reload):
+            raise DumpdError("ENOSYS", f"hook {self.name!r} has no data to reload")
+        if self._closed or self._stuck:
+            raise DumpdError("EIO", f"hook {self.name!r} is "
+                             f"{'unregistered' if self._closed else 'stuck in an earlier call'}")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, reload)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._stuck = True  # asks are answered with errors until it returns
+            future.add_done_callback(self._unstick)
+            raise DumpdError("EIO", f"hook {self.name!r} reload gave no answer within "
+                             f"{timeout}s; it keeps running") from None
+        except HookConfigError as exc:
+            log.error("hook %r: reload failed, keeping the old data: %s", self.name, exc)
+            raise DumpdError("EINVAL", f"reload failed, old data kept: {exc}") from exc
+        except Exception as exc:
+            log.error("hook %r: reload failed, keeping the old data: %s: %s",
+                      self.name, type(exc).__name__, exc)
+            raise DumpdError("EIO", f"reload failed, old data kept: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    def _unstick(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()
+        self._stuck = False
 
     def _error_rest(self, ranges: list[tuple[int, int]], answers: list[Answer],
                     why: str) -> list[Answer]:

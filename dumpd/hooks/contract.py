@@ -11,8 +11,12 @@ Verdicts, as in the kernel's `pfn_is_ram()`:
 - `< 0`: error, the hook could not tell: the page is read anyway.
 
 Hooks are called from one dedicated worker thread, never concurrently, so a
-hook needs no locking of its own. A call that raises, returns a non-int or takes
-longer than the configured timeout counts as an error verdict.
+hook needs no locking of its own. A call that raises, returns a non-int (`bool`
+included) or takes longer than the configured timeout counts as an error verdict.
+
+Optional methods: `pfn_range_is_ram` (the batched form), `reload` (re-read the
+hook's data on SIGHUP or `hook.reload`) and `close` (on unregister or exit).
+They run on the same thread as the verdict calls.
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ class PfnRangeIsRam(Protocol):
 
         The run lengths must add up to `count`; pfns a malformed answer leaves
         uncovered count as errors.
+        """
+        ...
+
+
+@runtime_checkable
+class Reloadable(Protocol):
+    """Optional: re-read the hook's data (SIGHUP to the daemon, or `hook.reload`)."""
+
+    def reload(self) -> None:
+        """Load the data afresh and swap it in at once.
+
+        Build the new data completely before replacing the old; when it is bad,
+        raise (HookConfigError with one line saying what is wrong) and keep
+        answering from the old data. After a successful reload dumpd drops the
+        verdicts and pages it cached, so every pfn is asked again.
         """
         ...
 

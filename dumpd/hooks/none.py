@@ -17,7 +17,7 @@ class AlwaysRam:
         return RAM
 
     def pfn_range_is_ram(self, first_pfn: int, count: int) -> Iterable[tuple[int, int]]:
-        return [(count, RAM)]
+        return [(count, RAM)] if count > 0 else []
 
 
 def create(options: Mapping[str, object]) -> AlwaysRam:

@@ -1,8 +1,9 @@
 """The hook slot: one registered is-RAM hook at a time, as `register_oldmem_pfn_is_ram`.
 
 Registering while the slot is taken fails with EBUSY; unregistering empties it,
-after which every pfn counts as RAM. Every change bumps `generation`, which is
-how the engine knows its cached verdicts (and pages) no longer hold.
+after which every pfn counts as RAM. Every change (a reload of the hook's data
+included) bumps `generation`, which is how the engine knows its cached verdicts
+(and pages) no longer hold.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class HookSlot:
             )
         self._generation += 1
         self._current = Registration(name, hook, self._generation)
+        return self._current
+
+    def reloaded(self) -> Registration:
+        """The registered hook reloaded its data: same hook, new generation."""
+        if self._current is None:
+            raise DumpdError("EINVAL", "no hook is registered")
+        self._generation += 1
+        self._current = Registration(self._current.name, self._current.hook, self._generation)
         return self._current
 
     def unregister(self) -> Registration | None:

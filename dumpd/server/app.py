@@ -17,7 +17,7 @@ from typing import Any
 
 from dumpd.config import Config
 from dumpd.engine import Engine
-from dumpd.errors import StartupError
+from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
 from dumpd.server.connection import ConnectionLimits, RpcConnection
@@ -42,7 +42,8 @@ class Server:
         self._listeners: list[asyncio.AbstractServer] = []
         self._unix_path: str | None = None
         self._stop = asyncio.Event()
-        self._allowed_uids = {0, os.geteuid(), *config.server.allow_uids}
+        self._admin_uids = {0, os.geteuid(), *config.server.admin_uids}
+        self._allowed_uids = {*self._admin_uids, *config.server.allow_uids}
 
     async def start(self) -> None:
         """Open the source, register the configured hook and start listening."""
@@ -97,10 +98,22 @@ class Server:
             self.refused += 1
             log.warning("refused connection from uid %d", uid)
             return f"uid {uid} is not allowed to read this dump"
-        return Peer(uid=uid, admin=uid in (0, os.geteuid()))
+        return Peer(uid=uid, admin=uid in self._admin_uids)
 
     def _live_stats(self) -> dict[str, Any]:
         return {"connections": len(self.connections), "refused_connections": self.refused}
+
+    async def reload_hook(self) -> None:
+        """SIGHUP: have the registered hook reload its data; the outcome is logged."""
+        if self.engine is None or self.engine.hook_name is None:
+            log.info("reload: no hook is registered, nothing to reload")
+            return
+        try:
+            generation = await self.engine.reload_hook()
+        except DumpdError as exc:
+            log.error("reload of hook %r failed: %s", self.engine.hook_name, exc)
+        else:
+            log.info("hook %r reloaded (generation %d)", self.engine.hook_name, generation)
 
     def stop(self) -> None:
         """Ask `serve_until_stopped` to return (safe from a signal handler)."""

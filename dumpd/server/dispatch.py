@@ -54,6 +54,7 @@ class Dispatcher:
             "stats": (0, self._stats),
             "hook.register": (2, self._register),
             "hook.unregister": (0, self._unregister),
+            "hook.reload": (0, self._reload),
         }
         self._now = {"info": self._info_now, "stats": self._stats_now}
 
@@ -107,6 +108,7 @@ class Dispatcher:
             "page_size": source.page_size,
             "segments": [[s.paddr, s.file_offset, s.filesz, s.memsz] for s in source.segments],
             "hook": self.engine.hook_name,
+            "hook_generation": self.engine.slot.generation,
             "max_read": self.max_read,
         }
 
@@ -158,6 +160,11 @@ class Dispatcher:
     async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         self._require_admin(peer, "hook.unregister")
         return {"hook": self.engine.unregister_hook()}
+
+    async def _reload(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        self._require_admin(peer, "hook.reload")
+        generation = await self.engine.reload_hook()
+        return {"hook": self.engine.hook_name, "hook_generation": generation}
 
     @staticmethod
     def _require_admin(peer: Peer, method: str) -> None:

@@ -1,0 +1,367 @@
+"""The conformance kit for is-RAM hook plugins.
+
+Point it at an installed entry point name and the options a configuration would
+give it. Two ways to use it:
+
+- in a plugin's pytest suite, subclass `HookConformance` (the way fsspec ships
+  an abstract test suite for its backends) and provide a `hook_options` fixture:
+
+      class TestMyHook(HookConformance):
+          hook_name = "myhook"
+          expected: ClassVar[dict[int, int]] = {0x100: 0, 0x200: 1}
+
+          @pytest.fixture
+          def hook_options(self, tmp_path):
+              return {"file": str(write_my_data(tmp_path))}
+
+- anywhere else, `check_plugin(name, options, ...)` runs every check and returns
+  a `ConformanceReport` (with lookups per second), or raises ConformanceError
+  listing what failed. `dumpd hook check NAME` is that call on the command line.
+
+What is checked: the hook loads through its entry point in the group
+`dumpd.pfn_is_ram` from an installed distribution; an unknown option is refused
+with HookConfigError; `pfn_is_ram` answers exact ints (not bools) with the
+right meaning for the pfns you name, the same answer twice, and `< 0` rather
+than an exception for the pfns you say fail and for pfns that cannot exist;
+the batched form covers each window exactly with positive run lengths and
+agrees with the single form pfn by pfn; `close()` may be called twice;
+`reload()` with unchanged data changes no verdict, picks up changed data, and
+keeps the old data when the new is bad.
+
+This module imports no test framework: a skipped check raises
+`unittest.SkipTest`, which pytest reports as a skip.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import unittest
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from dumpd.hooks.contract import ENTRY_POINT_GROUP, HookConfigError, PfnIsRam
+from dumpd.hooks.discovery import load_hook
+from dumpd.hooks.pfnrange import PFN_LIMIT
+
+UNKNOWN_OPTION = "dumpd-conformance-unknown-option"
+IMPOSSIBLE_PFNS = (-1, -(1 << 70), PFN_LIMIT, PFN_LIMIT + 12345)
+MAX_WINDOW = 4096
+
+
+class ConformanceError(AssertionError):
+    """A hook does not meet the contract; the message names the hook and the check."""
+
+
+@dataclass(slots=True)
+class ConformanceReport:
+    """What `check_plugin` found: the checks passed and the measured lookup rates."""
+
+    name: str
+    distribution: str
+    version: str
+    checks: list[str] = field(default_factory=list)
+    single_per_s: float = 0.0
+    batched_pfns_per_s: float | None = None  # None: no batched form
+
+
+def _sign(verdict: int) -> str:
+    return "RAM" if verdict > 0 else "not RAM" if verdict == 0 else "error"
+
+
+def _fail(name: str, check: str, detail: str) -> ConformanceError:
+    return ConformanceError(f"hook {name!r}: {check}: {detail}")
+
+
+def load(name: str, options: Mapping[str, object]) -> PfnIsRam:
+    """The hook made by entry point `name` of an installed distribution."""
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if not found:
+        raise _fail(name, "entry point", f"no entry point {name!r} in the group "
+                    f"{ENTRY_POINT_GROUP!r}; is the plugin's distribution installed?")
+    if found[0].dist is None:
+        raise _fail(name, "entry point", "not declared by an installed distribution")
+    try:
+        return load_hook(name, options)
+    except HookConfigError as exc:
+        raise _fail(name, "load", str(exc)) from exc
+
+
+def check_unknown_option(name: str, options: Mapping[str, object]) -> None:
+    """The factory refuses an option it does not know, with HookConfigError."""
+    factory = next(ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name).load()
+    try:
+        hook = factory({**options, UNKNOWN_OPTION: 1})
+    except HookConfigError:
+        return
+    except Exception as exc:
+        raise _fail(name, "options", f"an unknown option raised {type(exc).__name__}: "
+                    f"{exc}; raise HookConfigError with one line instead") from exc
+    close = getattr(hook, "close", None)
+    if callable(close):
+        close()
+    raise _fail(name, "options", f"accepted the unknown option {UNKNOWN_OPTION!r}; "
+                "refuse it with HookConfigError so typos in a configuration are caught")
+
+
+def ask(name: str, hook: PfnIsRam, pfn: int) -> int:
+    """`hook.pfn_is_ram(pfn)`, checked to be an exact int without an exception."""
+    try:
+        verdict = hook.pfn_is_ram(pfn)
+    except Exception as exc:
+        raise _fail(name, "pfn_is_ram", f"raised {type(exc).__name__}: {exc} for pfn "
+                    f"{pfn:#x}; return a verdict < 0 when it cannot tell") from exc
+    if type(verdict) is not int:
+        raise _fail(name, "pfn_is_ram", f"returned {verdict!r} ({type(verdict).__name__}) "
+                    f"for pfn {pfn:#x}; return an int (> 0 RAM, 0 not RAM, < 0 error)")
+    return verdict
+
+
+def check_verdicts(name: str, hook: PfnIsRam, pfns: Iterable[int],
+                   expected: Mapping[int, int], error_pfns: Iterable[int]) -> None:
+    """Ints for every pfn, stable when asked twice, of the expected meaning."""
+    for pfn, want in [*expected.items(), *((p, -1) for p in error_pfns)]:
+        got = ask(name, hook, pfn)
+        if _sign(got) != _sign(want):
+            raise _fail(name, "verdicts", f"pfn {pfn:#x} is {_sign(got)} ({got}), "
+                        f"expected {_sign(want)}")
+    for pfn in [*pfns, *IMPOSSIBLE_PFNS]:
+        first, again = ask(name, hook, pfn), ask(name, hook, pfn)
+        if _sign(first) != _sign(again):
+            raise _fail(name, "verdicts", f"pfn {pfn:#x} was {_sign(first)}, then "
+                        f"{_sign(again)} with no reload in between")
+
+
+def check_batched(name: str, hook: PfnIsRam, windows: Iterable[tuple[int, int]]) -> bool:
+    """Each window's runs cover it exactly and agree with `pfn_is_ram`; False: no batched form."""
+    ranged = getattr(hook, "pfn_range_is_ram", None)
+    if ranged is None:
+        return False
+    for first, count in windows:
+        where = f"pfn_range_is_ram({first:#x}, {count})"
+        try:
+            runs = list(ranged(first, count))
+        except Exception as exc:
+            raise _fail(name, "batched", f"{where} raised {type(exc).__name__}: {exc}") from exc
+        pos = first
+        for run in runs:
+            if not (isinstance(run, Sequence) and len(run) == 2):
+                raise _fail(name, "batched", f"{where} gave {run!r}, not (length, verdict)")
+            length, verdict = run
+            if type(length) is not int or length <= 0 or type(verdict) is not int:
+                raise _fail(name, "batched", f"{where} gave the run {run!r}; want a "
+                            "positive int length and an int verdict")
+            for pfn in range(pos, min(pos + length, first + count)):
+                single = ask(name, hook, pfn)
+                if _sign(single) != _sign(verdict):
+                    raise _fail(name, "batched", f"{where} says pfn {pfn:#x} is "
+                                f"{_sign(verdict)}, pfn_is_ram says {_sign(single)}")
+            pos += length
+        if pos != first + count:
+            raise _fail(name, "batched", f"{where} covers {pos - first} pfns, not {count}")
+    return True
+
+
+def check_close(name: str, hook: PfnIsRam) -> None:
+    """`close()`, where offered, runs twice without raising."""
+    close = getattr(hook, "close", None)
+    if close is None:
+        return
+    for attempt in ("first", "second"):
+        try:
+            close()
+        except Exception as exc:
+            raise _fail(name, "close", f"the {attempt} close() raised "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def verdict_map(name: str, hook: PfnIsRam, pfns: Iterable[int]) -> dict[int, str]:
+    """The meaning of each pfn's verdict."""
+    return {pfn: _sign(ask(name, hook, pfn)) for pfn in pfns}
+
+
+def check_reload(name: str, hook: PfnIsRam, pfns: Sequence[int],
+                 change: Callable[[], Mapping[int, int] | None] | None = None,
+                 corrupt: Callable[[], bool] | None = None) -> bool:
+    """`reload()` keeps verdicts with unchanged data, takes `change()`'s new data (whose
+    expected verdicts it returns), and keeps the old data when `corrupt()` broke it.
+    False: the hook has no reload."""
+    reload = getattr(hook, "reload", None)
+    if reload is None:
+        return False
+    before = verdict_map(name, hook, pfns)
+    _reload(name, reload, "unchanged data")
+    if verdict_map(name, hook, pfns) != before:
+        raise _fail(name, "reload", "verdicts changed after a reload of unchanged data")
+    expected = change() if change is not None else None
+    if expected is not None:
+        _reload(name, reload, "changed data")
+        for pfn, want in expected.items():
+            got = ask(name, hook, pfn)
+            if _sign(got) != _sign(want):
+                raise _fail(name, "reload", f"after reloading changed data pfn {pfn:#x} is "
+                            f"{_sign(got)}, expected {_sign(want)}")
+    if corrupt is not None and corrupt():
+        kept = verdict_map(name, hook, pfns)
+        try:
+            reload()
+        except Exception:
+            pass
+        else:
+            raise _fail(name, "reload", "reloading bad data did not raise; raise "
+                        "HookConfigError saying what is wrong and keep the old data")
+        if verdict_map(name, hook, pfns) != kept:
+            raise _fail(name, "reload", "a failed reload changed verdicts; keep the old "
+                        "data until the new data is complete and valid")
+    return True
+
+
+def _reload(name: str, reload: Callable[[], object], what: str) -> None:
+    try:
+        reload()
+    except Exception as exc:
+        raise _fail(name, "reload", f"reload() of {what} raised {type(exc).__name__}: "
+                    f"{exc}") from exc
+
+
+def sample_pfns(rng: random.Random, pfn_limit: int, around: Iterable[int], n: int) -> list[int]:
+    """`n` random pfns below `pfn_limit`, the edges, and the neighbours of `around`."""
+    pfns = {0, 1, pfn_limit - 1, PFN_LIMIT - 1}
+    for pfn in around:
+        pfns.update(p for p in range(pfn - 2, pfn + 3) if 0 <= p < PFN_LIMIT)
+    pfns.update(rng.randrange(pfn_limit) for _ in range(n))
+    return sorted(pfns)
+
+
+def sample_windows(rng: random.Random, pfn_limit: int, around: Iterable[int], n: int
+                   ) -> list[tuple[int, int]]:
+    """Windows `(first, count)`: empty, at both ends, over `around`, and `n` random ones."""
+    windows = [(0, 0), (0, 1), (0, MAX_WINDOW), (PFN_LIMIT - 3, 3)]
+    windows += [(max(0, pfn - 5), 11) for pfn in around]
+    for _ in range(n):
+        count = rng.choice((1, 2, 7, 64, 513, MAX_WINDOW))
+        windows.append((rng.randrange(max(1, pfn_limit - count)), count))
+    return windows
+
+
+def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float = 0.25
+            ) -> tuple[float, float | None]:
+    """Single lookups per second and batched pfns per second, at random pfns."""
+    pfns = [rng.randrange(pfn_limit) for _ in range(4096)]
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for pfn in pfns:
+            hook.pfn_is_ram(pfn)
+        calls += len(pfns)
+    single = calls / elapsed
+    ranged = getattr(hook, "pfn_range_is_ram", None)
+    if ranged is None:
+        return single, None
+    window = min(1 << 16, pfn_limit)
+    covered, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        list(ranged(rng.randrange(pfn_limit - window + 1), window))
+        covered += window
+    return single, covered / elapsed
+
+
+def check_plugin(name: str, options: Mapping[str, object], *,
+                 expected: Mapping[int, int] | None = None, error_pfns: Iterable[int] = (),
+                 pfn_limit: int = 1 << 32, samples: int = 200, seed: int = 0,
+                 change: Callable[[], Mapping[int, int] | None] | None = None,
+                 corrupt: Callable[[], bool] | None = None,
+                 measure_seconds: float = 0.25) -> ConformanceReport:
+    """Every check on hook `name` made with `options`; raises ConformanceError on the first
+    failure. `expected` maps pfns to the verdict they must have (by meaning), `error_pfns`
+    must give `< 0`; pfns are sampled below `pfn_limit`. `change` and `corrupt` (see
+    `check_reload`) act on the hook's data for the reload checks."""
+    expected = dict(expected or {})
+    error_pfns = list(error_pfns)
+    rng = random.Random(seed)
+    ep = next((e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == name), None)
+    hook = load(name, options)
+    report = ConformanceReport(name, ep.dist.name if ep and ep.dist else "?",
+                               ep.dist.version if ep and ep.dist else "?", ["entry point"])
+    try:
+        check_unknown_option(name, options)
+        report.checks.append("unknown option refused")
+        around = [*expected, *error_pfns]
+        pfns = sample_pfns(rng, pfn_limit, around, samples)
+        check_verdicts(name, hook, pfns, expected, error_pfns)
+        report.checks.append("verdicts")
+        if check_batched(name, hook, sample_windows(rng, pfn_limit, around, samples // 4)):
+            report.checks.append("batched form agrees")
+        if check_reload(name, hook, pfns, change, corrupt):
+            report.checks.append("reload")
+        report.single_per_s, report.batched_pfns_per_s = measure(
+            hook, rng, pfn_limit, measure_seconds)
+    finally:
+        check_close(name, hook)
+    report.checks.append("close")
+    return report
+
+
+class HookConformance:
+    """The kit as a pytest suite: subclass it, set `hook_name`, provide `hook_options`.
+
+    Optional class attributes: `expected` (pfn -> verdict by meaning), `error_pfns`
+    (pfns whose verdict must be < 0), `pfn_limit` (where random pfns are drawn).
+    Optional methods, for the reload checks: `change_data(options)` rewrites the
+    hook's data and returns the verdicts now expected; `corrupt_data(options)` makes
+    the data bad and returns True.
+    """
+
+    hook_name: ClassVar[str] = ""
+    expected: ClassVar[Mapping[int, int]] = MappingProxyType({})
+    error_pfns: ClassVar[Sequence[int]] = ()
+    pfn_limit: ClassVar[int] = 1 << 32
+
+    def change_data(self, options: Mapping[str, object]) -> Mapping[int, int] | None:
+        return None
+
+    def corrupt_data(self, options: Mapping[str, object]) -> bool:
+        return False
+
+    @contextmanager
+    def _hook(self, options: Mapping[str, object]) -> Iterator[PfnIsRam]:
+        if not self.hook_name:
+            raise unittest.SkipTest("HookConformance subclasses set hook_name")
+        hook = load(self.hook_name, options)
+        try:
+            yield hook
+        finally:
+            close = getattr(hook, "close", None)
+            if callable(close):
+                close()
+
+    def test_loads_through_entry_point_and_closes_twice(self, hook_options: dict[str, Any]
+                                                        ) -> None:
+        check_close(self.hook_name, load(self.hook_name, hook_options))
+
+    def test_refuses_unknown_option(self, hook_options: dict[str, Any]) -> None:
+        with self._hook(hook_options):
+            check_unknown_option(self.hook_name, hook_options)
+
+    def test_verdicts(self, hook_options: dict[str, Any]) -> None:
+        with self._hook(hook_options) as hook:
+            pfns = sample_pfns(random.Random(1), self.pfn_limit, self.expected, 200)
+            check_verdicts(self.hook_name, hook, pfns, self.expected, self.error_pfns)
+
+    def test_batched_agrees_with_single(self, hook_options: dict[str, Any]) -> None:
+        around = [*self.expected, *self.error_pfns]
+        windows = sample_windows(random.Random(2), self.pfn_limit, around, 50)
+        with self._hook(hook_options) as hook:
+            if not check_batched(self.hook_name, hook, windows):
+                raise unittest.SkipTest(f"hook {self.hook_name!r} has no batched form")
+
+    def test_reload(self, hook_options: dict[str, Any]) -> None:
+        pfns = sample_pfns(random.Random(3), self.pfn_limit, self.expected, 100)
+        with self._hook(hook_options) as hook:
+            if not check_reload(self.hook_name, hook, pfns,
+                                lambda: self.change_data(hook_options),
+                                lambda: self.corrupt_data(hook_options)):
+                raise unittest.SkipTest(f"hook {self.hook_name!r} has no reload")

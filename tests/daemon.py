@@ -1,0 +1,106 @@
+"""Running `python -m dumpd` as an operator does: commands and real daemons in subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DUMPD = [sys.executable, "-m", "dumpd"]
+ENV = {k: v for k, v in os.environ.items() if k != "DUMPD_SOCKET"}
+
+
+def run(*args: str, timeout: float = 30, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*DUMPD, *args], capture_output=True, timeout=timeout,
+                          env=env or ENV, cwd=cwd, stdin=subprocess.DEVNULL, check=False)
+
+
+def ok(*args: str, **kwargs: Any) -> str:
+    """Run a command that must succeed; its stdout as text."""
+    result = run(*args, **kwargs)
+    assert (result.returncode, result.stderr) == (0, b""), result.stderr.decode()
+    return result.stdout.decode()
+
+
+def one_line_error(result: subprocess.CompletedProcess[bytes], status: int) -> str:
+    """The single `dumpd: ...` line of a failed command."""
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr, stderr
+    assert result.returncode == status, stderr
+    assert result.stdout == b""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("dumpd: "), stderr
+    return lines[0]
+
+
+@contextlib.contextmanager
+def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
+    """`dumpd serve` on tmp_path/run/dumpd.sock until SIGTERM; yields the socket path.
+
+    On the way out: exit status 0, the socket file removed, no traceback in the log.
+    """
+    sock = tmp_path / "run" / "dumpd.sock"
+    log_path = tmp_path / "serve.log"
+    args = ["serve", "--socket", str(sock), *extra]
+    if source is not None:
+        args += ["--source", source]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*DUMPD, *args], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        while b"dumpd: INFO: serving " not in log_path.read_bytes():
+            if proc.poll() is not None:
+                pytest.fail(f"dumpd serve exited with {proc.returncode}: "
+                            f"{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"dumpd serve did not start: {log_path.read_text()}")
+            time.sleep(0.02)
+        assert sock.is_socket()
+        yield str(sock)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            status = proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    output = log_path.read_text()
+    assert status == 0, output
+    assert not sock.exists()
+    assert "Traceback" not in output, output
+    assert "dumpd: INFO: SIGTERM: shutting down" in output.splitlines()
+
+
+def info_json(sock: str) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(ok("info", "--json", "--socket", sock))
+    return info
+
+
+def stats_json(sock: str) -> dict[str, Any]:
+    stats: dict[str, Any] = json.loads(ok("stats", "--json", "--socket", sock))
+    return stats
+
+
+def server_pid(sock_path: str) -> int:
+    """The pid of the process serving `sock_path`, from its peer credentials."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(sock_path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid: int = struct.unpack("3i", creds)[0]
+    return pid

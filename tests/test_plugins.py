@@ -1,0 +1,234 @@
+"""The shipped hook plugins, installed from plugins/ into the venv, behind a running server:
+zeros for exactly the pfns they name, never a source read there, the slot's rules over
+the socket, and reloads on request and on SIGHUP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib.metadata import distribution, entry_points
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dumpd.client import RemoteError
+from dumpd.hooks.contract import ENTRY_POINT_GROUP
+from dumpd.sources.base import Segment
+from tests.conftest import client_of, serving
+from tests.daemon import ok, run, served, server_pid, stats_json
+from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.views import PAGE, expected_view, pfns_read, read_all, record_reads
+
+BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
+ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
+ELF_LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000), SegSpec(paddr=0x200000, memsz=0x300000,
+                                                           filesz=0x2FF800)]
+
+
+def balloon_text(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "balloon.txt"
+    path.write_text("# ballooned\n" + "".join(f"{a:#x}-{b:#x}\n" for a, b in BALLOONED[::-1]))
+    return {"file": str(path)}
+
+
+def balloon_bitmap(tmp_path: Path) -> dict[str, Any]:
+    text = balloon_text(tmp_path)["file"]
+    bitmap = tmp_path / "balloon.bitmap"
+    subprocess.run([sys.executable, "-m", "dumpd_balloon", "convert", text, str(bitmap)],
+                   check=True, capture_output=True)
+    assert bitmap.read_bytes()[:8] == b"DUMPDBMP"
+    return {"file": str(bitmap)}
+
+
+def xen_stub(tmp_path: Path) -> dict[str, Any]:
+    path = tmp_path / "memtypes.txt"
+    lines = [f"{a:#x}-{b:#x} mmio_dm\n" for a, b in BALLOONED]
+    lines += ["0x40-0x4f ram_ro\n", "0x600+16 unused\n"]  # other types are RAM
+    path.write_text("# HVMMEM types\n" + "".join(lines))
+    return {"transport": "stub", "map": str(path)}
+
+
+HOOKS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
+    "balloon-text": ("balloon", balloon_text),
+    "balloon-bitmap": ("balloon", balloon_bitmap),
+    "xen-stub": ("xen", xen_stub),
+}
+
+
+def build(tmp_path: Path, kind: str) -> tuple[str, int, tuple[Segment, ...]]:
+    if kind == "elf":
+        dump = build_elf(tmp_path / "vmcore", ELF_LOADS, page_size_note=PAGE, data_align=0x200)
+    else:
+        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
+    return dump.path, dump.size, dump.segments
+
+
+@pytest.mark.parametrize("dist", ["dumpd-balloon", "dumpd-xen"])
+def test_plugins_are_installed_distributions(dist: str) -> None:
+    """Found through the venv's metadata, not through a path into plugins/."""
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP)
+             if ep.dist is not None and ep.dist.name == dist]
+    assert [ep.name for ep in found] == [dist.removeprefix("dumpd-")]
+    module = found[0].load().__module__
+    assert not any(Path(p).resolve().parts[-2:-1] == ("plugins",) for p in sys.path if p)
+    files = distribution(dist).files or []
+    editable = distribution(dist).read_text("direct_url.json") or "{}"
+    assert (any(str(f).startswith(f"{module}/") for f in files)
+            or json.loads(editable).get("dir_info", {}).get("editable"))
+
+
+@pytest.mark.parametrize("kind", ["elf", "raw"])
+@pytest.mark.parametrize("hook_id", sorted(HOOKS))
+async def test_listed_pfns_read_as_zeros_and_are_never_read(tmp_path: Path, kind: str,
+                                                            hook_id: str) -> None:
+    name, options = HOOKS[hook_id]
+    path, size, segments = build(tmp_path, kind)
+    async with serving(tmp_path, path, hook=name, hook_options=options(tmp_path)
+                       ) as server, client_of(server) as client:
+        assert server.source is not None
+        reads = record_reads(server.source)
+        got = await read_all(client, size, 192 * 1024)
+        again = await read_all(client, size, 64 * 1024)
+        stats = await client.stats()
+        info = await client.info()
+    assert info["hook"] == name
+    assert got == again == expected_view(path, segments, ZERO_PFNS)
+    assert not pfns_read(reads, segments) & ZERO_PFNS
+    held = {p for s in segments for p in range(s.paddr // PAGE, (s.paddr + s.filesz - 1)
+                                               // PAGE + 1)}
+    assert stats["pfns_asked"] == len(held)
+    non_ram_bytes = sum(max(0, min((p + 1) * PAGE, s.paddr + s.filesz) - max(p * PAGE, s.paddr))
+                        for s in segments for p in ZERO_PFNS)
+    assert stats["source_bytes_read"] == sum(n for _, n in reads) == size - non_ram_bytes
+
+
+async def test_ebusy_and_swapping_hooks_over_the_socket(tmp_path: Path) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path, hook="xen", hook_options=xen_stub(tmp_path)
+                       ) as server, client_of(server) as client:
+        with pytest.raises(RemoteError) as busy:
+            await client.hook_register("balloon", balloon_text(tmp_path))
+        before = await client.read(0x30 * PAGE, 16)
+        assert await client.hook_unregister() == {"hook": "xen"}
+        unhooked = await client.read(0x30 * PAGE, 16)
+        assert await client.hook_register("balloon", balloon_text(tmp_path)) == {
+            "hook": "balloon"}
+        rehooked = await client.read(0x30 * PAGE, 16)
+        info = await client.info()
+    assert (busy.value.code, busy.value.message) == (
+        "EBUSY", "hook 'xen' is registered; unregister it first")
+    assert before == rehooked == bytes(16)
+    assert unhooked == file_bytes(path, 0x30 * PAGE, 16)
+    assert (info["hook"], info["hook_generation"]) == ("balloon", 3)
+
+
+async def test_a_bad_registration_names_the_problem(tmp_path: Path) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path) as server, client_of(server) as client:
+        with pytest.raises(RemoteError) as bad:
+            await client.hook_register("balloon", {"file": str(tmp_path / "nope")})
+        with pytest.raises(RemoteError) as unknown:
+            await client.hook_register("xen", {"transport": "stub", "bogus": 1})
+        info = await client.info()
+    assert (bad.value.code, bad.value.message) == (
+        "EINVAL", f"balloon: {tmp_path / 'nope'}: cannot read: No such file or directory")
+    assert unknown.value.code == "EINVAL" and "bogus" in unknown.value.message
+    assert (info["hook"], info["hook_generation"]) == (None, 0)
+
+
+def rewrite(hook_id: str, data_file: Path, tmp_path: Path, listed: str) -> None:
+    """Replace the hook's data file (never in place) so that it lists `listed`."""
+    data_file.unlink()
+    if hook_id == "xen-stub":
+        data_file.write_text(f"{listed} mmio_dm\n")
+    elif hook_id == "balloon-text":
+        data_file.write_text(f"{listed}\n")
+    else:
+        text = tmp_path / "new.txt"
+        text.write_text(f"{listed}\n")
+        subprocess.run([sys.executable, "-m", "dumpd_balloon", "convert", str(text),
+                        str(data_file)], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("hook_id", sorted(HOOKS))
+async def test_reload_swaps_the_data_and_a_bad_file_keeps_the_old(tmp_path: Path,
+                                                                  hook_id: str) -> None:
+    name, make = HOOKS[hook_id]
+    path, _, _ = build(tmp_path, "raw")
+    options = make(tmp_path)
+    data_file = Path(options.get("map") or options["file"])
+    page_31, page_40 = 0x31 * PAGE, 0x40 * PAGE
+    async with serving(tmp_path, path, hook=name, hook_options=options
+                       ) as server, client_of(server) as client:
+        first = (await client.read(page_31, 8), await client.read(page_40, 8))
+        rewrite(hook_id, data_file, tmp_path, "0x40")
+        reloaded = await client.hook_reload()
+        second = (await client.read(page_31, 8), await client.read(page_40, 8))
+        data_file.unlink()
+        data_file.write_text("0x10-0x5 mmio_dm\n" if name == "xen" else "0x10-0x5\n")
+        with pytest.raises(RemoteError) as bad:
+            await client.hook_reload()
+        kept = (await client.read(page_31, 8), await client.read(page_40, 8))
+        stats, info = await client.stats(), await client.info()
+    real_31, real_40 = file_bytes(path, page_31, 8), file_bytes(path, page_40, 8)
+    assert first == (bytes(8), real_40)
+    assert reloaded == {"hook": name, "hook_generation": 2}
+    assert second == kept == (real_31, bytes(8))
+    assert bad.value.code == "EINVAL"
+    assert bad.value.message.startswith("reload failed, old data kept: ")
+    assert f"{data_file}:1: END 0x5 is below START 0x10" in bad.value.message
+    assert (stats["hook_reloads"], stats["hook_reload_failures"]) == (1, 1)
+    assert info["hook_generation"] == 2
+
+
+async def test_reload_without_a_hook_or_without_data(tmp_path: Path) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path) as server, client_of(server) as client:
+        with pytest.raises(RemoteError) as empty:
+            await client.hook_reload()
+        await client.hook_register("none", {})
+        with pytest.raises(RemoteError) as nodata:
+            await client.hook_reload()
+    assert (empty.value.code, empty.value.message) == ("EINVAL", "no hook is registered")
+    assert (nodata.value.code, nodata.value.message) == (
+        "ENOSYS", "hook 'none' has no data to reload")
+
+
+def test_sighup_and_the_hook_commands_on_a_real_daemon(tmp_path: Path) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    balloon = balloon_text(tmp_path)["file"]
+    with served(tmp_path, path, "--hook", "balloon", "--hook-option", f"file={balloon}"
+                ) as sock:
+        zero = run("read", str(0x31 * PAGE), "8", "--socket", sock).stdout
+        Path(balloon).write_text("0x40\n")
+        os.kill(server_pid(sock), signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while stats_json(sock)["hook_reloads"] != 1:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the hook"
+            time.sleep(0.02)
+        after = run("read", str(0x31 * PAGE), "8", "--socket", sock).stdout
+        reload_out = ok("hook", "reload", "--socket", sock)
+        unregister_out = ok("hook", "unregister", "--socket", sock)
+        again_out = ok("hook", "unregister", "--socket", sock)
+        register_out = ok("hook", "register", "xen", "--option", "transport=stub",
+                          "--option", "delay_ms=0", "--socket", sock)
+        busy = run("hook", "register", "none", "--socket", sock)
+        info = json.loads(ok("info", "--json", "--socket", sock))
+    assert zero == bytes(8)
+    assert after == file_bytes(path, 0x31 * PAGE, 8)
+    assert reload_out == "hook 'balloon' reloaded its data (generation 3)\n"
+    assert unregister_out == "hook 'balloon' unregistered\n"
+    assert again_out == "no hook was registered\n"
+    assert register_out == "hook 'xen' registered\n"
+    assert (busy.returncode, busy.stderr) == (
+        1, b"dumpd: EBUSY: hook 'xen' is registered; unregister it first\n")
+    assert (info["hook"], info["hook_generation"]) == ("xen", 5)
+    log = (tmp_path / "serve.log").read_text().splitlines()
+    assert "dumpd: INFO: SIGHUP: reloading the hook's data" in log
+    assert "dumpd: INFO: hook 'balloon' reloaded (generation 2)" in log

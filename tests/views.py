@@ -1,0 +1,74 @@
+"""What a served file view must hold, and what the source was asked to read.
+
+Expected bytes are computed from the file and the list of non-RAM pfns, never by
+dumpd; reads are recorded where the engine calls the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from dumpd.client import AsyncClient
+from dumpd.sources.base import Segment, Source
+from tests.dumps import file_bytes
+
+PAGE = 4096
+
+
+def expected_view(path: str, segments: tuple[Segment, ...], zero_pfns: set[int]) -> bytes:
+    """The file with every byte of a non-RAM pfn zeroed (first PT_LOAD wins per byte)."""
+    data = bytearray(file_bytes(path))
+    claimed = bytearray(len(data))
+    for seg in segments:
+        for pos in range(seg.file_offset, seg.file_offset + seg.filesz):
+            if claimed[pos]:
+                continue
+            claimed[pos] = 1
+            if (seg.paddr + pos - seg.file_offset) // PAGE in zero_pfns:
+                data[pos] = 0
+    return bytes(data)
+
+
+async def read_all(client: AsyncClient, size: int, chunk: int) -> bytes:
+    parts = await asyncio.gather(*(client.read(o, chunk) for o in range(0, size, chunk)))
+    return b"".join(parts)
+
+
+def balloon_file(path: Path, pfns: list[tuple[int, int]]) -> str:
+    """A balloon list of inclusive `(first, last)` pfn ranges at `path`; its path."""
+    path.write_text("".join(f"{a:#x}-{b:#x}\n" for a, b in pfns))
+    return str(path)
+
+
+def record_reads(source: Source) -> list[tuple[int, int]]:
+    """From now on, every `(offset, length)` the engine reads from `source`, in order."""
+    reads: list[tuple[int, int]] = []
+    real_read, real_cached = source.read_into, source.read_cached_into
+
+    def recording_read(offset: int, view: memoryview) -> None:
+        reads.append((offset, len(view)))
+        real_read(offset, view)
+
+    def recording_cached(offset: int, view: memoryview) -> int:
+        n = real_cached(offset, view)
+        reads.append((offset, n))
+        return n
+
+    source.read_into = recording_read  # type: ignore[method-assign]
+    source.read_cached_into = recording_cached  # type: ignore[method-assign]
+    return reads
+
+
+def pfns_read(reads: list[tuple[int, int]], segments: tuple[Segment, ...]) -> set[int]:
+    """The pfns whose bytes `reads` touched, through the PT_LOADs that hold them."""
+    pfns: set[int] = set()
+    for offset, length in reads:
+        for seg in segments:
+            lo = max(offset, seg.file_offset)
+            hi = min(offset + length, seg.file_offset + seg.filesz)
+            if lo < hi:
+                first = (seg.paddr + lo - seg.file_offset) // PAGE
+                last = (seg.paddr + hi - 1 - seg.file_offset) // PAGE
+                pfns.update(range(first, last + 1))
+    return pfns
