@@ -356,5 +356,12 @@ def test_demo(tmp_path: Path) -> None:
     result = run("demo", "--size-mib", "64", timeout=120, env={**ENV, "TMPDIR": str(tmp_path)})
     output = result.stdout.decode()
     assert (result.returncode, result.stderr) == (0, b""), output
-    assert "byte-exact: yes; ballooned pages read from the dump: none" in output
+    lines = output.splitlines()
+    assert "64 MiB ELF core, 4 PT_LOADs, 3559 ballooned pages in 93 runs (" in lines[0]
+    row = next(line.split() for line in lines if line.startswith("ballooned pages read"))
+    assert row[-3:] == ["3,559", "3,559", "0"]  # naive, none, balloon
+    assert lines[-2].startswith("none:    byte-exact: yes; source bytes read ")
+    assert lines[-2].endswith(" == all bytes: True; ballooned pages read: 3,559")
+    assert lines[-1].startswith("balloon: byte-exact: yes; source bytes read ")
+    assert lines[-1].endswith(" == RAM bytes: True; ballooned pages read: 0")
     assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
