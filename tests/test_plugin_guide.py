@@ -1,0 +1,79 @@
+"""docs/plugins.md stays true: its twenty-line plugin, declared by its pyproject.toml,
+installs through its entry point, passes the conformance kit through the guide's own
+test class, and `dumpd hook check` prints what the guide shows."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dumpd.hooks.contract import ENTRY_POINT_GROUP
+from dumpd.testing import check_plugin
+from tests.plugindist import write_distribution
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+
+
+def blocks(language: str) -> list[str]:
+    """The guide's fenced code blocks in `language` ("" for plain ones), in order."""
+    found, current, lang = [], None, ""
+    for line in GUIDE.read_text().splitlines(keepends=True):
+        if line.startswith("```") and current is None:
+            current, lang = [], line[3:].strip()
+        elif line.startswith("```"):
+            if lang == language:
+                found.append("".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return found
+
+
+@pytest.fixture
+def holes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The guide's plugin installed as its pyproject.toml declares it."""
+    project = tomllib.loads(next(b for b in blocks("toml") if "[project]" in b))
+    entry_points = project["project"]["entry-points"][ENTRY_POINT_GROUP]
+    assert entry_points == {"holes": "dumpd_holes:create"}
+    root = write_distribution(tmp_path / "site", project["project"]["name"], "dumpd_holes",
+                              blocks("python")[0], entry_points, project["project"]["version"])
+    monkeypatch.syspath_prepend(str(root))
+    return root
+
+
+def test_the_guide_plugin_conforms(holes: Path) -> None:
+    report = check_plugin("holes", {"ranges": ["0x100-0x1ff"]},
+                          expected={0x100: 0, 0x1FF: 0, 0x200: 1}, measure_seconds=0.01)
+    assert (report.distribution, report.version) == ("dumpd-holes", "0.1.0")
+    assert report.checks == ["entry point", "unknown option refused", "verdicts", "close"]
+
+
+def test_the_guide_test_class_passes(holes: Path, tmp_path: Path) -> None:
+    test_file = tmp_path / "test_holes.py"
+    test_file.write_text(blocks("python")[1])
+    env = {**os.environ, "PYTHONPATH": str(holes)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(test_file)], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[-1].startswith("3 passed, 2 skipped")
+
+
+def test_the_guide_check_command(holes: Path) -> None:
+    shown = next(b for b in blocks("") if b.startswith("$ dumpd hook check")).splitlines()
+    argv = shlex.split(shown[0].removeprefix("$ dumpd "))
+    env = {**os.environ, "PYTHONPATH": str(holes)}
+    result = subprocess.run([sys.executable, "-m", "dumpd", *argv], capture_output=True,
+                            text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0] == shown[1]
+    assert out[2] == shown[3]
+    assert re.fullmatch(r"single lookups   [\d,]+/s", out[1])
