@@ -19,6 +19,8 @@ from dumpd.engine import Engine, EngineConfig
 from dumpd.engine.buffers import POOLED_MIN, BufferPool, zero
 from dumpd.engine.layout import Layout
 from dumpd.engine.verdicts import CHUNK_PFNS, ERROR, NOT_RAM, RAM, UNKNOWN, VerdictCache
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import HookConfigError
 from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun
 from tests.conftest import GatedHook, until
@@ -589,3 +591,108 @@ async def test_asks_do_not_queue_behind_a_hung_hook(tmp_path: Path) -> None:
             assert len(gate.asked) == 2  # nothing queued behind the hung call ran later
     finally:
         gate.release.set()
+
+
+# -- reloading the hook's data ------------------------------------------------------------
+
+
+class ReloadingHook(RangedHook):
+    """Reload swaps in `next_zeros` once `gate` opens; `bad` makes the reload raise."""
+
+    def __init__(self, zeros: Iterable[int]) -> None:
+        super().__init__(zeros)
+        self.next_zeros: set[int] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.reloading = threading.Event()
+        self.bad = False
+
+    def reload(self) -> None:
+        self.reloading.set()
+        self.gate.wait(5)
+        if self.bad:
+            raise HookConfigError("reloading: line 3: nonsense")
+        self.zeros = set(self.next_zeros)
+
+
+async def test_reload_drops_verdicts_and_pages_and_readers_wait_for_it(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 8 * PAGE)
+    hook = ReloadingHook(zeros={1})
+    with engine_for(dump.path) as engine:
+        engine.register_hook("reloading", hook)
+        before = await engine.read(0, 3 * PAGE)
+        hook.next_zeros, hook.gate = {2}, threading.Event()
+        reload = asyncio.ensure_future(engine.reload_hook())
+        await until(hook.reloading.is_set)
+        cached = await engine.read(PAGE, 8)  # verdict at hand: answered during the reload
+        waiting = asyncio.ensure_future(engine.read(5 * PAGE, 8))  # needs the hook: waits
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and engine.counters.hook_stuck_asks == 0
+        hook.gate.set()
+        generation = await reload
+        after = await engine.read(0, 3 * PAGE)
+        assert await waiting == file_bytes(dump.path, 5 * PAGE, 8)
+        counters = engine.counters
+    data = file_bytes(dump.path)
+    assert before == data[:PAGE] + bytes(PAGE) + data[2 * PAGE : 3 * PAGE]
+    assert cached == bytes(8)
+    assert generation == 2 == engine.slot.generation
+    assert after == data[: 2 * PAGE] + bytes(PAGE)
+    assert (counters.hook_reloads, counters.hook_reload_failures) == (1, 0)
+    assert (counters.hook_errors, counters.hook_timeouts) == (0, 0)
+
+
+async def test_a_failed_reload_keeps_the_verdicts(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    hook = ReloadingHook(zeros={1})
+    with engine_for(dump.path) as engine:
+        engine.register_hook("reloading", hook)
+        await engine.read(0, 4 * PAGE)
+        hook.bad = True
+        with pytest.raises(DumpdError) as failed:
+            await engine.reload_hook()
+        asked = len(hook.ranged)
+        again = await engine.read(0, 4 * PAGE)
+    data = file_bytes(dump.path)
+    assert (failed.value.code, failed.value.message) == (
+        "EINVAL", "reload failed, old data kept: reloading: line 3: nonsense")
+    assert again == data[:PAGE] + bytes(PAGE) + data[2 * PAGE :]
+    assert len(hook.ranged) == asked  # cached verdicts were kept: the hook was not asked
+    assert engine.slot.generation == 1
+    assert (engine.counters.hook_reloads, engine.counters.hook_reload_failures) == (0, 1)
+
+
+async def test_a_hung_reload_times_out_and_reads_go_on(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    hook = ReloadingHook(zeros={1})
+    config = EngineConfig(hook_reload_timeout=0.1, hook_timeout=1.0)
+    with engine_for(dump.path, config) as engine:
+        engine.register_hook("reloading", hook)
+        hook.gate = threading.Event()
+        with pytest.raises(DumpdError) as hung:
+            await engine.reload_hook()
+        during = await engine.read(PAGE, 8)  # never asked, hook stuck: an error, so read
+        with pytest.raises(DumpdError) as again:
+            await engine.reload_hook()
+        hook.gate.set()
+        await until(lambda: not engine._state.caller._stuck)  # type: ignore[union-attr]
+        await engine.reload_hook()
+    assert (hung.value.code, hung.value.message) == (
+        "EIO", "hook 'reloading' reload gave no answer within 0.1s; it keeps running")
+    assert (again.value.code, again.value.message) == (
+        "EIO", "hook 'reloading' is stuck in an earlier call")
+    assert during == file_bytes(dump.path, PAGE, 8)
+    assert engine.counters.hook_stuck_asks == 1
+    assert (engine.counters.hook_reloads, engine.counters.hook_reload_failures) == (1, 2)
+
+
+async def test_reload_errors_without_a_hook_or_reload(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", PAGE)
+    with engine_for(dump.path) as engine:
+        with pytest.raises(DumpdError) as empty:
+            await engine.reload_hook()
+        engine.register_hook("ranged", RangedHook())
+        with pytest.raises(DumpdError) as nodata:
+            await engine.reload_hook()
+    assert (empty.value.code, nodata.value.code) == ("EINVAL", "ENOSYS")
+    assert nodata.value.message == "hook 'ranged' has no data to reload"
