@@ -46,6 +46,7 @@ size = 123456
 socket = "/tmp/x/dumpd.sock"
 tcp = "127.0.0.1:7300"
 allow_uids = [1000, 1001]
+admin_uids = [1002]
 max_frame_kib = 64
 max_read_mib = 4
 max_inflight = 7
@@ -56,6 +57,7 @@ loop = "asyncio"
 cache_mib = 3
 verdict_cache_kib = 8
 hook_timeout = 5
+hook_reload_timeout = 9
 read_threads = 2
 buffer_pool_mib = 32
 
@@ -72,11 +74,12 @@ def test_no_file_gives_the_defaults() -> None:
     assert config == Config()
     assert config.source == SourceConfig(path="/proc/vmcore", kind="auto", page_size=4096, size=0)
     assert config.server == ServerConfig(
-        socket="/run/dumpd/dumpd.sock", tcp="", allow_uids=(), max_frame_kib=1024,
+        socket="/run/dumpd/dumpd.sock", tcp="", allow_uids=(), admin_uids=(), max_frame_kib=1024,
         max_read_mib=8, max_inflight=64, reply_budget_mib=16, loop="auto")
     assert DEFAULT_SOCKET == "/run/dumpd/dumpd.sock"
     assert config.engine == EngineConfig(cache_mib=16, verdict_cache_kib=1024, hook_timeout=2.0,
-                                         read_threads=4, buffer_pool_mib=16)
+                                         hook_reload_timeout=60.0, read_threads=4,
+                                         buffer_pool_mib=16)
     assert config.hook == HookConfig(name="", options={})
     assert config.log_level == "info"
 
@@ -91,10 +94,11 @@ def test_every_section_and_key(tmp_path: Path) -> None:
     assert config == Config(
         source=SourceConfig(path="/dumps/vmcore", kind="elf", page_size=16384, size=123456),
         server=ServerConfig(socket="/tmp/x/dumpd.sock", tcp="127.0.0.1:7300",
-                            allow_uids=(1000, 1001), max_frame_kib=64, max_read_mib=4,
+                            allow_uids=(1000, 1001), admin_uids=(1002,), max_frame_kib=64,
+                            max_read_mib=4,
                             max_inflight=7, reply_budget_mib=12, loop="asyncio"),
         engine=EngineConfig(cache_mib=3.0, verdict_cache_kib=8, hook_timeout=5.0,
-                            read_threads=2, buffer_pool_mib=32),
+                            hook_reload_timeout=9.0, read_threads=2, buffer_pool_mib=32),
         hook=HookConfig(name="balloon", options={"file": "/etc/dumpd/balloon.txt"}),
         log_level="debug",
     )
@@ -231,10 +235,11 @@ def test_overrides_replace_file_values(tmp_path: Path) -> None:
     assert updated == Config(
         source=SourceConfig(path="/other", kind="elf", page_size=16384, size=123456),
         server=ServerConfig(socket="/run/other.sock", tcp="127.0.0.1:7300",
-                            allow_uids=(1000, 1001), max_frame_kib=64, max_read_mib=4,
+                            allow_uids=(1000, 1001), admin_uids=(1002,), max_frame_kib=64,
+                            max_read_mib=4,
                             max_inflight=7, reply_budget_mib=12, loop="uvloop"),
         engine=EngineConfig(cache_mib=2.5, verdict_cache_kib=8, hook_timeout=5.0,
-                            read_threads=2, buffer_pool_mib=32),
+                            hook_reload_timeout=9.0, read_threads=2, buffer_pool_mib=32),
         hook=HookConfig(name="none", options={}),
         log_level="warning",
     )
