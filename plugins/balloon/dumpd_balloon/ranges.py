@@ -1,5 +1,8 @@
 """Balloon lists: the text format, merging into sorted disjoint ranges, and lookups.
 
+(The other format, a bitmap used through mmap, is in `bitmap.py`; `formats.py`
+tells them apart by content.)
+
 A `PfnRanges` keeps its ranges in two parallel `array('Q')` (first and last pfn of
 each range, both inclusive): memory grows with the number of ranges, never with the
 number of pfns, and every pfn up to 2**64-1 fits.
@@ -22,6 +25,8 @@ from collections.abc import Iterable, Iterator
 
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.pfnrange import PFN_LIMIT, parse_pfn_range
+
+from .atomic import replacing
 
 
 class BalloonFormatError(HookConfigError):
@@ -115,11 +120,22 @@ class PfnRanges:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"PfnRanges({len(self)} ranges, {self.count} pfns)"
+        return f"PfnRanges({self.describe()})"
 
     def __contains__(self, pfn: object) -> bool:
         """Whether `pfn` lies in one of the ranges."""
         return isinstance(pfn, int) and self.holds(pfn)
+
+    def bounds(self) -> tuple[int, int] | None:
+        """`(lowest pfn, one past the highest)`, or None when there are no ranges."""
+        return (self._firsts[0], self._lasts[-1] + 1) if self._firsts else None
+
+    def describe(self) -> str:
+        """The ranges, in words."""
+        return f"{len(self)} ranges, {self.count} pfns"
+
+    def close(self) -> None:
+        """Nothing to release: the ranges live on the heap."""
 
     def holds(self, pfn: int) -> bool:
         """Whether `pfn` lies in one of the ranges, in O(log ranges)."""
@@ -145,6 +161,11 @@ class PfnRanges:
         return out
 
 
+def format_range(start: int, end: int) -> str:
+    """`(start, end_exclusive)` as a list line: `PFN` or `START-END`, in hex."""
+    return f"{start:#x}" if end - start == 1 else f"{start:#x}-{end - 1:#x}"
+
+
 def format_text(ranges: Iterable[tuple[int, int]]) -> str:
     """A balloon list for `(start, end_exclusive)` pairs, merged and sorted, in hex."""
     merged = ranges if isinstance(ranges, PfnRanges) else PfnRanges(ranges)
@@ -152,13 +173,13 @@ def format_text(ranges: Iterable[tuple[int, int]]) -> str:
         "# dumpd-balloon list: the pfns listed here are not RAM (START-END is inclusive)",
         f"# {len(merged)} ranges, {merged.count} pfns",
     ]
-    for start, end in merged:
-        lines.append(f"{start:#x}" if end - start == 1 else f"{start:#x}-{end - 1:#x}")
+    lines += [format_range(start, end) for start, end in merged]
     return "\n".join(lines) + "\n"
 
 
 def write_text(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]]) -> None:
-    """Write `(start, end_exclusive)` pairs to `path` as a balloon list."""
+    """Write `(start, end_exclusive)` pairs to `path` as a balloon list, atomically
+    (a temporary file beside it, fsynced, renamed over it)."""
     text = format_text(ranges)  # first, so bad ranges leave no file behind
-    with open(path, "w", encoding="utf-8") as out:
-        out.write(text)
+    with replacing(path) as out:
+        out.write(text.encode("utf-8"))
