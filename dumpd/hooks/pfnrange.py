@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from dumpd.hooks.contract import HookConfigError
+
 PFN_LIMIT = 1 << 64
 """One past the largest pfn."""
 
@@ -62,3 +64,29 @@ def parse_pfn_range(text: str) -> tuple[int, int]:
     if start + count > PFN_LIMIT:
         raise ValueError(f"START+COUNT {a}+{b} ends past the largest pfn {MAX_PFN:#x}")
     return start, start + count
+
+
+def clip(first: int, count: int) -> tuple[int, int, int, int]:
+    """Split the window `[first, first+count)` at 0 and 2**64.
+
+    Returns `(below, start, inside, above)`: `below` pfns under 0, then `inside` pfns
+    from `start` that can exist, then `above` pfns at 2**64 or beyond (a hook's
+    batched form answers those two parts with the error verdict).
+    """
+    if count < 0:
+        raise ValueError(f"count must not be negative, got {count}")
+    stop = first + count
+    below = max(0, min(stop, 0) - first)
+    start = first + below
+    above = max(0, stop - max(start, PFN_LIMIT))
+    return below, start, count - below - above, above
+
+
+class PfnFileError(HookConfigError):
+    """A line of a plugin's data file is wrong: `PLUGIN: FILE:LINE: reason`."""
+
+    def __init__(self, plugin: str, source: str, line: int, reason: str) -> None:
+        super().__init__(f"{plugin}: {source}:{line}: {reason}")
+        self.source = source
+        self.line = line
+        self.reason = reason

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from dumpd.hooks.contract import ERROR, NOT_RAM, RAM, HookConfigError
-from dumpd.hooks.pfnrange import MAX_PFN, PFN_LIMIT
+from dumpd.hooks.pfnrange import MAX_PFN, PFN_LIMIT, clip
 
 from .bitmap import MAGIC, PfnBitmap, write_bitmap
 from .formats import Balloon, detect, load
@@ -118,16 +118,11 @@ class BalloonHook:
         error verdict. A text list costs O(log ranges + runs); a bitmap O(runs) plus
         a C-speed scan of the bytes the window covers.
         """
-        if count < 0:
-            raise ValueError(f"count must not be negative, got {count}")
-        stop = first_pfn + count
-        below = max(0, min(stop, 0) - first_pfn)
-        low = first_pfn + below
-        above = max(0, stop - max(low, PFN_LIMIT))
+        below, low, inside, above = clip(first_pfn, count)
         runs = [(below, ERROR)] if below else []
         runs += [
             (length, NOT_RAM if held else RAM)
-            for length, held in self._data.runs(low, count - below - above)
+            for length, held in self._data.runs(low, inside)
         ]
         if above:
             runs.append((above, ERROR))

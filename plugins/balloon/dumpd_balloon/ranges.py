@@ -24,19 +24,16 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import PFN_LIMIT, parse_pfn_range
+from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, parse_pfn_range
 
 from .atomic import replacing
 
 
-class BalloonFormatError(HookConfigError):
+class BalloonFormatError(PfnFileError):
     """A line of a balloon list is malformed; the message is `balloon: FILE:LINE: reason`."""
 
     def __init__(self, source: str, line: int, reason: str) -> None:
-        super().__init__(f"balloon: {source}:{line}: {reason}")
-        self.source = source
-        self.line = line
-        self.reason = reason
+        super().__init__("balloon", source, line, reason)
 
 
 def parse_line(line: str | bytes) -> tuple[int, int] | None:

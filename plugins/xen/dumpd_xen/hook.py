@@ -14,10 +14,10 @@ import logging
 import os
 
 from dumpd.hooks.contract import ERROR, NOT_RAM, RAM
-from dumpd.hooks.pfnrange import PFN_LIMIT
+from dumpd.hooks.pfnrange import PFN_LIMIT, clip
 
 from .abi import HVMMEM_MMIO_DM
-from .transport import Transport, append_run, clip
+from .transport import Transport, append_run
 
 log = logging.getLogger("dumpd_xen")
 

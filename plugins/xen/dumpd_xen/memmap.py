@@ -27,7 +27,7 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import PFN_LIMIT, parse_pfn_range
+from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, parse_pfn_range
 
 from .abi import HVMMEM_RAM_RW, MEM_TYPE_MAX, MEM_TYPES
 from .transport import MemTypeRun, append_run
@@ -39,14 +39,11 @@ _NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+", re.ASCII)
 _KNOWN = ", ".join(MEM_TYPES) + ", a number 0..65535 or fail"
 
 
-class MapFormatError(HookConfigError):
+class MapFormatError(PfnFileError):
     """A line of a map is wrong; the message is `xen: FILE:LINE: reason`."""
 
     def __init__(self, source: str, line: int, reason: str) -> None:
-        super().__init__(f"xen: {source}:{line}: {reason}")
-        self.source = source
-        self.line = line
-        self.reason = reason
+        super().__init__("xen", source, line, reason)
 
 
 class MapLine(NamedTuple):

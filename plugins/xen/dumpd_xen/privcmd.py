@@ -15,7 +15,7 @@ import fcntl
 import os
 from collections.abc import Callable
 
-from dumpd.hooks.pfnrange import MAX_PFN
+from dumpd.hooks.pfnrange import MAX_PFN, clip
 
 from .abi import (
     DOMID_SELF,
@@ -28,7 +28,7 @@ from .abi import (
     unpack_get_mem_type,
 )
 from .buffer import HypercallBuffer
-from .transport import MemTypeRun, append_run, clip
+from .transport import MemTypeRun, append_run
 
 PRIVCMD_DEVICE = "/dev/xen/privcmd"
 HYPERCALL_DEVICE = "/dev/xen/hypercall"

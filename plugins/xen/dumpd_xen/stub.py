@@ -13,11 +13,11 @@ import os
 import time
 from collections.abc import Iterable
 
-from dumpd.hooks.pfnrange import MAX_PFN
+from dumpd.hooks.pfnrange import MAX_PFN, clip
 
 from .abi import DOMID_SELF
 from .memmap import MemTypeMap, read_map
-from .transport import MemTypeRun, append_run, clip
+from .transport import MemTypeRun, append_run
 
 
 class StubTransport:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from dumpd.hooks.pfnrange import PFN_LIMIT
-
 MemTypeRun = tuple[int, int]
 """`(run_length, outcome)`: outcome >= 0 is a memory type, < 0 is `-errno`."""
 
@@ -49,18 +47,3 @@ def append_run(runs: list[MemTypeRun], length: int, outcome: int) -> None:
         runs[-1] = (runs[-1][0] + length, outcome)
     else:
         runs.append((length, outcome))
-
-
-def clip(first: int, count: int) -> tuple[int, int, int, int]:
-    """Split the window `[first, first+count)` at 0 and 2**64.
-
-    Returns `(below, start, inside, above)`: `below` pfns under 0, then `inside` pfns
-    from `start` that are valid, then `above` pfns at 2**64 or beyond.
-    """
-    if count < 0:
-        raise ValueError(f"count must not be negative, got {count}")
-    stop = first + count
-    below = max(0, min(stop, 0) - first)
-    start = first + below
-    above = max(0, stop - max(start, PFN_LIMIT))
-    return below, start, count - below - above, above
