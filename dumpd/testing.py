@@ -248,9 +248,10 @@ def sample_windows(rng: random.Random, pfn_limit: int, around: Iterable[int], n:
     return windows
 
 
-def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float = 0.25
-            ) -> tuple[float, float | None]:
-    """Single lookups per second and batched pfns per second, at random pfns."""
+def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float = 0.25,
+            window: int = 1 << 16) -> tuple[float, float | None]:
+    """Single lookups per second, and batched pfns per second in windows of `window`
+    pfns, at random pfns below `pfn_limit`."""
     pfns = [rng.randrange(pfn_limit) for _ in range(4096)]
     calls, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
@@ -261,7 +262,7 @@ def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float =
     ranged = getattr(hook, "pfn_range_is_ram", None)
     if ranged is None:
         return single, None
-    window = min(1 << 16, pfn_limit)
+    window = min(window, pfn_limit)
     covered, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         list(ranged(rng.randrange(pfn_limit - window + 1), window))
