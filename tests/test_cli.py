@@ -365,3 +365,21 @@ def test_demo(tmp_path: Path) -> None:
     assert lines[-1].startswith("balloon: byte-exact: yes; source bytes read ")
     assert lines[-1].endswith(" == RAM bytes: True; ballooned pages read: 0")
     assert list(tmp_path.iterdir()) == []  # its temporary directory is gone
+
+
+@pytest.mark.parametrize("options,problem", [
+    ([], 'xen: transport "auto" found no /dev/xen/privcmd (not a Xen guest, or xen-privcmd '
+         'not loaded); set transport = "stub" for a stand-in hypervisor, or use another hook '
+         'such as "balloon"'),
+    (["--hook-option", "transport=stub", "--hook-option", "map={bad}"],
+     "xen: {bad}:2: unknown memory type 'mmoi_dm' (want ram_rw, ram_ro, mmio_dm, unused, "
+     "ioreq_server, a number 0..65535 or fail)"),
+], ids=["auto-without-xen", "bad-map-line"])
+def test_xen_start_up_errors_are_one_line(tmp_path: Path, options: list[str],
+                                          problem: str) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    bad = tmp_path / "memtypes.txt"
+    bad.write_text("0x10-0x1f mmio_dm\n0x20 mmoi_dm\n")
+    line = serve_error("--source", dump.path, "--socket", str(tmp_path / "dumpd.sock"),
+                       "--hook", "xen", *[o.format(bad=bad) for o in options])
+    assert line == "dumpd: [hook] " + problem.format(bad=bad)
