@@ -21,8 +21,6 @@ import argparse
 import asyncio
 import random
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +28,9 @@ import dumpd_balloon
 
 from dumpd.client import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
-from dumpd.hooks.discovery import load_hook
 from dumpd.runner import loop_factory
 from dumpd.server import Server
-from dumpd.testing import measure
+from dumpd.testing import created, measure
 
 PAGE = 4096
 MiB = 1 << 20
@@ -63,17 +60,6 @@ def hook_options(workdir: Path, ranges: list[tuple[int, int]], pfns: int
         "balloon (bitmap)": ("balloon", {"file": str(bitmap)}),
         "xen (stub)": ("xen", {"transport": "stub", "map": str(memtypes)}),
     }
-
-
-@contextmanager
-def created(name: str, options: dict[str, Any]) -> Iterator[Any]:
-    hook = load_hook(name, options)
-    try:
-        yield hook
-    finally:
-        close = getattr(hook, "close", None)
-        if callable(close):
-            close()
 
 
 def lookups(configs: dict[str, tuple[str, dict[str, Any]]], pfns: int, seconds: float

@@ -304,7 +304,7 @@ def _report(runs: dict[str, Run], guest: Guest, size: int, pfns: int) -> None:
     print(f"\n{'':<30}{'naive 8-byte reader':>21}{'dumpd, hook none':>19}"
           f"{'dumpd, hook balloon':>22}")
     for name, naive, plain, ours in rows:
-        print(f"{name:<30}{naive:>21}{plain:>19}{ours:>22}")
+        print(f"{name:<30}{naive:>21}{plain:>19}{ours:>22}".rstrip())
     print("\nUnder Xen every read of a ballooned page is a round trip to qemu-dm; a naive "
           "reader\nmakes one per 8 bytes. dumpd reads each page once; with the balloon hook, "
           "never.\n")

@@ -38,7 +38,7 @@ import random
 import time
 import unittest
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -89,6 +89,18 @@ def load(name: str, options: Mapping[str, object]) -> PfnIsRam:
         return load_hook(name, options)
     except HookConfigError as exc:
         raise _fail(name, "load", str(exc)) from exc
+
+
+@contextmanager
+def created(name: str, options: Mapping[str, object]) -> Iterator[PfnIsRam]:
+    """Hook `name` made through its entry point, closed (where it can be) on the way out."""
+    hook = load(name, options)
+    try:
+        yield hook
+    finally:
+        close = getattr(hook, "close", None)
+        if callable(close):
+            close()
 
 
 def check_unknown_option(name: str, options: Mapping[str, object]) -> None:
@@ -327,17 +339,10 @@ class HookConformance:
     def corrupt_data(self, options: Mapping[str, object]) -> bool:
         return False
 
-    @contextmanager
-    def _hook(self, options: Mapping[str, object]) -> Iterator[PfnIsRam]:
+    def _hook(self, options: Mapping[str, object]) -> AbstractContextManager[PfnIsRam]:
         if not self.hook_name:
             raise unittest.SkipTest("HookConformance subclasses set hook_name")
-        hook = load(self.hook_name, options)
-        try:
-            yield hook
-        finally:
-            close = getattr(hook, "close", None)
-            if callable(close):
-                close()
+        return created(self.hook_name, options)
 
     def test_loads_through_entry_point_and_closes_twice(self, hook_options: dict[str, Any]
                                                         ) -> None:

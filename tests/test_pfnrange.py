@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import MAX_PFN, PFN_LIMIT, PfnFileError, clip, parse_pfn_range
+from dumpd.hooks.pfnrange import (
+    MAX_PFN,
+    PFN_LIMIT,
+    PfnFileError,
+    clip,
+    line_text,
+    parse_pfn_range,
+)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -58,3 +65,16 @@ def test_file_errors_name_plugin_file_and_line() -> None:
     assert str(error) == "balloon: /etc/b.txt:7: END 0x10 is below START 0x20"
     assert (error.source, error.line, error.reason) == ("/etc/b.txt", 7,
                                                         "END 0x10 is below START 0x20")
+
+
+@pytest.mark.parametrize(("line", "text"), [
+    ("0x10-0x1f   # ballooned\n", "0x10-0x1f"), ("# only a comment\n", ""), ("\n", ""),
+    (b"  5+3 mmio_dm # typed\n", "5+3 mmio_dm"),
+])
+def test_line_text_drops_comments_and_blanks(line: str | bytes, text: str) -> None:
+    assert line_text(line) == text
+
+
+def test_line_text_refuses_bytes_that_are_not_utf8() -> None:
+    with pytest.raises(ValueError, match="^line is not UTF-8 text$"):
+        line_text(b"\xff0x10\n")

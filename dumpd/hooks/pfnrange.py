@@ -40,6 +40,19 @@ def _pfn(role: str, token: str) -> int:
     return value
 
 
+def line_text(line: str | bytes) -> str:
+    """A data-file line without its `#` comment and surrounding blanks ("" for none).
+
+    Raises ValueError when a bytes line is not UTF-8.
+    """
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("line is not UTF-8 text") from None
+    return line.partition("#")[0].strip()
+
+
 def parse_pfn_range(text: str) -> tuple[int, int]:
     """`PFN`, `START-END` or `START+COUNT` as `(start, end_exclusive)`.
 

@@ -24,7 +24,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, parse_pfn_range
+from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, line_text, parse_pfn_range
 
 from .atomic import replacing
 
@@ -41,12 +41,7 @@ def parse_line(line: str | bytes) -> tuple[int, int] | None:
 
     Raises ValueError saying what is wrong when the line is malformed.
     """
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("line is not UTF-8 text") from None
-    text = line.partition("#")[0].strip()
+    text = line_text(line)
     return parse_pfn_range(text) if text else None
 
 

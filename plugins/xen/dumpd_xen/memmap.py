@@ -27,7 +27,7 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, parse_pfn_range
+from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, line_text, parse_pfn_range
 
 from .abi import HVMMEM_RAM_RW, MEM_TYPE_MAX, MEM_TYPES
 from .transport import MemTypeRun, append_run
@@ -81,12 +81,7 @@ def _is_range(text: str) -> bool:
 
 def parse_line(line: str | bytes) -> MapLine | None:
     """One line as a `MapLine`, None when blank or a comment; ValueError says what is wrong."""
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("line is not UTF-8 text") from None
-    text = line.partition("#")[0].strip()
+    text = line_text(line)
     if not text:
         return None
     parts = text.rsplit(None, 1)
