@@ -76,5 +76,5 @@ def test_line_text_drops_comments_and_blanks(line: str | bytes, text: str) -> No
 
 
 def test_line_text_refuses_bytes_that_are_not_utf8() -> None:
-    with pytest.raises(ValueError, match="^line is not UTF-8 text$"):
+    with pytest.raises(ValueError, match=r"^line is not UTF-8 text$"):
         line_text(b"\xff0x10\n")
