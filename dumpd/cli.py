@@ -1,4 +1,4 @@
-"""The `dumpd` command: serve, info, read, stats, plugins, hook, demo.
+"""The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, demo.
 
 Operator mistakes and server errors print one line (`dumpd: ...`) and exit
 non-zero; tracebacks are for bugs only.
@@ -31,6 +31,14 @@ def _int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return value
+
+
+def _range(text: str) -> tuple[int, int]:
+    """`OFFSET:LENGTH`, each decimal or 0x hex."""
+    offset, sep, length = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected OFFSET:LENGTH, got {text!r}")
+    return _int(offset), _int(length)
 
 
 def _socket_arg(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
     read.add_argument("-o", "--output", help="write raw bytes to this file")
     _socket_arg(read)
+
+    fetch = sub.add_parser("fetch", help="copy the dump: sparse, resumable, verifiable")
+    fetch.add_argument("-o", "--output", metavar="FILE",
+                       help="the copy (default: the source's file name, here)")
+    fetch.add_argument("--range", type=_range, metavar="OFFSET:LENGTH",
+                       help="only this part of the file view (at its own offsets)")
+    fetch.add_argument("--resume", action="store_true",
+                       help="continue a partial copy (FILE.dumpd-fetch says where)")
+    fetch.add_argument("--verify", action="store_true",
+                       help="compare the copy's sha256 with the server's")
+    fetch.add_argument("--chunk", type=_int, metavar="BYTES",
+                       help="bytes per stream frame (default 1 MiB)")
+    fetch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    _socket_arg(fetch)
 
     sub.add_parser("plugins", help="list installed is-RAM hook plugins")
 
@@ -198,6 +220,14 @@ def _read(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    from dumpd.fetch import FetchRequest, fetch
+
+    offset, length = args.range if args.range else (0, None)
+    return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
+                              args.verify, args.quiet, args.chunk))
+
+
 def _hexdump(data: bytes, base: int) -> None:
     for i in range(0, len(data), 16):
         row = data[i : i + 16]
@@ -255,5 +285,5 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.size_mib, args.balloon_percent, args.dir)
 
 
-COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read,
+COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read, "fetch": _fetch,
             "plugins": _plugins, "hook": _hook, "demo": _demo}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -25,6 +25,7 @@ from dumpd.protocol import (
     Response,
     encode_request,
 )
+from dumpd.receiver import StreamPiece, StreamReceiver
 
 RECV_SIZE = 256 << 10
 
@@ -304,6 +305,7 @@ class Client:
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> None:
         self._sock = sock
+        self._max_frame = max_frame_size
         self._decoder = FrameDecoder("client", Limits(max_frame_size))
         self._abandoned: set[int] = set()  # msgids of calls given up (timeout, interrupt)
         self._server_error: RemoteError | None = None
@@ -418,6 +420,16 @@ class Client:
         """Have the installed hook reload its data; ENOSYS when it has none."""
         return self.call("hook.reload")
 
+    def stream(self, offset: int, length: int, chunk: int | None = None) -> Stream:
+        """Stream `[offset, offset+length)` of the file view: iterate the returned `Stream`
+        for `StreamData` / `StreamHole` / `StreamError` pieces in offset order; its
+        `summary` holds the server's counts once iteration ends."""
+        msgid = self._next_msgid
+        self._next_msgid = (msgid + 1) & MAX_MSGID
+        options = {} if chunk is None else {"chunk": chunk}
+        self._sock.sendall(encode_request(msgid, "stream", [offset, length, options]))
+        return Stream(self, msgid)
+
     def close(self) -> None:
         """Close the socket."""
         self._sock.close()
@@ -432,3 +444,44 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class Stream:
+    """One `stream` request in progress on a blocking `Client` (which it has to itself
+    until iteration ends)."""
+
+    def __init__(self, client: Client, msgid: int) -> None:
+        self._client = client
+        self.msgid = msgid
+        # Calls complete one at a time, so the decoder holds no partial frame here.
+        self._receiver = StreamReceiver(client._sock, msgid, client._max_frame,
+                                        self._on_reply, self._on_notification)
+        self.summary: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[StreamPiece]:
+        client = self._client
+        yield from self._receiver
+        client._decoder.feed(self._receiver.leftover)  # frames of later replies, if any
+        if self._receiver.error is not None:
+            raise RemoteError(*self._receiver.error)
+        self.summary = self._receiver.summary
+
+    def cancel(self) -> None:
+        """Ask the server to stop the stream; iteration ends soon after, with a summary
+        whose `cancelled` is true."""
+        client = self._client
+        msgid = client._next_msgid
+        client._next_msgid = (msgid + 1) & MAX_MSGID
+        client._abandoned.add(msgid)  # its reply arrives among the pieces
+        client._sock.sendall(encode_request(msgid, "stream.cancel", [self.msgid]))
+
+    def _on_reply(self, msgid: int, error: Any, result: Any) -> None:
+        if msgid not in self._client._abandoned:
+            raise ProtocolViolation("EINVAL", f"response to msgid {msgid}, which is not pending")
+        self._client._abandoned.discard(msgid)
+
+    def _on_notification(self, method: str, params: Any) -> None:
+        event = Notification(method, params)
+        self._client._server_error = _closing_error(event) or self._client._server_error
+        if self._client.on_notification is not None:
+            self._client.on_notification(event)

@@ -34,6 +34,8 @@ class ServerConfig:
     max_read_mib: int = 8
     max_inflight: int = 64
     reply_budget_mib: int = 16
+    max_streams: int = 4
+    stream_window_mib: int = 4
     loop: str = "auto"
 
 
@@ -80,7 +82,8 @@ class Config:
         if ps < 512 or ps & (ps - 1):
             raise bad("source.page_size", f"must be a power of two >= 512, not {ps}")
         srv = self.server
-        for key in ("max_frame_kib", "max_read_mib", "max_inflight", "reply_budget_mib"):
+        for key in ("max_frame_kib", "max_read_mib", "max_inflight", "reply_budget_mib",
+                    "max_streams", "stream_window_mib"):
             if getattr(srv, key) <= 0:
                 raise bad(f"server.{key}", "must be positive")
         if srv.reply_budget_mib < srv.max_read_mib:

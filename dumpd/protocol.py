@@ -385,15 +385,28 @@ def encode_bin_response_head(msgid: int, payload_len: int) -> bytes:
     so the payload can be written straight from its buffer after the head.
     """
     _check_msgid(msgid)
+    return b"\x94\x01" + _pack(msgid) + b"\xc0" + _bin_header(payload_len)
+
+
+def encode_bin_notification_head(method: str, leading: Sequence[Any], payload_len: int) -> bytes:
+    """Bytes of `[2, method, [*leading, <bin header>]]` without the payload.
+
+    `head + payload` equals the packed notification whose last param is the payload
+    (`stream.data` frames are written this way, the payload from its own buffer).
+    """
+    _check_method(method)
+    params = _pack([*leading, b""])  # the array header and the leading params, then bin8(0)
+    return b"\x93\x02" + _pack(method) + params[:-2] + _bin_header(payload_len)
+
+
+def _bin_header(payload_len: int) -> bytes:
     if not _is_uint(payload_len, 2**32 - 1):
         raise LocalProtocolError(f"bin payload length must be in [0, 2**32-1], got {payload_len!r}")
     if payload_len < 0x100:
-        header = _BIN8.pack(0xC4, payload_len)
-    elif payload_len < 0x10000:
-        header = _BIN16.pack(0xC5, payload_len)
-    else:
-        header = _BIN32.pack(0xC6, payload_len)
-    return b"\x94\x01" + _pack(msgid) + b"\xc0" + header
+        return _BIN8.pack(0xC4, payload_len)
+    if payload_len < 0x10000:
+        return _BIN16.pack(0xC5, payload_len)
+    return _BIN32.pack(0xC6, payload_len)
 
 
 def encode(event: Request | Response | Notification) -> bytes:

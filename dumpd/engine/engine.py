@@ -151,15 +151,16 @@ class Engine:
 
     # -- reads -----------------------------------------------------------------
 
-    async def read(self, offset: int, length: int) -> bytes | memoryview:
+    async def read(self, offset: int, length: int, bulk: bool = False) -> bytes | memoryview:
         """Bytes of the file view at `offset`, like pread: short at the end, empty past it.
 
         Large reads come back as a view of the buffer they were read into (no copy).
+        A `bulk` read (a stream, a digest) never fills the page cache.
         """
-        now = self.read_now(offset, length)
+        now = None if bulk else self.read_now(offset, length)
         if now is not None:
             return now
-        data = await self._read_view(offset, length)
+        data = await self._read_view(offset, length, cache=not bulk)
         self.counters.bytes_served += len(data)
         return data
 
@@ -220,7 +221,7 @@ class Engine:
             if piece.file_offset is None:
                 parts.append(bytes(piece.length))
                 continue
-            data = await self._read_view(piece.file_offset, piece.length)
+            data = await self._read_view(piece.file_offset, piece.length, cache=True)
             if len(data) != piece.length:
                 raise DumpdError("EIO", f"segment data at {piece.file_offset:#x} is cut short")
             parts.append(data)
@@ -240,7 +241,7 @@ class Engine:
             for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
         ]
 
-    async def _read_view(self, offset: int, length: int) -> bytes | memoryview:
+    async def _read_view(self, offset: int, length: int, cache: bool) -> bytes | memoryview:
         size = self.source.size
         end = min(size, offset + length)
         if offset >= end:
@@ -248,7 +249,7 @@ class Engine:
         ps = self.page_size
         first, last = offset // ps, (end - 1) // ps
         state = self._state
-        spans = await self._spans(state, first, last + 1)
+        spans = await self._spans(state, first, last + 1, cache)
         skip = offset - first * ps
         if len(spans) == 1:
             span = spans[0][skip : skip + end - offset]
@@ -258,7 +259,8 @@ class Engine:
             return span
         return b"".join(spans)[skip : skip + end - offset]
 
-    async def _spans(self, state: _State, first: int, stop: int) -> list[bytes | memoryview]:
+    async def _spans(self, state: _State, first: int, stop: int, cache: bool
+                     ) -> list[bytes | memoryview]:
         """Pages `[first, stop)` as a few buffers: cached pages, and one slice per flight."""
         # Runs of the range: a cached page (bytes), a flight in progress, or a gap
         # `(start, count)` that a new flight will read.
@@ -289,7 +291,8 @@ class Engine:
         new: Iterator[Flight] = iter(())
         if gaps:
             counters.cache_misses += sum(count for _, count in gaps)
-            new = iter(self._start_flights(state, gaps, stop - first <= pages.capacity // 4))
+            cache = cache and stop - first <= pages.capacity // 4
+            new = iter(self._start_flights(state, gaps, cache))
         spans: list[bytes | memoryview] = []
         for run in runs:
             if isinstance(run, bytes):

@@ -58,9 +58,10 @@ class Server:
                 raise StartupError(f"[hook] {exc}") from exc
             self.engine.register_hook(cfg.hook.name, hook)
         srv = cfg.server
-        dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats)
+        dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats,
+                                srv.stream_window_mib * MiB)
         limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
-                                  srv.reply_budget_mib * MiB)
+                                  srv.reply_budget_mib * MiB, srv.max_streams)
 
         def factory() -> RpcConnection:
             conn = RpcConnection(dispatcher, limits, self._authorize, self.connections.discard)

@@ -6,12 +6,19 @@ Design rules:
   `max_inflight` requests run at once; replies reserve their size in a
   `ByteBudget` before any work, and are released only once the transport has
   drained them below its high-water mark.
-- The server stops reading a connection while its replies have not drained.
+- The server stops reading a connection while its replies have not drained,
+  except while a stream runs: then it reads on until `UNREAD_MAX` bytes wait, so a
+  `stream.cancel` (or any small request) gets through to a stream held back by a
+  slow reader.
 - Work already done (a cached page, `info`) is answered without a task, and the
   replies of one burst of pipelined requests go out in one write. Other replies
   are written one at a time, in slices, never interleaved.
 - A broken frame with a recoverable msgid gets an error reply; any other
   protocol violation closes this connection and no other.
+- A stream sends its pieces as notifications, each a frame of its own, so streams
+  and replies share the connection frame by frame; it reads ahead at most its
+  window and waits for the transport to drain like any reply. At most
+  `max_streams` run at once per connection.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from dumpd.engine.bulk import Data, Hole, Piece
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -29,6 +37,8 @@ from dumpd.protocol import (
     Limits,
     ProtocolViolation,
     Request,
+    as_uint,
+    encode_bin_notification_head,
     encode_bin_response_head,
     encode_error,
     encode_notification,
@@ -42,17 +52,20 @@ log = logging.getLogger("dumpd.server")
 FEED_SLICE = 16 * 1024  # bytes decoded at a time, so queued requests stay few
 WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
 WRITE_HIGH_WATER = 1024 * 1024
+UNREAD_MAX = 64 * 1024  # undecoded bytes kept while replies wait to drain (streams only)
 
 
 class ConnectionLimits:
     """Per-connection bounds, from the server configuration."""
 
-    __slots__ = ("max_frame", "max_inflight", "reply_budget")
+    __slots__ = ("max_frame", "max_inflight", "max_streams", "reply_budget")
 
-    def __init__(self, max_frame: int, max_inflight: int, reply_budget: int) -> None:
+    def __init__(self, max_frame: int, max_inflight: int, reply_budget: int,
+                 max_streams: int = 4) -> None:
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.reply_budget = reply_budget
+        self.max_streams = max_streams
 
 
 class RpcConnection(asyncio.Protocol):
@@ -71,6 +84,7 @@ class RpcConnection(asyncio.Protocol):
         self._queue: deque[Request | InvalidRequest] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
         self._msgids: set[int] = set()
+        self._streams: dict[int, _Stream] = {}
         self._drained = asyncio.Event()
         self._writing = asyncio.Lock()
         self._drained.set()
@@ -121,7 +135,7 @@ class RpcConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # Called from inside transport.write: only stop reading here, never re-enter _pump.
         self._drained.clear()
-        if self._reading and self._transport is not None:
+        if self._reading and self._transport is not None and not self._streams:
             self._reading = False
             self._transport.pause_reading()
 
@@ -158,7 +172,10 @@ class RpcConnection(asyncio.Protocol):
             if not self.busy:
                 transport.close()
             return
-        want = not self._queue and not self._unread and self._drained.is_set()
+        if self._drained.is_set():
+            want = not self._queue and not self._unread
+        else:  # a stream may be what fills the transport: let small requests through
+            want = bool(self._streams) and not self._queue and len(self._unread) < UNREAD_MAX
         if want != self._reading:
             self._reading = want
             if want:
@@ -232,6 +249,12 @@ class RpcConnection(asyncio.Protocol):
             return
         assert self.peer is not None
         self._msgids.add(msgid)
+        if event.method == "stream":
+            try:
+                await self._stream(event)
+            finally:
+                self._msgids.discard(msgid)
+            return
         cost = self._dispatcher.cost(event.method, event.params)
         try:
             await self._budget.acquire(cost)
@@ -246,10 +269,50 @@ class RpcConnection(asyncio.Protocol):
     async def _call(self, event: Request) -> list[Any]:
         assert self.peer is not None
         try:
-            result = await self._dispatcher.call(self.peer, event.method, event.params)
+            if event.method == "stream.cancel":
+                result: Any = self._cancel_stream(event.params)
+            else:
+                result = await self._dispatcher.call(self.peer, event.method, event.params)
             return _frames(event.msgid, result)
         except Exception as exc:
             return _error_frames(event, exc)
+
+    async def _stream(self, event: Request) -> None:
+        """Send the pieces of a `stream` request as notifications, then its summary."""
+        msgid = event.msgid
+        try:
+            if len(self._streams) >= self._limits.max_streams:
+                raise DumpdError("EBUSY", f"{self._limits.max_streams} streams are running "
+                                 "on this connection already")
+            reader = self._dispatcher.open_stream(event.params)
+        except DumpdError as exc:
+            await self._send(_error_frames(event, exc))
+            return
+        stream = self._streams[msgid] = _Stream()
+        try:
+            async for piece in reader:
+                if stream.cancelled:
+                    break
+                await self._send(stream.frames(msgid, piece))
+                if self._transport is None or self._transport.is_closing():
+                    return
+                await asyncio.sleep(0)  # let the loop read requests (a cancel) between frames
+            summary = {**stream.counts, "cancelled": stream.cancelled}
+            frames = [encode_response(msgid, summary)]
+        except DumpdError as exc:
+            frames = _error_frames(event, exc)
+        finally:
+            reader.close()
+            del self._streams[msgid]
+        await self._send(frames)
+
+    def _cancel_stream(self, params: Sequence[Any]) -> dict[str, bool]:
+        if len(params) != 1:
+            raise DumpdError("EINVAL", f"stream.cancel takes 1 parameter, got {len(params)}")
+        stream = self._streams.get(as_uint(params[0], "msgid"))
+        if stream is not None:
+            stream.cancelled = True
+        return {"cancelled": stream is not None}
 
     async def _send(self, frames: list[Any]) -> None:
         """Write `frames` in slices, waiting for the transport to drain between them, so
@@ -272,6 +335,36 @@ class RpcConnection(asyncio.Protocol):
         assert self._transport is not None
         self._transport.write(encode_notification("error", [exc.code, exc.message]))
         self._transport.close()
+
+
+class _Stream:
+    """A running stream: its counts so far, and whether it was asked to stop."""
+
+    __slots__ = ("cancelled", "counts")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.counts = {"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}
+
+    def frames(self, msgid: int, piece: Piece) -> list[Any]:
+        """The notification for `piece`, counted; data goes as a head plus its buffer."""
+        counts = self.counts
+        if isinstance(piece, Data):
+            length = len(piece.data)
+            counts["data_bytes"] += length
+            frames = [encode_bin_notification_head("stream.data", [msgid, piece.offset],
+                                                   length), piece.data]
+        elif isinstance(piece, Hole):
+            length = piece.length
+            counts["hole_bytes"] += length
+            frames = [encode_notification("stream.hole", [msgid, piece.offset, length])]
+        else:
+            length = piece.length
+            counts["error_bytes"] += length
+            frames = [encode_notification("stream.error", [msgid, piece.offset, length,
+                                                           piece.code, piece.message])]
+        counts["bytes"] += length
+        return frames
 
 
 def _frames(msgid: int, result: Any) -> list[Any]:

@@ -15,15 +15,17 @@ from typing import Any
 
 from dumpd import PROTOCOL_VERSION, __version__
 from dumpd.engine import Engine
+from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
-from dumpd.protocol import as_uint
+from dumpd.protocol import as_map, as_str, as_uint
 
 SMALL_REPLY = 64 * 1024
 NOT_READY = object()  # `call_now` cannot answer without waiting
 MAX_EXTENTS_LENGTH = 1 << 30
 EXTENT_ENTRY_BYTES = 24
+STREAM_CHUNK = 1 << 20  # bytes per stream.data frame unless the client asks otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +42,11 @@ Handler = Callable[[Peer, Sequence[Any]], Awaitable[Any]]
 class Dispatcher:
     """Maps method names to engine calls; knows no sockets."""
 
-    def __init__(self, engine: Engine, max_read: int, live: Callable[[], Mapping[str, int]]
-                 ) -> None:
+    def __init__(self, engine: Engine, max_read: int, live: Callable[[], Mapping[str, int]],
+                 stream_window: int = 4 << 20) -> None:
         self.engine = engine
         self.max_read = max_read
+        self.stream_window = stream_window
         self._live = live
         self._started = time.monotonic()
         self._methods: dict[str, tuple[int, Handler]] = {
@@ -51,6 +54,7 @@ class Dispatcher:
             "read": (2, self._read),
             "read_phys": (2, self._read_phys),
             "extents": (2, self._extents),
+            "digest": (3, self._digest),
             "stats": (0, self._stats),
             "hook.register": (2, self._register),
             "hook.unregister": (0, self._unregister),
@@ -125,6 +129,34 @@ class Dispatcher:
             raise DumpdError(
                 "E2BIG", f"length {length} is above the extents maximum {MAX_EXTENTS_LENGTH}")
         return [list(extent) for extent in await self.engine.extents(offset, length)]
+
+    async def _digest(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+        offset = as_uint(params[0], "offset")
+        length = as_uint(params[1], "length")
+        algorithm = as_str(params[2], "algorithm")
+        end = min(self.engine.source.size, offset + length)
+        value = await digest(self.engine, offset, length, algorithm, STREAM_CHUNK,
+                             self.stream_window)
+        return {"algorithm": algorithm, "digest": value, "offset": offset,
+                "length": max(0, end - offset)}
+
+    def open_stream(self, params: Sequence[Any]) -> BulkReader:
+        """The pieces a `stream [offset, length, options]` request sends; EINVAL when its
+        arguments are wrong."""
+        if len(params) != 3:
+            raise DumpdError("EINVAL", f"stream takes 3 parameters, got {len(params)}")
+        offset = as_uint(params[0], "offset")
+        length = as_uint(params[1], "length")
+        options = as_map(params[2], "options")
+        unknown = sorted(set(options) - {"chunk"})
+        if unknown:
+            raise DumpdError("EINVAL", f"unknown stream option {unknown[0]!r} (known: chunk)")
+        chunk = options.get("chunk", min(STREAM_CHUNK, self.max_read))
+        page = self.engine.page_size
+        if type(chunk) is not int or not page <= chunk <= self.max_read or chunk % page:
+            raise DumpdError("EINVAL", f"chunk must be a multiple of {page} in [{page}, "
+                             f"{self.max_read}], got {chunk!r}")
+        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window))
 
     async def _stats(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         return self._stats_now()

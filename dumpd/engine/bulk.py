@@ -1,0 +1,188 @@
+"""A range of the file view as data, holes and failed pieces, in order: what a stream
+sends and a digest hashes.
+
+Design rules:
+- Chunks are read ahead while earlier ones are consumed, never more than `window`
+  bytes of the range at once, so a slow consumer bounds memory instead of growing it.
+- Non-RAM pages become holes (never read, never sent); adjacent holes are merged.
+- Bulk reads do not fill the page cache (they would only evict what a debugger
+  keeps coming back to) and land in pooled buffers, handed out as views.
+- A chunk the source cannot read is retried page by page, so only the pages that
+  fail become `Failed` pieces and the rest still arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from dumpd.engine.engine import Engine
+from dumpd.errors import DumpdError
+
+MiB = 1 << 20
+ZEROS = bytes(MiB)
+DIGESTS = ("sha256", "sha512", "sha1", "md5", "blake2b", "blake2s", "sha3_256")
+HASH_INLINE = 64 * 1024  # smaller pieces are hashed on the loop (a thread hop costs more)
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    offset: int
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    offset: int
+    length: int
+    code: str
+    message: str
+
+
+Piece = Data | Hole | Failed
+
+
+class BulkReader:
+    """The pieces of `[offset, offset+length)` (clipped to the view), read `chunk` bytes
+    at a time with up to `window` bytes in flight. Iterate once."""
+
+    def __init__(self, engine: Engine, offset: int, length: int, chunk: int,
+                 window: int) -> None:
+        self._engine = engine
+        self._end = min(engine.source.size, offset + length)
+        self._offset = min(offset, self._end)
+        self._chunk = chunk
+        self._ahead = max(1, window // chunk)
+        self._tasks: deque[asyncio.Task[list[Piece]]] = deque()
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        """Chunk bounds, aligned to the chunk size so pages are never split across two."""
+        bounds, pos = [], self._offset
+        while pos < self._end:
+            stop = min(self._end, (pos // self._chunk + 1) * self._chunk)
+            bounds.append((pos, stop))
+            pos = stop
+        return bounds
+
+    def __aiter__(self) -> AsyncIterator[Piece]:
+        return merged(self._pieces())
+
+    async def _pieces(self) -> AsyncIterator[Piece]:
+        chunks = iter(self._chunks())
+        try:
+            for lo, hi in chunks:
+                self._tasks.append(_start(self._read(lo, hi)))
+                if len(self._tasks) < self._ahead:
+                    continue
+                for piece in await self._tasks.popleft():
+                    yield piece
+            while self._tasks:
+                for piece in await self._tasks.popleft():
+                    yield piece
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading ahead (a cancelled or abandoned stream)."""
+        while self._tasks:
+            self._tasks.popleft().cancel()
+
+    async def _read(self, lo: int, hi: int) -> list[Piece]:
+        pieces: list[Piece] = []
+        for start, length, kind in await self._engine.extents(lo, hi - lo):
+            if kind == "zero":
+                pieces.append(Hole(start, length))
+                continue
+            try:
+                pieces.append(Data(start, await self._engine.read(start, length, bulk=True)))
+            except DumpdError as exc:
+                if exc.code != "EIO":
+                    raise
+                pieces += await self._page_by_page(start, start + length)
+        return pieces
+
+    async def _page_by_page(self, lo: int, hi: int) -> list[Piece]:
+        ps = self._engine.page_size
+        pieces: list[Piece] = []
+        pos = lo
+        while pos < hi:
+            stop = min(hi, (pos // ps + 1) * ps)
+            try:
+                pieces.append(Data(pos, await self._engine.read(pos, stop - pos, bulk=True)))
+            except DumpdError as exc:
+                last = pieces[-1] if pieces else None
+                if isinstance(last, Failed) and last.offset + last.length == pos:
+                    pieces[-1] = Failed(last.offset, stop - last.offset, last.code, last.message)
+                else:
+                    pieces.append(Failed(pos, stop - pos, exc.code, exc.message))
+            pos = stop
+        return pieces
+
+
+async def merged(pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    """`pieces` with adjacent holes joined into one."""
+    hole: Hole | None = None
+    async for piece in pieces:
+        if isinstance(piece, Hole):
+            if hole is not None and hole.offset + hole.length == piece.offset:
+                hole = Hole(hole.offset, hole.length + piece.length)
+                continue
+            if hole is not None:
+                yield hole
+            hole = piece
+            continue
+        if hole is not None:
+            yield hole
+            hole = None
+        yield piece
+    if hole is not None:
+        yield hole
+
+
+async def digest(engine: Engine, offset: int, length: int, algorithm: str, chunk: int,
+                 window: int) -> str:
+    """Hex digest of the file view `[offset, offset+length)` as served (non-RAM pages as
+    zeros); EIO names the first range the source cannot read."""
+    if algorithm not in DIGESTS:
+        raise DumpdError("EINVAL", f"algorithm must be one of {', '.join(DIGESTS)}, "
+                         f"not {algorithm!r}")
+    h = hashlib.new(algorithm)
+    async for piece in BulkReader(engine, offset, length, chunk, window):
+        if isinstance(piece, Failed):
+            raise DumpdError(piece.code, f"cannot digest {piece.offset:#x}+{piece.length:#x}: "
+                             f"{piece.message}")
+        if isinstance(piece, Data):
+            await _update(h, piece.data)
+            continue
+        for pos in range(0, piece.length, len(ZEROS)):
+            await _update(h, memoryview(ZEROS)[: min(len(ZEROS), piece.length - pos)])
+    return h.hexdigest()
+
+
+async def _update(h: Any, data: bytes | memoryview) -> None:
+    # hashlib lets go of the GIL for large inputs: hash those on a thread.
+    if len(data) <= HASH_INLINE:
+        h.update(data)
+    else:
+        await asyncio.to_thread(h.update, data)
+
+
+def _start(coro: Coroutine[Any, Any, list[Piece]]) -> asyncio.Task[list[Piece]]:
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_consume)
+    return task
+
+
+def _consume(task: asyncio.Task[list[Piece]]) -> None:
+    if not task.cancelled():
+        task.exception()

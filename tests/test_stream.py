@@ -1,0 +1,296 @@
+"""`stream`, `stream.cancel` and `digest` through a real server on a real socket.
+
+The blocking client runs on a thread beside the server's loop, as a copier would run
+in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from dumpd.client import Client, RemoteError
+from dumpd.errors import DumpdError
+from dumpd.receiver import StreamData, StreamError, StreamHole
+from dumpd.server import Server
+from dumpd.sources.base import Source
+from tests.conftest import serving, until
+from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.views import PAGE, balloon_file, expected_view
+
+MiB = 1 << 20
+BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
+ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
+LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000), SegSpec(paddr=0x200000, memsz=0x300000,
+                                                       filesz=0x2FF800)]
+
+
+def build(tmp_path: Path, kind: str) -> tuple[str, int, Any]:
+    if kind == "elf":
+        dump = build_elf(tmp_path / "vmcore", LOADS, page_size_note=PAGE, data_align=0x200)
+    else:
+        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
+    return dump.path, dump.size, dump.segments
+
+
+def collect(path: str, offset: int, length: int, chunk: int | None = None
+            ) -> tuple[list[Any], dict[str, Any] | None]:
+    """Every piece of a stream (data copied out), and the summary."""
+    with Client.connect(path, timeout=30) as client:
+        stream = client.stream(offset, length, chunk)
+        pieces = [StreamData(p.offset, memoryview(bytes(p.data))) if isinstance(p, StreamData)
+                  else p for p in stream]
+        assert client.info()["size"] > 0  # the connection is usable after the stream
+        return pieces, stream.summary
+
+
+def assemble(size: int, pieces: list[Any]) -> bytes:
+    out = bytearray(size)
+    for piece in pieces:
+        if isinstance(piece, StreamData):
+            out[piece.offset : piece.offset + len(piece.data)] = piece.data
+    return bytes(out)
+
+
+def fail_reads(source: Source, bad: range) -> None:
+    """From now on, reads of the file bytes in `bad` fail as a dying disk's would."""
+    real = source.read_into
+
+    def read_into(offset: int, view: memoryview) -> None:
+        if offset < bad.stop and bad.start < offset + len(view):
+            raise DumpdError("EIO", f"source read failed at {offset:#x}: Input/output error")
+        real(offset, view)
+
+    source.read_into = read_into  # type: ignore[method-assign]
+    source.read_cached_into = lambda offset, view: 0  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("kind", ["elf", "raw"])
+async def test_a_stream_is_the_view_with_holes_for_non_ram(tmp_path: Path, kind: str) -> None:
+    path, size, segments = build(tmp_path, kind)
+    hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
+    async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook}) as server:
+        sock = server.config.server.socket
+        pieces, summary = await asyncio.to_thread(collect, sock, 0, size, 64 * 1024)
+        stats_pfns = server.engine.counters.pfns_asked if server.engine else -1
+        read = server.engine.counters.source_bytes_read if server.engine else -1
+    want = expected_view(path, segments, ZERO_PFNS)
+    assert assemble(size, pieces) == want
+    offsets = [p.offset for p in pieces]
+    assert offsets == sorted(offsets)
+    holes = [p for p in pieces if isinstance(p, StreamHole)]
+    data = sum(len(p.data) for p in pieces if isinstance(p, StreamData))
+    hole_bytes = sum(h.length for h in holes)
+    assert all(a.offset + a.length < b.offset for a, b in zip(holes, holes[1:], strict=False))
+    assert summary == {"bytes": size, "data_bytes": data, "hole_bytes": hole_bytes,
+                       "error_bytes": 0, "cancelled": False}
+    assert read == data  # every RAM byte read once, no non-RAM byte read
+    assert data + hole_bytes == size
+    assert stats_pfns == len({p for s in segments
+                              for p in range(s.paddr // PAGE, (s.paddr + s.filesz - 1) // PAGE + 1)})
+
+
+async def test_ranges_and_chunks(tmp_path: Path) -> None:
+    path, size, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path) as server:
+        sock = server.config.server.socket
+        middle, summary = await asyncio.to_thread(collect, sock, 12345, 3 * MiB, 8 * PAGE)
+        past, past_summary = await asyncio.to_thread(collect, sock, size + 5, 100)
+        tail, _ = await asyncio.to_thread(collect, sock, size - 10, 100)
+    assert b"".join(bytes(p.data) for p in middle) == file_bytes(path, 12345, 3 * MiB)
+    assert [p.offset for p in middle][:3] == [12345, 8 * PAGE, 16 * PAGE]  # chunk-aligned
+    assert summary is not None and summary["data_bytes"] == 3 * MiB
+    assert past == [] and past_summary == {"bytes": 0, "data_bytes": 0, "hole_bytes": 0,
+                                           "error_bytes": 0, "cancelled": False}
+    assert [(p.offset, bytes(p.data)) for p in tail] == [(size - 10,
+                                                          file_bytes(path, size - 10, 10))]
+
+
+async def test_unreadable_pages_become_stream_errors_and_the_stream_goes_on(
+        tmp_path: Path) -> None:
+    path, size, _ = build(tmp_path, "raw")
+    bad = range(0x100 * PAGE + 100, 0x102 * PAGE + 5)  # touches pages 0x100, 0x101, 0x102
+    async with serving(tmp_path, path) as server:
+        assert server.source is not None
+        fail_reads(server.source, bad)
+        pieces, summary = await asyncio.to_thread(collect, server.config.server.socket, 0, size)
+        with pytest.raises(RemoteError) as digest_error:
+            await asyncio.to_thread(_digest, server.config.server.socket, 0, size)
+    errors = [p for p in pieces if isinstance(p, StreamError)]
+    assert errors == [StreamError(0x100 * PAGE, 3 * PAGE, "EIO", "source read failed at "
+                                  f"{0x100 * PAGE:#x}: Input/output error")]
+    got = assemble(size, pieces)
+    want = bytearray(file_bytes(path))
+    want[0x100 * PAGE : 0x103 * PAGE] = bytes(3 * PAGE)
+    assert got == bytes(want)
+    assert summary is not None and summary["error_bytes"] == 3 * PAGE
+    assert summary["data_bytes"] == size - 3 * PAGE
+    assert digest_error.value.code == "EIO"
+    assert digest_error.value.message.startswith(f"cannot digest {0x100 * PAGE:#x}+0x3000: ")
+
+
+def _digest(sock: str, offset: int, length: int, algorithm: str = "sha256") -> Any:
+    with Client.connect(sock, timeout=30) as client:
+        return client.call("digest", offset, length, algorithm)
+
+
+async def test_digest_of_the_view(tmp_path: Path) -> None:
+    path, size, segments = build(tmp_path, "elf")
+    hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
+    async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook}) as server:
+        sock = server.config.server.socket
+        whole = await asyncio.to_thread(_digest, sock, 0, size + 999)
+        part = await asyncio.to_thread(_digest, sock, 7, 5000, "md5")
+        with pytest.raises(RemoteError) as bad:
+            await asyncio.to_thread(_digest, sock, 0, 1, "crc32")
+    view = expected_view(path, segments, ZERO_PFNS)
+    assert whole == {"algorithm": "sha256", "digest": hashlib.sha256(view).hexdigest(),
+                     "offset": 0, "length": size}
+    assert part["digest"] == hashlib.md5(view[7:5007]).hexdigest()
+    assert bad.value.code == "EINVAL"
+    assert bad.value.message.startswith("algorithm must be one of sha256, ")
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ([0, 10, {"chunk": 1000}], "chunk must be a multiple of 4096 in [4096, 8388608], got 1000"),
+    ([0, 10, {"chunk": 16 * MiB}], "chunk must be a multiple of 4096 in [4096, 8388608], "
+                                   "got 16777216"),
+    ([0, 10, {"speed": 1}], "unknown stream option 'speed' (known: chunk)"),
+    ([0, -1, {}], "length must be in [0, 2**64-1], got -1"),
+    ([0, 10], "stream takes 3 parameters, got 2"),
+])
+async def test_bad_stream_requests(tmp_path: Path, params: list[Any], message: str) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path) as server:
+        reply = await asyncio.to_thread(_raw_call, server.config.server.socket, "stream", params)
+    assert reply == [1, 0, ["EINVAL", message], None]
+
+
+def _raw_call(sock: str, method: str, params: list[Any]) -> Any:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        s.sendall(msgpack.packb([0, 0, method, params]))
+        unpacker = msgpack.Unpacker()
+        while True:
+            unpacker.feed(s.recv(65536))
+            for obj in unpacker:
+                return obj
+
+
+async def test_too_many_streams_on_one_connection(tmp_path: Path) -> None:
+    path, size, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path, max_streams=1) as server:
+        reply = await asyncio.to_thread(_two_streams, server.config.server.socket, size)
+    assert reply == [1, 1, ["EBUSY", "1 streams are running on this connection already"], None]
+
+
+def _two_streams(sock: str, size: int) -> Any:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        s.sendall(msgpack.packb([0, 0, "stream", [0, size, {}]]) +
+                  msgpack.packb([0, 1, "stream", [0, size, {}]]))
+        unpacker = msgpack.Unpacker()
+        while True:
+            unpacker.feed(s.recv(1 << 20))
+            for obj in unpacker:
+                if obj[0] == 1 and obj[1] == 1:
+                    return obj
+
+
+def _cancel_after_first(sock: str) -> tuple[int, dict[str, Any] | None, dict[str, Any]]:
+    with Client.connect(sock, timeout=30) as client:
+        stream = client.stream(0, 1 << 40, 4 * PAGE)
+        seen = 0
+        for piece in stream:
+            if seen == 0:
+                stream.cancel()
+            seen += 1
+        return seen, stream.summary, client.stats()
+
+
+async def test_cancel_stops_a_stream_and_frees_its_work(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 64 * MiB)
+    async with serving(tmp_path, dump.path) as server:
+        seen, summary, stats = await asyncio.to_thread(_cancel_after_first,
+                                                       server.config.server.socket)
+        await until(lambda: not server.connections)
+        leftover = _stream_tasks()
+    assert summary is not None and summary["cancelled"] is True
+    assert summary["data_bytes"] == summary["bytes"] < 64 * MiB
+    assert seen * 4 * PAGE >= summary["data_bytes"]
+    assert stats["source_bytes_read"] < 16 * MiB  # it stopped within its read-ahead
+    assert leftover == []
+
+
+def _stream_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if "_serve" in repr(t.get_coro())
+            or "_read" in repr(t.get_coro())]
+
+
+def _read_some_then_close(sock: str, size: int) -> int:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock)
+        s.sendall(msgpack.packb([0, 0, "stream", [0, size, {}]]))
+        got = 0
+        while got < 3 * MiB:
+            got += len(s.recv(1 << 20))
+        return got
+
+
+async def test_a_client_that_disconnects_mid_stream_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 64 * MiB)
+    async with serving(tmp_path, dump.path) as server:
+        for _ in range(5):
+            await asyncio.to_thread(_read_some_then_close, server.config.server.socket,
+                                    dump.size)
+        await until(lambda: not server.connections)
+        await until(lambda: _stream_tasks() == [])
+        assert server.engine is not None
+        read = server.engine.counters.source_bytes_read
+    assert read < 5 * 12 * MiB  # each stopped within a few MiB of what was received
+
+
+def _stall(sock: str, size: int, ready: asyncio.Event, loop: asyncio.AbstractEventLoop,
+           release: Any) -> int:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.connect(sock)
+        s.sendall(msgpack.packb([0, 0, "stream", [0, size, {}]]))
+        loop.call_soon_threadsafe(ready.set)
+        release.wait(10)
+        return len(s.recv(1 << 16))
+
+
+async def test_a_client_that_does_not_read_holds_the_stream_back(tmp_path: Path) -> None:
+    import threading
+
+    dump = build_raw(tmp_path / "oldmem", 256 * MiB)
+    async with serving(tmp_path, dump.path) as server:
+        ready, release = asyncio.Event(), threading.Event()
+        task = asyncio.ensure_future(asyncio.to_thread(
+            _stall, server.config.server.socket, dump.size, ready, asyncio.get_running_loop(),
+            release))
+        await ready.wait()
+        await asyncio.sleep(0.5)
+        assert server.engine is not None
+        read = server.engine.counters.source_bytes_read
+        await asyncio.sleep(0.3)
+        still = server.engine.counters.source_bytes_read
+        buffered = [c._transport.get_write_buffer_size() for c in server.connections
+                    if c._transport is not None]
+        release.set()
+        await task
+    assert read == still  # stopped: nothing more read while the client reads nothing
+    assert read <= 8 * MiB  # the window (4 MiB) plus what the socket and transport hold
+    assert max(buffered) <= 2 * MiB
+
+
+def _stream_stats(server: Server) -> dict[str, int]:
+    assert server.engine is not None
+    return server.engine.counters.as_dict()
