@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ import pytest
 from dumpd.client import Client, RemoteError
 from dumpd.errors import DumpdError
 from dumpd.receiver import StreamData, StreamError, StreamHole
-from dumpd.server import Server
 from dumpd.sources.base import Source
 from tests.conftest import serving, until
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
@@ -86,13 +86,14 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(tmp_path: Path, kind:
     holes = [p for p in pieces if isinstance(p, StreamHole)]
     data = sum(len(p.data) for p in pieces if isinstance(p, StreamData))
     hole_bytes = sum(h.length for h in holes)
-    assert all(a.offset + a.length < b.offset for a, b in zip(holes, holes[1:], strict=False))
+    assert all(a.offset + a.length < b.offset for a, b in pairwise(holes))
     assert summary == {"bytes": size, "data_bytes": data, "hole_bytes": hole_bytes,
                        "error_bytes": 0, "cancelled": False}
     assert read == data  # every RAM byte read once, no non-RAM byte read
     assert data + hole_bytes == size
-    assert stats_pfns == len({p for s in segments
-                              for p in range(s.paddr // PAGE, (s.paddr + s.filesz - 1) // PAGE + 1)})
+    held = {p for s in segments
+            for p in range(s.paddr // PAGE, (s.paddr + s.filesz - 1) // PAGE + 1)}
+    assert stats_pfns == len(held)
 
 
 async def test_ranges_and_chunks(tmp_path: Path) -> None:
@@ -206,7 +207,7 @@ def _cancel_after_first(sock: str) -> tuple[int, dict[str, Any] | None, dict[str
     with Client.connect(sock, timeout=30) as client:
         stream = client.stream(0, 1 << 40, 4 * PAGE)
         seen = 0
-        for piece in stream:
+        for _ in stream:
             if seen == 0:
                 stream.cancel()
             seen += 1
@@ -289,8 +290,3 @@ async def test_a_client_that_does_not_read_holds_the_stream_back(tmp_path: Path)
     assert read == still  # stopped: nothing more read while the client reads nothing
     assert read <= 8 * MiB  # the window (4 MiB) plus what the socket and transport hold
     assert max(buffered) <= 2 * MiB
-
-
-def _stream_stats(server: Server) -> dict[str, int]:
-    assert server.engine is not None
-    return server.engine.counters.as_dict()
