@@ -26,12 +26,12 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts bytes as they are fetched and shows where the copy stands."""
 
-    def __init__(self, total: int, quiet: bool, out: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, quiet: bool, out: TextIO | None = None) -> None:
         self.total = total
         self.data = self.holes = self.errors = 0
         self._quiet = quiet
-        self._out = out
-        self._tty = out.isatty()
+        self._out = out or sys.stderr
+        self._tty = self._out.isatty()
         self._started = time.monotonic()
         self._shown = 0.0
         self._tenth = 0
