@@ -2,3 +2,4 @@
 
 __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
+DEFAULT_SOCKET = "/run/dumpd/dumpd.sock"

@@ -14,8 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dumpd import __version__
-from dumpd.config import DEFAULT_SOCKET
+from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.errors import DumpdError, StartupError
 
 READ_CHUNK = 8 << 20
@@ -91,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare the copy's sha256 with the server's")
     fetch.add_argument("--chunk", type=_int, metavar="BYTES",
                        help="bytes per stream frame (default 1 MiB)")
+    fetch.add_argument("--fsync", action="store_true",
+                       help="sync the copy at each checkpoint and at the end (survives a "
+                            "crash of the machine, not only of fetch)")
     fetch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     _socket_arg(fetch)
 
@@ -225,7 +227,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
     offset, length = args.range if args.range else (0, None)
     return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
-                              args.verify, args.quiet, args.chunk))
+                              args.verify, args.quiet, args.chunk, args.fsync))
 
 
 def _hexdump(data: bytes, base: int) -> None:

@@ -10,10 +10,12 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from dumpd import DEFAULT_SOCKET
 from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
 
-DEFAULT_SOCKET = "/run/dumpd/dumpd.sock"
+__all__ = ["DEFAULT_SOCKET", "Config", "EngineConfig", "HookConfig", "ServerConfig",
+           "SourceConfig", "load"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,18 @@
 `dumpd.framescan.data_head`, then the payload is received into one reusable
 buffer and handed out as a view (valid until the next piece is asked for).
 Other frames (holes, errors, the final reply) are small and decoded whole.
+
+With a `sink` (a file descriptor), payloads go from the socket to the file at
+their offsets through a pipe with `splice`, never copied through user space; the
+receiver then reads the socket in small steps, so payload bytes stay in the
+socket for `splice` instead of in its buffer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +28,9 @@ from dumpd.protocol import NOTIFICATION, RESPONSE, ProtocolViolation
 
 HEAD_MAX = len(DATA_PREFIX) + 9 + 9 + 5  # prefix, two uint64, a bin32 header
 BUFFER = 256 * 1024
+SINK_RECV = 4096  # bytes asked of the socket at a time when payloads are spliced
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +59,15 @@ class StreamError:
     message: str
 
 
-StreamPiece = StreamData | StreamHole | StreamError
+@dataclass(frozen=True, slots=True)
+class StreamWritten:
+    """File-view bytes at `offset` already written to the receiver's sink."""
+
+    offset: int
+    length: int
+
+
+StreamPiece = StreamData | StreamHole | StreamError | StreamWritten
 
 
 class StreamReceiver:
@@ -56,11 +75,13 @@ class StreamReceiver:
 
     `on_reply(msgid, error, result)` gets replies to other requests sent meanwhile
     (a `stream.cancel`); `on_notification(method, params)` gets other notifications.
+    With `sink`, data arrives as `StreamWritten` (already in the sink file).
     """
 
     def __init__(self, sock: socket.socket, msgid: int, max_frame: int,
                  on_reply: Callable[[int, Any, Any], None],
-                 on_notification: Callable[[str, Any], None]) -> None:
+                 on_notification: Callable[[str, Any], None], sink: int | None = None
+                 ) -> None:
         self._sock = sock
         self._msgid = msgid
         self._max_frame = max_frame
@@ -69,6 +90,8 @@ class StreamReceiver:
         self._buf = bytearray(BUFFER)
         self._start = self._end = 0
         self._payload = bytearray()
+        self._sink = sink
+        self._pipe: tuple[int, int] | None = None
         self.summary: dict[str, Any] | None = None
         self.error: tuple[str, str] | None = None  # the stream's error reply, if any
 
@@ -112,6 +135,12 @@ class StreamReceiver:
                                     f"{self._msgid}")
         take = min(length, self._end - pos)
         self._start = pos + take
+        if self._sink is not None:
+            if take:
+                _write_all(self._sink, view[pos : pos + take], offset)
+            self._splice(offset + take, length - take)
+            yield StreamWritten(offset, length)
+            return
         if take:
             yield StreamData(offset, view[pos : pos + take])
         rest = length - take
@@ -127,6 +156,34 @@ class StreamReceiver:
                 raise ConnectionError("connection to dumpd closed in the middle of a frame")
             got += n
         yield StreamData(offset + take, payload[:rest])
+
+    def _splice(self, offset: int, length: int) -> None:
+        """Move `length` payload bytes from the socket to the sink at `offset`."""
+        if not length:
+            return
+        assert self._sink is not None
+        if self._pipe is None:
+            self._pipe = os.pipe()
+            with contextlib.suppress(OSError):  # a smaller pipe only means more calls
+                fcntl.fcntl(self._pipe[1], F_SETPIPE_SZ, PIPE_SIZE)
+        read_end, write_end = self._pipe
+        sock = self._sock.fileno()
+        while length:
+            n = os.splice(sock, write_end, min(length, PIPE_SIZE))
+            if n == 0:
+                raise ConnectionError("connection to dumpd closed in the middle of a frame")
+            length -= n
+            while n:
+                written = os.splice(read_end, self._sink, n, offset_dst=offset)
+                offset += written
+                n -= written
+
+    def close(self) -> None:
+        """Release the pipe used for splicing."""
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
     def _frame(self, obj: Any) -> StreamPiece | None:
         if not isinstance(obj, list) or not obj:
@@ -164,8 +221,17 @@ class StreamReceiver:
             grown[: self._end] = self._buf[: self._end]
             self._buf = grown
         view = memoryview(self._buf)
-        n = self._sock.recv_into(view[self._end :])
+        want = len(self._buf) - self._end
+        if self._sink is not None:
+            want = min(want, SINK_RECV)
+        n = self._sock.recv_into(view[self._end :], want)
         if n == 0:
             raise ConnectionError("connection to dumpd closed during a stream")
         self._end += n
         return view
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n

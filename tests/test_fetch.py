@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -102,13 +103,29 @@ def test_fetch_of_a_raw_dump_a_range_and_quiet(tmp_path: Path) -> None:
     assert any(line.startswith("fetch: 8.0 KiB of 8.0 KiB (100%)") for line in lines)
 
 
+SLOW_DISK = """
+import sys, time
+from dumpd.sources.base import Source
+from dumpd.cli import main
+
+read_into = Source.read_into
+
+def slow_read_into(self, offset, view):
+    time.sleep(0.04)  # a slow disk: 40 ms a read (four reader threads)
+    read_into(self, offset, view)
+
+Source.read_into = slow_read_into
+Source.read_cached_into = lambda self, offset, view: 0  # nothing is ever cached
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def slow_server(tmp_path: Path, image: str, sock: Path) -> subprocess.Popen[bytes]:
-    """`dumpd serve` whose hook takes 20 ms a call (the xen stub), so a fetch of a few
+    """A real `dumpd serve` over a source that takes 40 ms a read, so a fetch of a few
     MiB in 64 KiB frames takes seconds."""
     log = open(tmp_path / f"serve-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([*DUMPD, "serve", "--source", image, "--socket", str(sock),
-                             "--hook", "xen", "--hook-option", "transport=stub",
-                             "--hook-option", "delay_ms=20"], stdout=log, stderr=log,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", "--source", image,
+                             "--socket", str(sock)], stdout=log, stderr=log,
                             env=ENV, cwd=tmp_path)
     log.close()
     deadline = time.monotonic() + 15

@@ -5,6 +5,9 @@ Design rules:
 - Chunks are read ahead while earlier ones are consumed, never more than `window`
   bytes of the range at once, so a slow consumer bounds memory instead of growing it.
 - Non-RAM pages become holes (never read, never sent); adjacent holes are merged.
+- A chunk is read in one engine read whatever its mix of RAM and non-RAM pages (the
+  engine reads only the RAM ones) and cut into pieces as views of that buffer.
+  Verdicts are asked `VERDICTS_AHEAD` bytes at a time, one hook call for many chunks.
 - Bulk reads do not fill the page cache (they would only evict what a debugger
   keeps coming back to) and land in pooled buffers, handed out as views.
 - A chunk the source cannot read is retried page by page, so only the pages that
@@ -25,6 +28,7 @@ from dumpd.errors import DumpdError
 
 MiB = 1 << 20
 ZEROS = bytes(MiB)
+VERDICTS_AHEAD = 16 * MiB  # file bytes whose verdicts are asked in one batch
 DIGESTS = ("sha256", "sha512", "sha1", "md5", "blake2b", "blake2s", "sha3_256")
 HASH_INLINE = 64 * 1024  # smaller pieces are hashed on the loop (a thread hop costs more)
 
@@ -54,7 +58,8 @@ Piece = Data | Hole | Failed
 
 class BulkReader:
     """The pieces of `[offset, offset+length)` (clipped to the view), read `chunk` bytes
-    at a time with up to `window` bytes in flight. Iterate once."""
+    at a time with up to `window` bytes in flight, as one batch of pieces per chunk
+    (a hole that runs on into the next chunk is held back and joined). Iterate once."""
 
     def __init__(self, engine: Engine, offset: int, length: int, chunk: int,
                  window: int) -> None:
@@ -74,21 +79,39 @@ class BulkReader:
             pos = stop
         return bounds
 
-    def __aiter__(self) -> AsyncIterator[Piece]:
-        return merged(self._pieces())
-
-    async def _pieces(self) -> AsyncIterator[Piece]:
-        chunks = iter(self._chunks())
-        try:
-            for lo, hi in chunks:
-                self._tasks.append(_start(self._read(lo, hi)))
-                if len(self._tasks) < self._ahead:
+    async def __aiter__(self) -> AsyncIterator[list[Piece]]:
+        hole: Hole | None = None  # the last hole seen, not yet handed out
+        async for pieces in self._chunk_pieces():
+            batch: list[Piece] = []
+            for piece in pieces:
+                if isinstance(piece, Hole) and hole is not None and (
+                        hole.offset + hole.length == piece.offset):
+                    hole = Hole(hole.offset, hole.length + piece.length)
                     continue
-                for piece in await self._tasks.popleft():
-                    yield piece
+                if hole is not None:
+                    batch.append(hole)
+                    hole = None
+                if isinstance(piece, Hole):
+                    hole = piece
+                else:
+                    batch.append(piece)
+            if batch:
+                yield batch
+        if hole is not None:
+            yield [hole]
+
+    async def _chunk_pieces(self) -> AsyncIterator[list[Piece]]:
+        asked = self._offset  # verdicts are at hand below this offset
+        try:
+            for lo, hi in self._chunks():
+                if hi > asked:  # one hook hop for many chunks instead of one each
+                    await self._engine.ask_verdicts(lo, max(hi - lo, VERDICTS_AHEAD))
+                    asked = lo + max(hi - lo, VERDICTS_AHEAD)
+                self._tasks.append(_start(self._read(lo, hi)))
+                if len(self._tasks) >= self._ahead:
+                    yield await self._tasks.popleft()
             while self._tasks:
-                for piece in await self._tasks.popleft():
-                    yield piece
+                yield await self._tasks.popleft()
         finally:
             self.close()
 
@@ -98,16 +121,28 @@ class BulkReader:
             self._tasks.popleft().cancel()
 
     async def _read(self, lo: int, hi: int) -> list[Piece]:
-        pieces: list[Piece] = []
-        for start, length, kind in await self._engine.extents(lo, hi - lo):
-            if kind == "zero":
-                pieces.append(Hole(start, length))
-                continue
+        """The chunk `[lo, hi)`: one read for all its data runs (the engine leaves the
+        non-RAM pages between them unread), sliced into pieces without copying."""
+        extents = await self._engine.extents(lo, hi - lo)
+        buffer: bytes | memoryview = b""
+        if any(kind == "data" for _, _, kind in extents):
             try:
-                pieces.append(Data(start, await self._engine.read(start, length, bulk=True)))
+                buffer = await self._engine.read(lo, hi - lo, bulk=True)
             except DumpdError as exc:
                 if exc.code != "EIO":
                     raise
+                return await self._failing_chunk(extents)
+        view = memoryview(buffer)
+        return [Hole(start, length) if kind == "zero"
+                else Data(start, view[start - lo : start - lo + length])
+                for start, length, kind in extents]
+
+    async def _failing_chunk(self, extents: list[tuple[int, int, str]]) -> list[Piece]:
+        pieces: list[Piece] = []
+        for start, length, kind in extents:
+            if kind == "zero":
+                pieces.append(Hole(start, length))
+            else:
                 pieces += await self._page_by_page(start, start + length)
         return pieces
 
@@ -129,26 +164,6 @@ class BulkReader:
         return pieces
 
 
-async def merged(pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
-    """`pieces` with adjacent holes joined into one."""
-    hole: Hole | None = None
-    async for piece in pieces:
-        if isinstance(piece, Hole):
-            if hole is not None and hole.offset + hole.length == piece.offset:
-                hole = Hole(hole.offset, hole.length + piece.length)
-                continue
-            if hole is not None:
-                yield hole
-            hole = piece
-            continue
-        if hole is not None:
-            yield hole
-            hole = None
-        yield piece
-    if hole is not None:
-        yield hole
-
-
 async def digest(engine: Engine, offset: int, length: int, algorithm: str, chunk: int,
                  window: int) -> str:
     """Hex digest of the file view `[offset, offset+length)` as served (non-RAM pages as
@@ -157,7 +172,9 @@ async def digest(engine: Engine, offset: int, length: int, algorithm: str, chunk
         raise DumpdError("EINVAL", f"algorithm must be one of {', '.join(DIGESTS)}, "
                          f"not {algorithm!r}")
     h = hashlib.new(algorithm)
-    async for piece in BulkReader(engine, offset, length, chunk, window):
+    pieces = (piece async for batch in BulkReader(engine, offset, length, chunk, window)
+              for piece in batch)
+    async for piece in pieces:
         if isinstance(piece, Failed):
             raise DumpdError(piece.code, f"cannot digest {piece.offset:#x}+{piece.length:#x}: "
                              f"{piece.message}")

@@ -229,6 +229,13 @@ class Engine:
         self.counters.bytes_served += len(data)
         return data
 
+    async def ask_verdicts(self, offset: int, length: int) -> None:
+        """Have the verdicts of the file range at hand, asking the hook for the unknown
+        ones in one batch (a stream does this well ahead of its reads)."""
+        lo, hi = offset, min(self.source.size, offset + length)
+        if lo < hi:
+            await self._verdicts(self._state, self.layout.pfn_ranges(lo, hi))
+
     async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """`(offset, length, "data" | "zero")` runs of the file view; zero = non-RAM pages."""
         lo, hi = offset, min(self.source.size, offset + length)
@@ -267,10 +274,11 @@ class Engine:
         runs: list[bytes | Flight | tuple[int, int]] = []
         counters = self.counters
         pages, flights = state.pages, state.flights
-        if not pages and not flights:  # nothing to look up page by page
-            runs.append((first, stop - first))
+        indices = range(first, stop)
+        if not (pages.holds_any(indices) or any(map(flights.__contains__, indices))):
+            runs.append((first, stop - first))  # nothing to look up page by page
         else:
-            for index in range(first, stop):
+            for index in indices:
                 page = pages.get(index) if pages else None
                 if page is not None:
                     counters.cache_hits += 1

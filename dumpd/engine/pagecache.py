@@ -15,6 +15,10 @@ class PageCache:
     def __len__(self) -> int:
         return len(self._pages)
 
+    def holds_any(self, indices: range) -> bool:
+        """Whether any page of `indices` is cached (at C speed, without touching the LRU)."""
+        return any(map(self._pages.__contains__, indices))
+
     def get(self, index: int) -> bytes | None:
         page = self._pages.get(index)
         if page is not None:

@@ -2,7 +2,9 @@
 
 A hop to a worker costs tens of microseconds; under load many flights want one at
 the same moment. Flights that ask within one turn of the event loop share a single
-hop, and each still gets its own result (one failing read fails only its flight).
+hop, and each still gets its own result (one failing read fails only its flight)
+as soon as its own reads are done. A batch of more than `SPLIT_BYTES` (a stream's
+read-ahead) is spread over the worker threads, so a slow source is read in parallel.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dumpd.sources.base import Source
 Reads = list[tuple[int, memoryview]]
 """`(file_offset, buffer)` pairs: fill each buffer from that offset."""
 
+SPLIT_BYTES = 1 << 20
+Batch = list[tuple[Reads, "asyncio.Future[None]"]]
+
 
 class ReadBatcher:
     """Collects reads for one loop turn, then runs them all in one worker job."""
@@ -24,8 +29,9 @@ class ReadBatcher:
     def __init__(self, source: Source, threads: int, counters: Counters) -> None:
         self._source = source
         self._counters = counters
+        self._threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="dumpd-read")
-        self._pending: list[tuple[Reads, asyncio.Future[None]]] = []
+        self._pending: Batch = []
 
     async def read(self, reads: Reads) -> None:
         """Fill every buffer of `reads`; raises what the source raised (EIO)."""
@@ -38,36 +44,36 @@ class ReadBatcher:
 
     def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._pending = self._pending, []
-        try:
-            self._executor.submit(self._run, loop, batch)
-        except RuntimeError:  # closed: the server is stopping
-            stopping = DumpdError("EIO", "the server is shutting down")
-            _settle(batch, [stopping] * len(batch))
-            return
-        self._counters.worker_hops += 1
+        size = sum(len(view) for reads, _ in batch for _, view in reads)
+        jobs = min(self._threads, len(batch)) if size > SPLIT_BYTES else 1
+        for job in range(jobs):
+            part = batch[job::jobs]
+            try:
+                self._executor.submit(self._run, loop, part)
+            except RuntimeError:  # closed: the server is stopping
+                for _, future in part:
+                    _settle(future, DumpdError("EIO", "the server is shutting down"))
+                continue
+            self._counters.worker_hops += 1
 
-    def _run(self, loop: asyncio.AbstractEventLoop,
-             batch: list[tuple[Reads, asyncio.Future[None]]]) -> None:
-        outcomes: list[BaseException | None] = []
-        for reads, _ in batch:
+    def _run(self, loop: asyncio.AbstractEventLoop, batch: Batch) -> None:
+        for reads, future in batch:
+            outcome: BaseException | None = None
             try:
                 for offset, view in reads:
                     self._source.read_into(offset, view)
-                outcomes.append(None)
             except Exception as exc:
-                outcomes.append(exc)
-        loop.call_soon_threadsafe(_settle, batch, outcomes)
+                outcome = exc
+            loop.call_soon_threadsafe(_settle, future, outcome)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _settle(batch: list[tuple[Reads, asyncio.Future[None]]],
-            outcomes: list[BaseException | None]) -> None:
-    for (_, future), outcome in zip(batch, outcomes, strict=True):
-        if future.done():  # its flight was cancelled meanwhile
-            continue
-        if outcome is None:
-            future.set_result(None)
-        else:
-            future.set_exception(outcome)
+def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
+    if future.done():  # its flight was cancelled meanwhile
+        return
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)

@@ -4,10 +4,13 @@ Design rules:
 - The copy is the file view byte for byte at the same offsets: data is written with
   `pwrite` where it belongs, holes (non-RAM pages) are never written, so the copy
   stays sparse; an ELF vmcore stays a valid ELF core.
-- Progress is checkpointed every `CHECKPOINT_SECONDS`: the copy is synced first, then
-  the resume state (`fetch.state`) is replaced atomically. A crash loses at most the
-  bytes after the last checkpoint, which `--resume` fetches again. The copy is synced
-  once more before the state is removed at the end.
+- Progress is checkpointed every `CHECKPOINT_SECONDS`: the resume state
+  (`fetch.state`) is replaced atomically, after the bytes it vouches for were
+  written. If the fetch process dies, the kernel still writes out what it was given,
+  so at most the bytes after the last checkpoint are lost, and `--resume` fetches
+  them again. With `--fsync` the copy is also synced before every checkpoint and at
+  the end, so the same holds if the machine itself goes down (as `cp`, `rsync` and
+  `dd`, fetch does not sync unless asked).
 - Ranges the source could not read (`stream.error`) are recorded, listed at the end,
   retried by `--resume`, and make the exit status 1.
 """
@@ -18,6 +21,7 @@ import hashlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +29,7 @@ from dumpd.client import Client, RemoteError
 from dumpd.errors import StartupError
 from dumpd.fetch.progress import Progress, size
 from dumpd.fetch.state import SUFFIX, FetchState
-from dumpd.receiver import StreamData, StreamError, StreamHole
+from dumpd.receiver import StreamError, StreamHole, StreamWritten
 
 CHECKPOINT_SECONDS = 5.0
 FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
@@ -44,6 +48,7 @@ class FetchRequest:
     verify: bool = False
     quiet: bool = False
     chunk: int | None = None
+    fsync: bool = False
 
 
 def fetch(request: FetchRequest) -> int:
@@ -63,23 +68,24 @@ def fetch(request: FetchRequest) -> int:
             os.ftruncate(fd, info["size"])
             state.save(state_path)
         progress = Progress(sum(length for _, length in state.todo()), request.quiet)
+        sync = os.fdatasync if request.fsync else _no_sync
         try:
-            _copy(client, fd, state, state_path, progress, request.chunk)
+            _copy(client, fd, state, state_path, progress, request.chunk, sync)
         except (ConnectionError, OSError) as exc:
-            _checkpoint(fd, state, state_path)
+            _checkpoint(fd, state, state_path, sync)
             os.close(fd)
             progress.finish()
             print(f"dumpd: fetch stopped at {state.done:#x} of {state.end:#x}: {exc}; run the "
                   "same command with --resume to continue", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            _checkpoint(fd, state, state_path)
+            _checkpoint(fd, state, state_path, sync)
             os.close(fd)
             progress.finish()
             print(f"dumpd: fetch interrupted at {state.done:#x}; --resume continues",
                   file=sys.stderr)
             return 130
-        os.fsync(fd)
+        sync(fd)
         os.close(fd)
         seconds = progress.finish()
         return _report(client, request, output, state, state_path, progress, seconds)
@@ -128,29 +134,29 @@ def _reopen(output: str, state: FetchState, view_size: int) -> int:
 
 
 def _copy(client: Client, fd: int, state: FetchState, state_path: str, progress: Progress,
-          chunk: int | None) -> None:
+          chunk: int | None, sync: Callable[[int], None]) -> None:
     for entry in list(state.errors):  # ranges that failed before: try them again
         kept = list(state.errors)
         state.errors.remove(entry)
         try:
-            _fetch_range(client, fd, state, entry[0], entry[1], progress, chunk, None)
+            _fetch_range(client, fd, state, entry[0], entry[1], progress, chunk, sync, None)
         except BaseException:
             state.errors = kept  # not retried to the end: still owed
             raise
     if state.done < state.end:
         _fetch_range(client, fd, state, state.done, state.end - state.done, progress, chunk,
-                     state_path)
+                     sync, state_path)
 
 
 def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length: int,
-                 progress: Progress, chunk: int | None, state_path: str | None) -> None:
+                 progress: Progress, chunk: int | None, sync: Callable[[int], None],
+                 state_path: str | None) -> None:
     """Copy one range; with `state_path`, it is the main range and `state.done`
     advances (with checkpoints) as its pieces land."""
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-    for piece in client.stream(offset, length, chunk):
-        if isinstance(piece, StreamData):
-            n = len(piece.data)
-            _write_all(fd, piece.data, piece.offset)
+    for piece in client.stream(offset, length, chunk, sink=fd):
+        if isinstance(piece, StreamWritten):
+            n = piece.length
             progress.add(data=n)
         elif isinstance(piece, StreamHole):
             n = piece.length
@@ -163,19 +169,18 @@ def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length
         if state_path is not None:
             state.done = piece.offset + n
             if time.monotonic() >= checkpoint:
-                _checkpoint(fd, state, state_path)
+                _checkpoint(fd, state, state_path, sync)
                 checkpoint = time.monotonic() + CHECKPOINT_SECONDS
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
-
-
-def _checkpoint(fd: int, state: FetchState, state_path: str) -> None:
-    os.fdatasync(fd)
+def _checkpoint(fd: int, state: FetchState, state_path: str,
+                sync: Callable[[int], None]) -> None:
+    sync(fd)
     state.save(state_path)
+
+
+def _no_sync(fd: int) -> None:
+    """Without --fsync: the kernel keeps what was written if the fetch process dies."""
 
 
 def _report(client: Client, request: FetchRequest, output: str, state: FetchState,

@@ -1,8 +1,9 @@
 """What a partial copy needs to be resumed: which dump, which range, how far, what failed.
 
-Kept beside the copy as `COPY.dumpd-fetch` (JSON). It is written only after the copy's
-data is on disk (`fdatasync`), to a temporary file renamed over the old one, so a
-crash at any moment leaves a state that never claims more than the disk holds.
+Kept beside the copy as `COPY.dumpd-fetch` (JSON). It is written only after the bytes
+it vouches for were written to the copy (and synced, with --fsync), to a temporary
+file renamed over the old one, so a crash at any moment leaves a state that never
+claims more than the copy holds.
 """
 
 from __future__ import annotations
@@ -41,12 +42,10 @@ class FetchState:
         return ranges
 
     def save(self, path: str) -> None:
-        """Replace the state file at `path` atomically (the data must be synced first)."""
+        """Replace the state file at `path` atomically (after the data it describes)."""
         temp = f"{path}.tmp"
         with open(temp, "w", encoding="utf-8") as out:
             json.dump({"version": VERSION, **asdict(self)}, out)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(temp, path)
 
     @classmethod

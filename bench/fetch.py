@@ -1,0 +1,175 @@
+"""`dumpd fetch` beside `cp --sparse=always` of the same file, in one run.
+
+    python -m bench.fetch [--size-mib 1024] [--rss-size-mib 4096] [--runs 3]
+
+1. Dense: a `--size-mib` raw image of random data, page cache warm; `dumpd serve`
+   (its own process, no hook) and `dumpd fetch -q` to a new file, beside
+   `cp --sparse=always` of the image to a new file; also the raw stream read and
+   discarded by a client, beside `cat FILE > /dev/null`.
+2. Half non-RAM: the same image with every other run of `R` pages zeroed in the file
+   and named by a `balloon` list, for R = 512 (2 MiB, a balloon driver handing back
+   huge pages) and R = 8 (the worst case measured: a hole every 32 KiB); dumpd
+   serves it with that hook (so those pages are holes it never reads or sends), and
+   cp copies the same file (so it can leave the zero pages as holes too).
+3. Footprint: a `--rss-size-mib` image fetched whole; peak RSS (VmHWM) of the server
+   and of the fetch process.
+
+Runs alternate (cp, fetch, cp, fetch, ...) after a `sync`, so both meet the same
+writeback state; the median of `--runs` is reported with the ratio to cp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dumpd.client import Client
+from dumpd.receiver import StreamData
+
+MiB = 1 << 20
+PAGE = 4096
+DUMPD = [sys.executable, "-m", "dumpd"]
+
+
+def make_image(path: Path, size: int, run: int) -> Path | None:
+    """A random-data image; with `run` > 0, every other run of `run` pages zeroed in the
+    file and listed in a balloon list (returned)."""
+    block = random.Random(1).randbytes(MiB)
+    with open(path, "wb") as f:
+        for i in range(size // MiB):
+            f.write(block[i % 251 :] + block[: i % 251])
+    if not run:
+        return None
+    zero = bytes(run * PAGE)
+    with open(path, "r+b") as f:
+        for pfn in range(0, size // PAGE, 2 * run):
+            f.seek(pfn * PAGE)
+            f.write(zero)
+    listing = path.with_suffix(".balloon")
+    listing.write_text("".join(f"{p:#x}+{run}\n" for p in range(0, size // PAGE, 2 * run)))
+    return listing
+
+
+@contextmanager
+def server(image: Path, sock: Path, balloon: Path | None) -> Iterator[int]:
+    args = [*DUMPD, "serve", "--source", str(image), "--socket", str(sock), "--log-level",
+            "warning"]
+    if balloon is not None:
+        args += ["--hook", "balloon", "--hook-option", f"file={balloon}"]
+    proc = subprocess.Popen(args)
+    try:
+        deadline = time.monotonic() + 20
+        while not sock.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("bench: dumpd serve did not start")
+            time.sleep(0.02)
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+
+
+def timed(args: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of a command (its stdout discarded)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"bench: {' '.join(args)} failed with status {status}")
+    return seconds, usage.ru_maxrss
+
+
+def fresh(path: Path) -> Path:
+    if path.exists():
+        path.unlink()
+    os.sync()
+    return path
+
+
+def discard_stream(sock: Path, size: int) -> float:
+    start = time.perf_counter()
+    with Client.connect(str(sock)) as client:
+        got = sum(len(p.data) for p in client.stream(0, size) if isinstance(p, StreamData))
+    assert got <= size
+    return time.perf_counter() - start
+
+
+def compare(work: Path, size: int, runs: int, hole_run: int) -> list[str]:
+    image = work / f"image-{hole_run}.img"
+    balloon = make_image(image, size, hole_run)
+    subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm
+    sock = work / "dumpd.sock"
+    cp_s: list[float] = []
+    fetch_s: list[float] = []
+    with server(image, sock, balloon):
+        for _ in range(runs):
+            cp_s.append(timed(["cp", "--sparse=always", str(image),
+                               str(fresh(work / "cp.out"))])[0])
+            fetch_s.append(timed([*DUMPD, "fetch", "-q", "-o", str(fresh(work / "fetch.out")),
+                                  "--socket", str(sock)])[0])
+        stream_s = statistics.median(discard_stream(sock, size) for _ in range(runs))
+    cat_s = statistics.median(timed(["cat", str(image)])[0] for _ in range(runs))
+    label = f"half non-RAM, runs of {hole_run} pages" if hole_run else "dense"
+    cp, fetch = statistics.median(cp_s), statistics.median(fetch_s)
+    rows = [
+        f"| {label}: `dumpd fetch` to a file | {size / fetch / 1e9:.2f} GB/s | "
+        f"`cp --sparse=always`: {size / cp / 1e9:.2f} GB/s | {cp / fetch:.2f}x |",
+    ]
+    if not hole_run:
+        rows.append(f"| {label}: `stream`, client discards | {size / stream_s / 1e9:.2f} GB/s |"
+                    f" `cat > /dev/null`: {size / cat_s / 1e9:.2f} GB/s | "
+                    f"{cat_s / stream_s:.2f}x |")
+    for name in ("cp.out", "fetch.out"):
+        fresh(work / name)
+    image.unlink()
+    return rows
+
+
+def footprint(work: Path, size: int) -> str:
+    image = work / "big.img"
+    with open(image, "wb") as f:
+        f.truncate(size)  # sparse: reads as zeros at memory speed
+    sock = work / "dumpd.sock"
+    with server(image, sock, None) as pid:
+        _, client_kib = timed([*DUMPD, "fetch", "-q", "-o", str(fresh(work / "fetch.out")),
+                               "--socket", str(sock)])
+        status = Path(f"/proc/{pid}/status").read_text()
+    server_kib = int(next(line.split()[1] for line in status.splitlines()
+                          if line.startswith("VmHWM:")))
+    fresh(work / "fetch.out")
+    image.unlink()
+    return (f"| peak RSS fetching {size // MiB} MiB | server {server_kib / 1024:.1f} MiB | "
+            f"fetch client {client_kib / 1024:.1f} MiB | target < 64 MiB each |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rss-size-mib", type=int, default=4096)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dir", help="work here (default: a temporary directory)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="dumpd-bench-fetch-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        size = args.size_mib * MiB
+        print("| measure | dumpd | baseline, same run | dumpd vs baseline |")
+        print("|---|---|---|---|")
+        for hole_run in (0, 512, 8):
+            for row in compare(work, size, args.runs, hole_run):
+                print(row, flush=True)
+        print(footprint(work, args.rss_size_mib * MiB), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The pipelined asyncio client (`dumpd.client.AsyncClient`), kept apart so that the
+blocking client does not import asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, Self, cast
+
+from dumpd.client import (
+    NotificationCallback,
+    RemoteError,
+    _closing_error,
+    _expect,
+    _extents,
+    _result,
+)
+from dumpd.protocol import (
+    DEFAULT_CLIENT_MAX_FRAME_SIZE,
+    MAX_MSGID,
+    FrameDecoder,
+    Limits,
+    Notification,
+    ProtocolViolation,
+    Response,
+    encode_request,
+)
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._client._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._client._data_received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost fails what is pending
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._client._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._client._resume_writing()
+
+
+class AsyncClient:
+    """A pipelined msgpack-RPC client; use on the event loop that connected it.
+
+    Connection loss fails every pending call with `ConnectionError` (its `__cause__` is the
+    server's closing `error` notification as a `RemoteError` when one came, else the
+    socket error); error replies raise `RemoteError`. `on_notification` is called on the
+    loop for each notification; an exception it raises goes to the loop's handler.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_notification: NotificationCallback | None = None,
+        max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._decoder = FrameDecoder("client", Limits(max_frame_size))
+        self._pending: dict[int, asyncio.Future[Response]] = {}
+        self._next_msgid = 0
+        self._transport: asyncio.Transport | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._lost: BaseException | None = None
+        self._write_ready: asyncio.Future[None] | None = None
+        self._server_error: RemoteError | None = None
+        self.on_notification = on_notification
+
+    @classmethod
+    async def connect(
+        cls,
+        path: str,
+        *,
+        on_notification: NotificationCallback | None = None,
+        max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
+    ) -> Self:
+        """Connect to a dumpd Unix socket at `path`."""
+        client = cls(on_notification=on_notification, max_frame_size=max_frame_size)
+        await client._loop.create_unix_connection(lambda: _ClientProtocol(client), path)
+        return client
+
+    @classmethod
+    async def connect_tcp(
+        cls,
+        host: str,
+        port: int,
+        *,
+        on_notification: NotificationCallback | None = None,
+        max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
+    ) -> Self:
+        """Connect to a dumpd TCP listener."""
+        client = cls(on_notification=on_notification, max_frame_size=max_frame_size)
+        await client._loop.create_connection(lambda: _ClientProtocol(client), host, port)
+        return client
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def call(self, method: str, *params: Any) -> Any:
+        """Send one request and wait for its result; raises `RemoteError` on an error reply."""
+        transport = self._transport
+        if transport is None or self._lost is not None or transport.is_closing():
+            raise ConnectionError("not connected to dumpd") from self._lost
+        msgid = self._allocate_msgid()
+        frame = encode_request(msgid, method, params)
+        future: asyncio.Future[Response] = self._loop.create_future()
+        self._pending[msgid] = future
+        try:
+            transport.write(frame)
+            if self._write_ready is not None:
+                await asyncio.shield(self._write_ready)
+            response = await future
+        finally:
+            # On cancellation a late response finds no entry and is dropped.
+            if self._pending.get(msgid) is future:
+                del self._pending[msgid]
+        return _result(response)
+
+    def _allocate_msgid(self) -> int:
+        if len(self._pending) > MAX_MSGID:
+            raise ConnectionError("every msgid is in flight")
+        msgid = self._next_msgid
+        while msgid in self._pending:  # only after wrapping around 2**32
+            msgid = (msgid + 1) & MAX_MSGID
+        self._next_msgid = (msgid + 1) & MAX_MSGID
+        return msgid
+
+    async def info(self) -> dict[str, Any]:
+        """The dump and server description (see docs/protocol.md, `info`)."""
+        info: dict[str, Any] = _expect(await self.call("info"), dict, "info")
+        return info
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """File-view bytes `[offset, offset+length)`; short at the end, like pread."""
+        data: bytes = _expect(await self.call("read", offset, length), bytes, "read")
+        return data
+
+    async def read_phys(self, paddr: int, length: int) -> bytes:
+        """Bytes by physical address; ERANGE when PT_LOADs do not cover the range."""
+        data: bytes = _expect(await self.call("read_phys", paddr, length), bytes, "read_phys")
+        return data
+
+    async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
+        """`(offset, length, "data" | "zero")` runs of the file view."""
+        return _extents(await self.call("extents", offset, length))
+
+    async def stats(self) -> dict[str, Any]:
+        """The server's counters."""
+        stats: dict[str, Any] = _expect(await self.call("stats"), dict, "stats")
+        return stats
+
+    async def hook_register(self, name: str, options: dict[str, Any] | None = None) -> Any:
+        """Install the is-RAM hook `name` with `options`; EBUSY when one is installed."""
+        return await self.call("hook.register", name, options or {})
+
+    async def hook_unregister(self) -> Any:
+        """Remove the installed is-RAM hook."""
+        return await self.call("hook.unregister")
+
+    async def hook_reload(self) -> Any:
+        """Have the installed hook reload its data; ENOSYS when it has none."""
+        return await self.call("hook.reload")
+
+    # -- life cycle ------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection; calls still pending fail with `ConnectionError`."""
+        if self._transport is not None:
+            if self._lost is None:
+                self._lost = ConnectionAbortedError("client closed the connection")
+            self._transport.close()
+            await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- protocol callbacks ----------------------------------------------------------
+
+    def _data_received(self, data: bytes) -> None:
+        try:
+            events = self._decoder.feed(data)
+        except ProtocolViolation as exc:
+            self._lost = exc
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        for event in events:
+            if isinstance(event, Response):
+                future = self._pending.pop(event.msgid, None)
+                if future is not None and not future.done():
+                    future.set_result(event)
+            elif isinstance(event, Notification):
+                self._server_error = _closing_error(event) or self._server_error
+                if self.on_notification is None:
+                    continue
+                try:
+                    self.on_notification(event)
+                except Exception as exc:
+                    self._loop.call_exception_handler(
+                        {"message": "dumpd notification callback failed", "exception": exc}
+                    )
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is None:
+            self._lost = (
+                self._server_error or exc or ConnectionResetError("connection to dumpd closed")
+            )
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                error = ConnectionError(f"connection to dumpd lost: {self._lost}")
+                error.__cause__ = self._lost
+                future.set_exception(error)
+        self._resume_writing()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _pause_writing(self) -> None:
+        if self._write_ready is None:
+            self._write_ready = self._loop.create_future()
+
+    def _resume_writing(self) -> None:
+        waiter, self._write_ready = self._write_ready, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
