@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 from itertools import pairwise
 from pathlib import Path
@@ -217,15 +218,22 @@ def _cancel_after_first(sock: str) -> tuple[int, dict[str, Any] | None, dict[str
 async def test_cancel_stops_a_stream_and_frees_its_work(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 64 * MiB)
     async with serving(tmp_path, dump.path) as server:
+        fds = open_fds()
         seen, summary, stats = await asyncio.to_thread(_cancel_after_first,
                                                        server.config.server.socket)
         await until(lambda: not server.connections)
         leftover = _stream_tasks()
+        await until(lambda: open_fds() == fds)
     assert summary is not None and summary["cancelled"] is True
     assert summary["data_bytes"] == summary["bytes"] < 64 * MiB
     assert seen * 4 * PAGE >= summary["data_bytes"]
     assert stats["source_bytes_read"] < 16 * MiB  # it stopped within its read-ahead
     assert leftover == []
+
+
+def open_fds() -> set[str]:
+    """The file descriptors open in this process (the server's among them)."""
+    return set(os.listdir("/proc/self/fd"))
 
 
 def _stream_tasks() -> list[asyncio.Task[Any]]:
@@ -247,11 +255,13 @@ async def test_a_client_that_disconnects_mid_stream_leaves_nothing_behind(
         tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 64 * MiB)
     async with serving(tmp_path, dump.path) as server:
+        fds = open_fds()
         for _ in range(5):
             await asyncio.to_thread(_read_some_then_close, server.config.server.socket,
                                     dump.size)
         await until(lambda: not server.connections)
         await until(lambda: _stream_tasks() == [])
+        await until(lambda: open_fds() == fds)
         assert server.engine is not None
         read = server.engine.counters.source_bytes_read
     assert read < 5 * 12 * MiB  # each stopped within a few MiB of what was received
