@@ -38,6 +38,7 @@ class ServerConfig:
     reply_budget_mib: int = 16
     max_streams: int = 4
     stream_window_mib: int = 4
+    stream_sendfile: bool = True
     loop: str = "auto"
 
 
@@ -174,6 +175,8 @@ def _typed(path: str, key: str, value: Any, typ: type) -> Any:
     if typ is dict and isinstance(value, dict):
         return value
     if typ in (int, str) and isinstance(value, typ) and not isinstance(value, bool):
+        return value
+    if typ is bool and isinstance(value, bool):
         return value
     raise StartupError(
         f"{path}: {key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")

@@ -21,7 +21,7 @@ from dumpd.fetch import FetchRequest, fetch
 from dumpd.sources import open_source
 from tests.daemon import DUMPD, ENV, run, served, stats_json
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
-from tests.test_stream import fail_reads
+from tests.test_stream import failing
 from tests.views import PAGE, balloon_file, expected_view
 
 MiB = 1 << 20
@@ -106,23 +106,29 @@ def test_fetch_of_a_raw_dump_a_range_and_quiet(tmp_path: Path) -> None:
 SLOW_DISK = """
 import sys, time
 from dumpd.sources.base import Source
+from dumpd.server.zerocopy import SocketWriter
 from dumpd.cli import main
 
-read_into = Source.read_into
+read_into, copy = Source.read_into, SocketWriter._copy
 
 def slow_read_into(self, offset, view):
     time.sleep(0.04)  # a slow disk: 40 ms a read (four reader threads)
     read_into(self, offset, view)
 
+def slow_copy(self, fd, offset, count):
+    time.sleep(0.02)  # 20 ms a sendfile call (one stream sends one frame at a time)
+    return copy(self, fd, offset, count)
+
 Source.read_into = slow_read_into
 Source.read_cached_into = lambda self, offset, view: 0  # nothing is ever cached
+SocketWriter._copy = slow_copy
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def slow_server(tmp_path: Path, image: str, sock: Path) -> subprocess.Popen[bytes]:
-    """A real `dumpd serve` over a source that takes 40 ms a read, so a fetch of a few
-    MiB in 64 KiB frames takes seconds."""
+    """A real `dumpd serve` over a slow source (40 ms a read, 20 ms a sendfile call), so
+    a fetch of a few MiB in 64 KiB frames takes seconds."""
     log = open(tmp_path / f"serve-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", "--source", image,
                              "--socket", str(sock)], stdout=log, stderr=log,
@@ -203,15 +209,11 @@ async def test_unreadable_ranges_are_reported_and_resume_retries_them(
     bad = range(0x80 * PAGE, 0x82 * PAGE)
     async with serving(tmp_path, dump.path) as server:
         assert server.source is not None
-        real_read = server.source.read_into
-        real_cached = server.source.read_cached_into
-        fail_reads(server.source, bad)
         sock = server.config.server.socket
-        first = await asyncio.to_thread(fetch, FetchRequest(sock, copy))
+        with failing(server.source, bad):
+            first = await asyncio.to_thread(fetch, FetchRequest(sock, copy))
         report = capsys.readouterr().err.splitlines()
         state = state_of(Path(copy))
-        server.source.read_into = real_read  # type: ignore[method-assign]
-        server.source.read_cached_into = real_cached  # type: ignore[method-assign]
         second = await asyncio.to_thread(fetch, FetchRequest(sock, copy, resume=True,
                                                              verify=True))
     assert first == 1

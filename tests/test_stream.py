@@ -6,9 +6,12 @@ in its own process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ import pytest
 from dumpd.client import Client, RemoteError
 from dumpd.errors import DumpdError
 from dumpd.receiver import StreamData, StreamError, StreamHole
+from dumpd.server.zerocopy import SocketWriter
 from dumpd.sources.base import Source
 from tests.conftest import serving, until
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
@@ -51,24 +55,45 @@ def collect(path: str, offset: int, length: int, chunk: int | None = None
 
 
 def assemble(size: int, pieces: list[Any]) -> bytes:
+    """The view as a client must rebuild it: data, then zeros where an error says so
+    (an error may follow data that covered the same bytes: the error wins)."""
     out = bytearray(size)
     for piece in pieces:
         if isinstance(piece, StreamData):
             out[piece.offset : piece.offset + len(piece.data)] = piece.data
+        elif isinstance(piece, StreamError):
+            out[piece.offset : piece.offset + piece.length] = bytes(piece.length)
     return bytes(out)
 
 
-def fail_reads(source: Source, bad: range) -> None:
-    """From now on, reads of the file bytes in `bad` fail as a dying disk's would."""
-    real = source.read_into
+@contextlib.contextmanager
+def failing(source: Source, bad: range) -> Iterator[None]:
+    """While inside, the source's bytes in `bad` cannot be read, as on a dying disk:
+    through the engine's reads and through a stream's sendfile alike."""
+    real_read, real_cached = source.read_into, source.read_cached_into
+    real_copy = SocketWriter._copy
 
     def read_into(offset: int, view: memoryview) -> None:
         if offset < bad.stop and bad.start < offset + len(view):
             raise DumpdError("EIO", f"source read failed at {offset:#x}: Input/output error")
-        real(offset, view)
+        real_read(offset, view)
+
+    def copy(writer: SocketWriter, fd: int, offset: int, count: int) -> int:
+        if bad.start <= offset < bad.stop:
+            raise OSError(errno.EIO, "Input/output error")
+        if offset < bad.start < offset + count:
+            count = bad.start - offset  # the bytes before the bad ones still go
+        return real_copy(writer, fd, offset, count)
 
     source.read_into = read_into  # type: ignore[method-assign]
     source.read_cached_into = lambda offset, view: 0  # type: ignore[method-assign]
+    SocketWriter._copy = copy  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        source.read_into = real_read  # type: ignore[method-assign]
+        source.read_cached_into = real_cached  # type: ignore[method-assign]
+        SocketWriter._copy = real_copy  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("kind", ["elf", "raw"])
@@ -113,19 +138,24 @@ async def test_ranges_and_chunks(tmp_path: Path) -> None:
                                                           file_bytes(path, size - 10, 10))]
 
 
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "read"])
 async def test_unreadable_pages_become_stream_errors_and_the_stream_goes_on(
-        tmp_path: Path) -> None:
+        tmp_path: Path, sendfile: bool) -> None:
     path, size, _ = build(tmp_path, "raw")
     bad = range(0x100 * PAGE + 100, 0x102 * PAGE + 5)  # touches pages 0x100, 0x101, 0x102
-    async with serving(tmp_path, path) as server:
-        assert server.source is not None
-        fail_reads(server.source, bad)
-        pieces, summary = await asyncio.to_thread(collect, server.config.server.socket, 0, size)
-        with pytest.raises(RemoteError) as digest_error:
-            await asyncio.to_thread(_digest, server.config.server.socket, 0, size)
+    async with serving(tmp_path, path, stream_sendfile=sendfile) as server:
+        assert server.source is not None and server.engine is not None
+        with failing(server.source, bad):
+            pieces, summary = await asyncio.to_thread(collect, server.config.server.socket,
+                                                      0, size)
+            with pytest.raises(RemoteError) as digest_error:
+                await asyncio.to_thread(_digest, server.config.server.socket, 0, size)
+        read = server.engine.counters.source_bytes_read
     errors = [p for p in pieces if isinstance(p, StreamError)]
+    failed_at = bad.start if sendfile else 0x100 * PAGE  # where the source said so
     assert errors == [StreamError(0x100 * PAGE, 3 * PAGE, "EIO", "source read failed at "
-                                  f"{0x100 * PAGE:#x}: Input/output error")]
+                                  f"{failed_at:#x}: Input/output error")]
+    assert read >= size - 3 * PAGE
     got = assemble(size, pieces)
     want = bytearray(file_bytes(path))
     want[0x100 * PAGE : 0x103 * PAGE] = bytes(3 * PAGE)

@@ -71,7 +71,7 @@ def fetch(request: FetchRequest) -> int:
         sync = os.fdatasync if request.fsync else _no_sync
         try:
             _copy(client, fd, state, state_path, progress, request.chunk, sync)
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError, RemoteError) as exc:
             _checkpoint(fd, state, state_path, sync)
             os.close(fd)
             progress.finish()
@@ -154,7 +154,8 @@ def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length
     """Copy one range; with `state_path`, it is the main range and `state.done`
     advances (with checkpoints) as its pieces land."""
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-    for piece in client.stream(offset, length, chunk, sink=fd):
+    stream = client.stream(offset, length, chunk, sink=fd)
+    for piece in stream:
         if isinstance(piece, StreamWritten):
             n = piece.length
             progress.add(data=n)
@@ -164,6 +165,7 @@ def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length
         else:
             assert isinstance(piece, StreamError)
             n = piece.length
+            _write_zeros(fd, piece.offset, n)  # data sent before the failure is void
             state.errors.append([piece.offset, n, piece.code, piece.message])
             progress.add(errors=n)
         if state_path is not None:
@@ -171,6 +173,17 @@ def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length
             if time.monotonic() >= checkpoint:
                 _checkpoint(fd, state, state_path, sync)
                 checkpoint = time.monotonic() + CHECKPOINT_SECONDS
+    summary = stream.summary or {}
+    if summary.get("cancelled") or summary.get("bytes") != length:
+        raise ConnectionError(f"the stream of {offset:#x}+{length:#x} ended after "
+                              f"{summary.get('bytes', 0):#x} bytes")
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    zeros = bytes(min(length, VERIFY_CHUNK))
+    while length:
+        n = os.pwrite(fd, zeros[:length], offset)
+        offset, length = offset + n, length - n
 
 
 def _checkpoint(fd: int, state: FetchState, state_path: str,

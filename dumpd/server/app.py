@@ -61,7 +61,8 @@ class Server:
         dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats,
                                 srv.stream_window_mib * MiB)
         limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
-                                  srv.reply_budget_mib * MiB, srv.max_streams)
+                                  srv.reply_budget_mib * MiB, srv.max_streams,
+                                  srv.stream_sendfile)
 
         def factory() -> RpcConnection:
             conn = RpcConnection(dispatcher, limits, self._authorize, self.connections.discard)

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from dumpd.engine.bulk import Data, Hole, Piece
+from dumpd.engine.bulk import Data, Failed, Hole, Piece, Span
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -48,6 +48,7 @@ from dumpd.protocol import (
 )
 from dumpd.server.budget import ByteBudget
 from dumpd.server.dispatch import NOT_READY, Dispatcher, Peer
+from dumpd.server.zerocopy import SocketWriter
 
 log = logging.getLogger("dumpd.server")
 
@@ -55,20 +56,22 @@ FEED_SLICE = 16 * 1024  # bytes decoded at a time, so queued requests stay few
 WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
 WRITE_HIGH_WATER = 1024 * 1024
 STREAM_SNDBUF = 2 * 1024 * 1024
+TRANSPORT_POLL = 0.0005  # seconds between looks at a draining transport before sendfile
 UNREAD_MAX = 64 * 1024  # undecoded bytes kept while replies wait to drain (streams only)
 
 
 class ConnectionLimits:
     """Per-connection bounds, from the server configuration."""
 
-    __slots__ = ("max_frame", "max_inflight", "max_streams", "reply_budget")
+    __slots__ = ("max_frame", "max_inflight", "max_streams", "reply_budget", "sendfile")
 
     def __init__(self, max_frame: int, max_inflight: int, reply_budget: int,
-                 max_streams: int = 4) -> None:
+                 max_streams: int = 4, sendfile: bool = True) -> None:
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.reply_budget = reply_budget
         self.max_streams = max_streams
+        self.sendfile = sendfile
 
 
 class RpcConnection(asyncio.Protocol):
@@ -287,17 +290,20 @@ class RpcConnection(asyncio.Protocol):
             if len(self._streams) >= self._limits.max_streams:
                 raise DumpdError("EBUSY", f"{self._limits.max_streams} streams are running "
                                  "on this connection already")
-            reader = self._dispatcher.open_stream(event.params)
+            writer = self._socket_writer()
+            reader = self._dispatcher.open_stream(event.params, spans=writer is not None)
         except DumpdError as exc:
             await self._send(_error_frames(event, exc))
             return
-        stream = self._streams[msgid] = _Stream()
-        self._widen_send_buffer()
+        stream = self._streams[msgid] = _Stream(writer)
         try:
             async for batch in reader:
                 if stream.cancelled:
                     break
-                await self._send([f for piece in batch for f in stream.frames(msgid, piece)])
+                if writer is None:
+                    await self._send([f for p in batch for f in stream.frames(msgid, p)])
+                else:
+                    await self._send_sending(msgid, stream, batch, writer)
                 if self._transport is None or self._transport.is_closing():
                     return
                 await asyncio.sleep(0)  # let the loop read requests (a cancel) between chunks
@@ -305,25 +311,64 @@ class RpcConnection(asyncio.Protocol):
             frames = [encode_response(msgid, summary)]
         except DumpdError as exc:
             frames = _error_frames(event, exc)
+        except ConnectionError:  # the client went away while data was being sent
+            return
         finally:
             reader.close()
+            if writer is not None:
+                writer.close()
             del self._streams[msgid]
         await self._send(frames)
 
-    def _widen_send_buffer(self) -> None:
-        """A bulk stream moves in fewer, larger steps with a larger socket send buffer
-        (the kernel caps it at net.core.wmem_max)."""
+    async def _send_sending(self, msgid: int, stream: _Stream, batch: list[Piece],
+                            writer: SocketWriter) -> None:
+        """Write a batch whose RAM runs go from the source file to the socket with
+        `sendfile` on a worker thread; holes and errors go through the transport."""
+        engine = self._dispatcher.engine
+        async with self._writing:
+            small: list[Any] = []
+            for piece in batch:
+                if not isinstance(piece, Span):
+                    small += stream.frames(msgid, piece)
+                    continue
+                transport = self._transport
+                if transport is None or transport.is_closing():
+                    return
+                if small:
+                    transport.writelines(small)
+                    small = []
+                while transport.get_write_buffer_size():  # the thread writes after it
+                    await asyncio.sleep(TRANSPORT_POLL)
+                head = stream.frames(msgid, piece)[0]
+                sent = await asyncio.to_thread(writer.frame, head, engine.source.fileno(),
+                                               piece.offset, piece.length, engine.page_size)
+                engine.count_sent(piece.offset, sent.good)
+                for offset, length, why in sent.failed:  # sent as zeros: the error wins
+                    stream.counts["data_bytes"] -= length
+                    stream.counts["bytes"] -= length
+                    small += stream.frames(msgid, Failed(offset, length, "EIO", why))
+            transport = self._transport
+            if small and transport is not None and not transport.is_closing():
+                transport.writelines(small)
+                await self._drained.wait()
+
+    def _socket_writer(self) -> SocketWriter | None:
+        """A writer for `sendfile` streams where the transport has a plain socket;
+        widens the socket's send buffer too (a bulk stream moves in larger steps)."""
         sock = self._transport.get_extra_info("socket") if self._transport else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        if not self._limits.sendfile or sock is None or self._transport is None or (
+                self._transport.get_extra_info("sslcontext") is not None):
+            return None
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        return SocketWriter(sock.fileno())
 
     def _cancel_stream(self, params: Sequence[Any]) -> dict[str, bool]:
         if len(params) != 1:
             raise DumpdError("EINVAL", f"stream.cancel takes 1 parameter, got {len(params)}")
         stream = self._streams.get(as_uint(params[0], "msgid"))
         if stream is not None:
-            stream.cancelled = True
+            stream.cancel()
         return {"cancelled": stream is not None}
 
     async def _send(self, frames: list[Any]) -> None:
@@ -358,11 +403,17 @@ class RpcConnection(asyncio.Protocol):
 class _Stream:
     """A running stream: its counts so far, and whether it was asked to stop."""
 
-    __slots__ = ("cancelled", "counts")
+    __slots__ = ("cancelled", "counts", "writer")
 
-    def __init__(self) -> None:
+    def __init__(self, writer: SocketWriter | None) -> None:
         self.cancelled = False
         self.counts = {"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}
+        self.writer = writer
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.writer is not None:
+            self.writer.stop.set()  # a frame waiting for a client that does not read
 
     def frames(self, msgid: int, piece: Piece) -> list[Any]:
         """The notification for `piece`, counted; data goes as a head plus its buffer."""
@@ -372,6 +423,11 @@ class _Stream:
             counts["data_bytes"] += length
             frames = [encode_bin_notification_head("stream.data", [msgid, piece.offset],
                                                    length), piece.data]
+        elif isinstance(piece, Span):  # the head only: the bytes are sent from the source
+            length = piece.length
+            counts["data_bytes"] += length
+            frames = [encode_bin_notification_head("stream.data", [msgid, piece.offset],
+                                                   length)]
         elif isinstance(piece, Hole):
             length = piece.length
             counts["hole_bytes"] += length

@@ -140,9 +140,9 @@ class Dispatcher:
         return {"algorithm": algorithm, "digest": value, "offset": offset,
                 "length": max(0, end - offset)}
 
-    def open_stream(self, params: Sequence[Any]) -> BulkReader:
+    def open_stream(self, params: Sequence[Any], spans: bool = False) -> BulkReader:
         """The pieces a `stream [offset, length, options]` request sends; EINVAL when its
-        arguments are wrong."""
+        arguments are wrong. With `spans`, RAM runs are left to the caller to send."""
         if len(params) != 3:
             raise DumpdError("EINVAL", f"stream takes 3 parameters, got {len(params)}")
         offset = as_uint(params[0], "offset")
@@ -156,7 +156,8 @@ class Dispatcher:
         if type(chunk) is not int or not page <= chunk <= self.max_read or chunk % page:
             raise DumpdError("EINVAL", f"chunk must be a multiple of {page} in [{page}, "
                              f"{self.max_read}], got {chunk!r}")
-        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window))
+        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window),
+                          spans)
 
     async def _stats(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         return self._stats_now()

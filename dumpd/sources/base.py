@@ -142,6 +142,11 @@ class Source:
         # Regular files can be asked to answer from the page cache or not at all.
         self._nowait = hasattr(os, "RWF_NOWAIT") and stat.S_ISREG(os.fstat(fd).st_mode)
 
+    def fileno(self) -> int:
+        """The source's descriptor, for `os.sendfile` (file-view offsets are file
+        offsets); it is only ever read from."""
+        return self._fd
+
     def read_cached_into(self, offset: int, view: memoryview) -> int:
         """Read what the OS page cache already holds, never blocking (RWF_NOWAIT).
 

@@ -1,0 +1,155 @@
+"""Writing a stream's data frames with `os.sendfile`: source file to socket, no copy
+through Python.
+
+Design rules:
+- The frame head and its payload are written from a worker thread on a duplicate of
+  the connection's socket, so a connection closed meanwhile cannot hand its fd
+  number to another file under the thread. The event loop keeps reading the
+  socket; nobody else writes to it meanwhile: the connection holds its write lock
+  and waits until its transport has nothing buffered before handing over.
+- A frame announces its length before its bytes go out, so a source that fails in
+  the middle (EIO, a file cut short) cannot end the frame early: the failing page
+  is padded with zeros, sending goes on with the next page, and the caller sends a
+  `stream.error` for each failed range right after the frame (the error wins over
+  the zeros).
+- Where the source cannot be sent from (a file system without splice support),
+  the bytes are read and written instead, by the same thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+from dataclasses import dataclass
+
+WAIT = 0.25  # seconds between looks at `stop` while the client does not read
+_ZEROS = bytes(256 * 1024)
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What became of one frame: `good` payload bytes came from the source; `failed`
+    lists the `(offset, length, message)` ranges sent as zeros instead."""
+
+    good: int
+    failed: tuple[tuple[int, int, str], ...] = ()
+
+
+class SocketWriter:
+    """Writes frames to one connection's socket from worker threads, one at a time."""
+
+    def __init__(self, sock_fd: int) -> None:
+        self._fd = os.dup(sock_fd)
+        self.stop = threading.Event()  # the stream was cancelled or the connection lost
+        self._sendfile = True
+        self._lock = threading.Lock()
+        self._busy = False  # a frame is being written: `close` leaves the fd to it
+
+    def frame(self, head: bytes, source_fd: int, offset: int, length: int,
+              page_size: int) -> Sent:
+        """Write `head`, then `length` source bytes from `offset` (in a worker thread);
+        pages the source cannot read go as zeros, whole pages, and are listed.
+
+        Raises ConnectionError when the client is gone or the stream was stopped.
+        """
+        with self._lock:
+            if self._fd < 0:
+                raise ConnectionError("stream stopped")
+            self._busy = True
+        try:
+            return self._frame(head, source_fd, offset, length, page_size)
+        finally:
+            with self._lock:
+                self._busy = False
+                if self.stop.is_set():
+                    self._close_fd()
+
+    def _frame(self, head: bytes, source_fd: int, offset: int, length: int,
+               page_size: int) -> Sent:
+        self._write(memoryview(head))
+        pos, end = offset, offset + length
+        good = 0
+        failed: list[tuple[int, int, str]] = []
+        while pos < end:
+            try:
+                n = self._copy(source_fd, pos, end - pos)
+            except BlockingIOError:
+                self._wait()
+                continue
+            except OSError as exc:
+                if exc.errno in _PEER_GONE:
+                    raise ConnectionError(f"client gone: {exc.strerror}") from exc
+                stop = min(end, (pos // page_size + 1) * page_size)  # skip the failing page
+                why = f"source read failed at {pos:#x}: {exc.strerror or exc}"
+            else:
+                if n:
+                    pos += n
+                    good += n
+                    continue
+                stop, why = end, f"source ended early at {pos:#x} (file truncated?)"
+            self._pad(stop - pos)
+            start = max(offset, pos // page_size * page_size)  # the page's sent bytes too
+            good -= pos - start
+            if failed and failed[-1][0] + failed[-1][1] == start:  # one range, first reason
+                start, _, why = failed.pop()
+            failed.append((start, stop - start, why))
+            pos = stop
+        return Sent(good, tuple(failed))
+
+    def _copy(self, source_fd: int, offset: int, count: int) -> int:
+        if self._sendfile:
+            try:
+                return os.sendfile(self._fd, source_fd, offset, count)
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                self._sendfile = False  # this source cannot be spliced: read and write
+        data = os.pread(source_fd, min(count, len(_ZEROS)), offset)
+        if data:
+            self._write(memoryview(data))
+        return len(data)
+
+    def _pad(self, count: int) -> None:
+        while count:
+            n = min(count, len(_ZEROS))
+            self._write(memoryview(_ZEROS)[:n])
+            count -= n
+
+    def _write(self, data: memoryview) -> None:
+        while data:
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                self._wait()
+                continue
+            except OSError as exc:
+                raise ConnectionError(f"client gone: {exc.strerror}") from exc
+            data = data[n:]
+
+    def _wait(self) -> None:
+        """Until the socket takes more bytes; ConnectionError once `stop` is set."""
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while not self.stop.is_set():
+            events = poller.poll(WAIT * 1000)
+            if any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events):
+                raise ConnectionError("client gone")
+            if events:
+                return
+        raise ConnectionError("stream stopped")
+
+    def close(self) -> None:
+        """Stop; the duplicate fd is closed now, or by the frame still being written."""
+        self.stop.set()
+        with self._lock:
+            if not self._busy:
+                self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
