@@ -295,7 +295,7 @@ class RpcConnection(asyncio.Protocol):
         except DumpdError as exc:
             await self._send(_error_frames(event, exc))
             return
-        stream = self._streams[msgid] = _Stream(writer)
+        stream = self._streams[msgid] = _Stream()
         try:
             async for batch in reader:
                 if stream.cancelled:
@@ -334,11 +334,15 @@ class RpcConnection(asyncio.Protocol):
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
+                if stream.cancelled:  # what is counted so far still goes out, below
+                    break
                 if small:
                     transport.writelines(small)
                     small = []
+                pause = TRANSPORT_POLL
                 while transport.get_write_buffer_size():  # the thread writes after it
-                    await asyncio.sleep(TRANSPORT_POLL)
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, 0.05)
                 head = stream.frames(msgid, piece)[0]
                 sent = await asyncio.to_thread(writer.frame, head, engine.source.fileno(),
                                                piece.offset, piece.length, engine.page_size)
@@ -403,17 +407,15 @@ class RpcConnection(asyncio.Protocol):
 class _Stream:
     """A running stream: its counts so far, and whether it was asked to stop."""
 
-    __slots__ = ("cancelled", "counts", "writer")
+    __slots__ = ("cancelled", "counts")
 
-    def __init__(self, writer: SocketWriter | None) -> None:
+    def __init__(self) -> None:
         self.cancelled = False
         self.counts = {"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}
-        self.writer = writer
 
     def cancel(self) -> None:
+        """Stop after the frame being written (a frame is never cut short)."""
         self.cancelled = True
-        if self.writer is not None:
-            self.writer.stop.set()  # a frame waiting for a client that does not read
 
     def frames(self, msgid: int, piece: Piece) -> list[Any]:
         """The notification for `piece`, counted; data goes as a head plus its buffer."""
