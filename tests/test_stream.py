@@ -97,16 +97,33 @@ def failing(source: Source, bad: range) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("kind", ["elf", "raw"])
-async def test_a_stream_is_the_view_with_holes_for_non_ram(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("sendfile", "chunk"), [(True, MiB), (True, 64 * 1024),
+                                                 (False, MiB)])
+async def test_a_stream_is_the_view_with_holes_for_non_ram(
+        tmp_path: Path, kind: str, sendfile: bool, chunk: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    sent_frames: list[int] = []
+    real_frame = SocketWriter.frame
+
+    def frame(writer: SocketWriter, head: bytes, fd: int, offset: int, length: int,
+              page_size: int) -> Any:
+        sent_frames.append(length)
+        return real_frame(writer, head, fd, offset, length, page_size)
+
+    monkeypatch.setattr(SocketWriter, "frame", frame)
     path, size, segments = build(tmp_path, kind)
     hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
-    async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook}) as server:
+    async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook},
+                       stream_sendfile=sendfile) as server:
         sock = server.config.server.socket
-        pieces, summary = await asyncio.to_thread(collect, sock, 0, size, 64 * 1024)
+        pieces, summary = await asyncio.to_thread(collect, sock, 0, size, chunk)
         stats_pfns = server.engine.counters.pfns_asked if server.engine else -1
         read = server.engine.counters.source_bytes_read if server.engine else -1
     want = expected_view(path, segments, ZERO_PFNS)
     assert assemble(size, pieces) == want
+    # Long RAM runs go with sendfile when it is on; runs under 128 KiB are read.
+    assert bool(sent_frames) == (sendfile and chunk == MiB)
+    assert all(length >= 128 * 1024 for length in sent_frames)
     offsets = [p.offset for p in pieces]
     assert offsets == sorted(offsets)
     holes = [p for p in pieces if isinstance(p, StreamHole)]
