@@ -151,7 +151,7 @@ def discard_stream(sock: Path, size: int) -> float:
     return time.perf_counter() - start
 
 
-def compare(work: Path, size: int, runs: int, hole_run: int) -> list[str]:
+def compare(work: Path, out: Path, size: int, runs: int, hole_run: int) -> list[str]:
     image = work / f"image-{hole_run}.img"
     balloon = make_image(image, size, hole_run)
     subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm
@@ -162,11 +162,11 @@ def compare(work: Path, size: int, runs: int, hole_run: int) -> list[str]:
     with server(image, sock, balloon):
         for _ in range(runs):
             cp_s.append(timed(["cp", "--sparse=always", str(image),
-                               str(fresh(work / "cp.out"))])[0])
-            fetch_s.append(timed([*DUMPD, "fetch", "-q", "-o", str(fresh(work / "fetch.out")),
+                               str(fresh(out / "cp.out"))])[0])
+            fetch_s.append(timed([*DUMPD, "fetch", "-q", "-o", str(fresh(out / "fetch.out")),
                                   "--socket", str(sock)])[0])
             if not hole_run:
-                bare_s.append(socket_copy(image, fresh(work / "bare.out"), size))
+                bare_s.append(socket_copy(image, fresh(out / "bare.out"), size))
         stream_s = [discard_stream(sock, size) for _ in range(runs)]
     cat_s = [timed(["cat", str(image)])[0] for _ in range(runs)]
     label = f"half non-RAM, runs of {hole_run} pages" if hole_run else "dense"
@@ -180,23 +180,23 @@ def compare(work: Path, size: int, runs: int, hole_run: int) -> list[str]:
                     f"`cat > /dev/null`: {rate(size, cat_s)} | "
                     f"{min(cat_s) / min(stream_s):.2f}x |")
     for name in ("cp.out", "fetch.out", "bare.out"):
-        fresh(work / name)
+        fresh(out / name)
     image.unlink()
     return rows
 
 
-def footprint(work: Path, size: int) -> str:
+def footprint(work: Path, out: Path, size: int) -> str:
     image = work / "big.img"
     with open(image, "wb") as f:
         f.truncate(size)  # sparse: reads as zeros at memory speed
     sock = work / "dumpd.sock"
     with server(image, sock, None) as pid:
-        _, client_kib = timed([*DUMPD, "fetch", "-q", "-o", str(fresh(work / "fetch.out")),
+        _, client_kib = timed([*DUMPD, "fetch", "-q", "-o", str(fresh(out / "fetch.out")),
                                "--socket", str(sock)])
         status = Path(f"/proc/{pid}/status").read_text()
     server_kib = int(next(line.split()[1] for line in status.splitlines()
                           if line.startswith("VmHWM:")))
-    fresh(work / "fetch.out")
+    fresh(out / "fetch.out")
     image.unlink()
     return (f"| peak RSS fetching {size // MiB} MiB | server {server_kib / 1024:.1f} MiB | "
             f"fetch client {client_kib / 1024:.1f} MiB | target < 64 MiB each |")
@@ -208,16 +208,19 @@ def main() -> None:
     parser.add_argument("--rss-size-mib", type=int, default=4096)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dir", help="work here (default: a temporary directory)")
+    parser.add_argument("--out-dir", help="write the copies here (default: beside the "
+                        "images), e.g. /dev/shm to leave the disk out")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dumpd-bench-fetch-", dir=args.dir) as tmp:
         work = Path(tmp)
+        out = Path(args.out_dir) if args.out_dir else work
         size = args.size_mib * MiB
         print("| measure | dumpd | baseline, same run | dumpd vs baseline |")
         print("|---|---|---|---|")
         for hole_run in (0, 512, 8):
-            for row in compare(work, size, args.runs, hole_run):
+            for row in compare(work, out, size, args.runs, hole_run):
                 print(row, flush=True)
-        print(footprint(work, args.rss_size_mib * MiB), flush=True)
+        print(footprint(work, out, args.rss_size_mib * MiB), flush=True)
 
 
 if __name__ == "__main__":

@@ -303,7 +303,7 @@ class RpcConnection(asyncio.Protocol):
                 if writer is None:
                     await self._send([f for p in batch for f in stream.frames(msgid, p)])
                 else:
-                    await self._send_sending(msgid, stream, batch, writer)
+                    await self._send_with_sendfile(msgid, stream, batch, writer)
                 if self._transport is None or self._transport.is_closing():
                     return
                 await asyncio.sleep(0)  # let the loop read requests (a cancel) between chunks
@@ -320,7 +320,7 @@ class RpcConnection(asyncio.Protocol):
             del self._streams[msgid]
         await self._send(frames)
 
-    async def _send_sending(self, msgid: int, stream: _Stream, batch: list[Piece],
+    async def _send_with_sendfile(self, msgid: int, stream: _Stream, batch: list[Piece],
                             writer: SocketWriter) -> None:
         """Write a batch whose RAM runs go from the source file to the socket with
         `sendfile` on a worker thread; holes and errors go through the transport."""
@@ -360,11 +360,12 @@ class RpcConnection(asyncio.Protocol):
         """A writer for `sendfile` streams where the transport has a plain socket;
         widens the socket's send buffer too (a bulk stream moves in larger steps)."""
         sock = self._transport.get_extra_info("socket") if self._transport else None
-        if not self._limits.sendfile or sock is None or self._transport is None or (
-                self._transport.get_extra_info("sslcontext") is not None):
+        if sock is None or self._transport is None:
             return None
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        if not self._limits.sendfile or self._transport.get_extra_info("sslcontext"):
+            return None
         return SocketWriter(sock.fileno())
 
     def _cancel_stream(self, params: Sequence[Any]) -> dict[str, bool]:
