@@ -83,6 +83,19 @@ def test_fetch_of_an_elf_core_is_a_sparse_valid_elf_core(tmp_path: Path) -> None
         assert fetched.replace(str(copy), dump.path) == original
 
 
+def test_fetch_of_raw_oldmem_with_non_ram_pages(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 8 * MiB)
+    balloon, zero_pfns = halves_ballooned(tmp_path, dump.size // PAGE)
+    copy = tmp_path / "copy"
+    with served(tmp_path, dump.path, "--hook", "balloon", "--hook-option",
+                f"file={balloon}") as sock:
+        result = run("fetch", "-o", str(copy), "--socket", sock)
+    assert result.returncode == 0, result.stderr.decode()
+    want = expected_view(dump.path, dump.segments, zero_pfns)
+    assert sha(copy.read_bytes()) == sha(want)
+    assert copy.stat().st_blocks * 512 <= dump.size * 0.6
+
+
 def test_fetch_of_a_raw_dump_a_range_and_quiet(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 8 * MiB)
     whole, part = tmp_path / "whole", tmp_path / "part"

@@ -22,7 +22,7 @@ import pytest
 from dumpd.client import Client, RemoteError
 from dumpd.errors import DumpdError
 from dumpd.receiver import StreamData, StreamError, StreamHole
-from dumpd.server.zerocopy import SocketWriter
+from dumpd.server.zerocopy import SocketWriter, SpanFrame
 from dumpd.sources.base import Source
 from tests.conftest import serving, until
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
@@ -103,14 +103,13 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(
         tmp_path: Path, kind: str, sendfile: bool, chunk: int,
         monkeypatch: pytest.MonkeyPatch) -> None:
     sent_frames: list[int] = []
-    real_frame = SocketWriter.frame
+    real_batch = SocketWriter.batch
 
-    def frame(writer: SocketWriter, head: bytes, fd: int, offset: int, length: int,
-              page_size: int) -> Any:
-        sent_frames.append(length)
-        return real_frame(writer, head, fd, offset, length, page_size)
+    def batch(writer: SocketWriter, items: list[Any], *args: Any) -> Any:
+        sent_frames.extend(item.length for item in items if isinstance(item, SpanFrame))
+        return real_batch(writer, items, *args)
 
-    monkeypatch.setattr(SocketWriter, "frame", frame)
+    monkeypatch.setattr(SocketWriter, "batch", batch)
     path, size, segments = build(tmp_path, kind)
     hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
     async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook},
@@ -121,9 +120,9 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(
         read = server.engine.counters.source_bytes_read if server.engine else -1
     want = expected_view(path, segments, ZERO_PFNS)
     assert assemble(size, pieces) == want
-    # Long RAM runs go with sendfile when it is on; runs under 128 KiB are read.
-    assert bool(sent_frames) == (sendfile and chunk == MiB)
-    assert all(length >= 128 * 1024 for length in sent_frames)
+    # With sendfile on, every RAM run goes from the source file to the socket.
+    data_frames = [len(p.data) for p in pieces if isinstance(p, StreamData)]
+    assert sum(sent_frames) == (sum(data_frames) if sendfile else 0)
     offsets = [p.offset for p in pieces]
     assert offsets == sorted(offsets)
     holes = [p for p in pieces if isinstance(p, StreamHole)]

@@ -29,7 +29,6 @@ from dumpd.errors import DumpdError
 MiB = 1 << 20
 ZEROS = bytes(MiB)
 VERDICTS_AHEAD = 16 * MiB  # file bytes whose verdicts are asked in one batch
-SPAN_MIN = 128 * 1024  # shorter RAM runs are cheaper read in one go than sent one by one
 DIGESTS = ("sha256", "sha512", "sha1", "md5", "blake2b", "blake2s", "sha3_256")
 HASH_INLINE = 64 * 1024  # smaller pieces are hashed on the loop (a thread hop costs more)
 
@@ -73,9 +72,7 @@ class BulkReader:
     def __init__(self, engine: Engine, offset: int, length: int, chunk: int,
                  window: int, spans: bool = False) -> None:
         self._engine = engine
-        # With `spans`, a chunk whose RAM runs are all long comes as `Span`s, not read
-        # here (the caller sends them from the source); others are read as usual.
-        self.spans = spans
+        self.spans = spans  # RAM runs as `Span`s, not read here (the caller sends them)
         self._end = min(engine.source.size, offset + length)
         self._offset = min(offset, self._end)
         self._chunk = chunk
@@ -136,8 +133,7 @@ class BulkReader:
         """The chunk `[lo, hi)`: one read for all its data runs (the engine leaves the
         non-RAM pages between them unread), sliced into pieces without copying."""
         extents = await self._engine.extents(lo, hi - lo)
-        if self.spans and all(length >= SPAN_MIN for _, length, kind in extents
-                              if kind == "data"):
+        if self.spans:
             return [Hole(start, length) if kind == "zero" else Span(start, length)
                     for start, length, kind in extents]
         buffer: bytes | memoryview = b""

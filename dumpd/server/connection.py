@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from dumpd.engine.bulk import Data, Failed, Hole, Piece, Span
+from dumpd.engine.bulk import Data, Hole, Piece, Span
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -48,7 +48,7 @@ from dumpd.protocol import (
 )
 from dumpd.server.budget import ByteBudget
 from dumpd.server.dispatch import NOT_READY, Dispatcher, Peer
-from dumpd.server.zerocopy import SocketWriter
+from dumpd.server.zerocopy import Item, SocketWriter, SpanFrame
 
 log = logging.getLogger("dumpd.server")
 
@@ -321,40 +321,38 @@ class RpcConnection(asyncio.Protocol):
         await self._send(frames)
 
     async def _send_with_sendfile(self, msgid: int, stream: _Stream, batch: list[Piece],
-                            writer: SocketWriter) -> None:
-        """Write a batch whose RAM runs go from the source file to the socket with
-        `sendfile` on a worker thread; holes and errors go through the transport."""
+                                  writer: SocketWriter) -> None:
+        """Write a batch on a worker thread, its RAM runs with `sendfile` from the source
+        file, once the transport has nothing left to write before it."""
         engine = self._dispatcher.engine
+        items: list[Item] = []
+        spans: list[Span] = []
+        for piece in batch:
+            frames = stream.frames(msgid, piece)
+            if isinstance(piece, Span):
+                items.append(SpanFrame(frames[0], piece.offset, piece.length))
+                spans.append(piece)
+            else:
+                items += frames
+
+        def error_frame(offset: int, length: int, why: str) -> bytes:
+            return encode_notification("stream.error", [msgid, offset, length, "EIO", why])
+
         async with self._writing:
-            small: list[Any] = []
-            for piece in batch:
-                if not isinstance(piece, Span):
-                    small += stream.frames(msgid, piece)
-                    continue
-                transport = self._transport
-                if transport is None or transport.is_closing():
-                    return
-                if stream.cancelled:  # what is counted so far still goes out, below
-                    break
-                if small:
-                    transport.writelines(small)
-                    small = []
-                pause = TRANSPORT_POLL
-                while transport.get_write_buffer_size():  # the thread writes after it
-                    await asyncio.sleep(pause)
-                    pause = min(2 * pause, 0.05)
-                head = stream.frames(msgid, piece)[0]
-                sent = await asyncio.to_thread(writer.frame, head, engine.source.fileno(),
-                                               piece.offset, piece.length, engine.page_size)
-                engine.count_sent(piece.offset, sent.good)
-                for offset, length, why in sent.failed:  # sent as zeros: the error wins
-                    stream.counts["data_bytes"] -= length
-                    stream.counts["bytes"] -= length
-                    small += stream.frames(msgid, Failed(offset, length, "EIO", why))
             transport = self._transport
-            if small and transport is not None and not transport.is_closing():
-                transport.writelines(small)
-                await self._drained.wait()
+            if transport is None or transport.is_closing():
+                return
+            pause = TRANSPORT_POLL
+            while transport.get_write_buffer_size():  # the thread writes after it
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 0.05)
+            sent = await asyncio.to_thread(writer.batch, items, engine.source.fileno(),
+                                           engine.page_size, error_frame)
+        for span, outcome in zip(spans, sent, strict=True):
+            engine.count_sent(span.offset, outcome.good)
+            for _, length, _ in outcome.failed:  # sent as zeros, then as an error
+                stream.counts["data_bytes"] -= length
+                stream.counts["error_bytes"] += length
 
     def _socket_writer(self) -> SocketWriter | None:
         """A writer for `sendfile` streams where the transport has a plain socket;

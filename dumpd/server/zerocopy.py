@@ -1,5 +1,5 @@
-"""Writing a stream's data frames with `os.sendfile`: source file to socket, no copy
-through Python.
+"""Writing a stream's frames from a worker thread, payloads with `os.sendfile`: source
+file to socket, no copy through Python.
 
 Design rules:
 - The frame head and its payload are written from a worker thread on a duplicate of
@@ -22,12 +22,27 @@ import errno
 import os
 import select
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 WAIT = 0.25  # seconds between looks at `stop` while the client does not read
 _ZEROS = bytes(256 * 1024)
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 _PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanFrame:
+    """A `stream.data` frame whose `length` payload bytes come from the source file at
+    `offset`, after `head`."""
+
+    head: bytes
+    offset: int
+    length: int
+
+
+Item = bytes | memoryview | SpanFrame
+"""What a batch writes, in order: frames as they are, or a frame sent from the source."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +64,12 @@ class SocketWriter:
         self._lock = threading.Lock()
         self._busy = False  # a frame is being written: `close` leaves the fd to it
 
-    def frame(self, head: bytes, source_fd: int, offset: int, length: int,
-              page_size: int) -> Sent:
-        """Write `head`, then `length` source bytes from `offset` (in a worker thread);
-        pages the source cannot read go as zeros, whole pages, and are listed.
+    def batch(self, items: Sequence[Item], source_fd: int, page_size: int,
+              error_frame: Callable[[int, int, str], bytes]) -> list[Sent]:
+        """Write `items` in order (in a worker thread), small ones joined into single
+        writes; a `SpanFrame`'s pages the source cannot read go as zeros, whole pages,
+        each failed range followed at once by `error_frame(offset, length, why)` so
+        the stream stays in offset order. One `Sent` per `SpanFrame`.
 
         Raises ConnectionError when the client is gone or the stream was stopped.
         """
@@ -61,16 +78,32 @@ class SocketWriter:
                 raise ConnectionError("stream stopped")
             self._busy = True
         try:
-            return self._frame(head, source_fd, offset, length, page_size)
+            return self._batch(items, source_fd, page_size, error_frame)
         finally:
             with self._lock:
                 self._busy = False
                 if self.stop.is_set():
                     self._close_fd()
 
-    def _frame(self, head: bytes, source_fd: int, offset: int, length: int,
-               page_size: int) -> Sent:
-        self._write(memoryview(head))
+    def _batch(self, items: Sequence[Item], source_fd: int, page_size: int,
+               error_frame: Callable[[int, int, str], bytes]) -> list[Sent]:
+        results: list[Sent] = []
+        pending: list[bytes | memoryview] = []
+        for item in items:
+            if not isinstance(item, SpanFrame):
+                pending.append(item)
+                continue
+            pending.append(item.head)
+            self._write(memoryview(b"".join(pending)))
+            pending = []
+            sent = self._payload(source_fd, item.offset, item.length, page_size)
+            pending += [error_frame(*failure) for failure in sent.failed]
+            results.append(sent)
+        if pending:
+            self._write(memoryview(b"".join(pending)))
+        return results
+
+    def _payload(self, source_fd: int, offset: int, length: int, page_size: int) -> Sent:
         pos, end = offset, offset + length
         good = 0
         failed: list[tuple[int, int, str]] = []
