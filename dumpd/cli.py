@@ -160,9 +160,40 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "log_level"))}
     config = config.with_overrides(**flags, hook_options=options)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="dumpd: %(levelname)s: %(message)s")
+    _log_to_stderr(config.log_level)
     return serve(config)
+
+
+SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<priority>message`: journald reads the syslog priority from the prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{SYSLOG_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+def _log_to_stderr(level: str) -> None:
+    """One line per event on stderr; with syslog priority prefixes when stderr is the
+    journal (systemd sets JOURNAL_STREAM to its device:inode)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("dumpd: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def _stderr_is_journal() -> bool:
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
 
 
 def _client(args: argparse.Namespace) -> Any:

@@ -39,6 +39,7 @@ class ServerConfig:
     max_streams: int = 4
     stream_window_mib: int = 4
     stream_sendfile: bool = True
+    shutdown_timeout: float = 10.0
     loop: str = "auto"
 
 
@@ -91,6 +92,9 @@ class Config:
                 raise bad(f"server.{key}", "must be positive")
         if srv.reply_budget_mib < srv.max_read_mib:
             raise bad("server.reply_budget_mib", "must be at least server.max_read_mib")
+        if srv.shutdown_timeout < 0:
+            raise bad("server.shutdown_timeout", f"must not be negative, not "
+                      f"{srv.shutdown_timeout}")
         if srv.loop not in ("auto", "uvloop", "asyncio"):
             raise bad("server.loop", f"must be auto, uvloop or asyncio, not {srv.loop!r}")
         if srv.tcp:

@@ -23,11 +23,21 @@ from dumpd.hooks.discovery import load_hook
 from dumpd.server.connection import ConnectionLimits, RpcConnection
 from dumpd.server.dispatch import Dispatcher, Peer
 from dumpd.server.listeners import bind_tcp, bind_unix, peer_uid
+from dumpd.server.systemd import Notifier, listen_fds
 from dumpd.sources import Source, open_source
 
 log = logging.getLogger("dumpd.server")
 
 KiB, MiB = 1 << 10, 1 << 20
+STATUS_PERIOD = 5.0  # seconds between STATUS= updates to systemd
+
+
+def _address(sock: socket.socket) -> str:
+    """Where a listening socket listens, for the log."""
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return name.decode() if isinstance(name, bytes) else str(name) or "an unnamed socket"
 
 
 class Server:
@@ -44,6 +54,7 @@ class Server:
         self._stop = asyncio.Event()
         self._admin_uids = {0, os.geteuid(), *config.server.admin_uids}
         self._allowed_uids = {*self._admin_uids, *config.server.allow_uids}
+        self.notifier = Notifier()
 
     async def start(self) -> None:
         """Open the source, register the configured hook and start listening."""
@@ -70,6 +81,35 @@ class Server:
             return conn
 
         loop = asyncio.get_running_loop()
+        sockets = self._activated() or self._bind()
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                listener = await loop.create_unix_server(factory, sock=sock)
+            else:
+                listener = await loop.create_server(factory, sock=sock)
+            self._listeners.append(listener)
+        where = " and ".join(_address(sock) for sock in sockets)
+        log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
+                 self.source.path, self.source.kind, self.source.size, self.source.page_size,
+                 where, cfg.hook.name or "none")
+        self.notifier.send("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
+
+    def _activated(self) -> list[socket.socket]:
+        """The listening sockets systemd passed (socket activation), if any."""
+        sockets = []
+        for fd, name in listen_fds():
+            sock = socket.socket(fileno=fd)
+            if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.close()
+                raise StartupError(f"socket activation: fd {fd} ({name}) is not a listening "
+                                   "stream socket (ListenStream= in the .socket unit)")
+            sockets.append(sock)
+        return sockets
+
+    def _bind(self) -> list[socket.socket]:
+        """Listening sockets of our own, as configured."""
+        srv = self.config.server
         sockets: list[socket.socket] = []
         try:
             if srv.socket:
@@ -81,15 +121,16 @@ class Server:
             for sock in sockets:
                 sock.close()
             raise
-        for sock in sockets:
-            if sock.family == socket.AF_UNIX:
-                listener = await loop.create_unix_server(factory, sock=sock)
-            else:
-                listener = await loop.create_server(factory, sock=sock)
-            self._listeners.append(listener)
-        log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
-                 self.source.path, self.source.kind, self.source.size, self.source.page_size,
-                 " and ".join(filter(None, [srv.socket, srv.tcp])), cfg.hook.name or "none")
+        return sockets
+
+    def status(self) -> str:
+        """One line for systemd's STATUS=: what is served, to whom, how much."""
+        engine = self.engine
+        served = engine.counters.bytes_served if engine else 0
+        hook = engine.hook_name if engine else None
+        path = self.source.path if self.source else "-"
+        return (f"serving {path}: {len(self.connections)} clients, {served} bytes served, "
+                f"hook {hook or 'none'}")
 
     def _authorize(self, transport: asyncio.BaseTransport) -> Peer | str:
         sock = transport.get_extra_info("socket")
@@ -122,10 +163,31 @@ class Server:
         self._stop.set()
 
     async def serve_until_stopped(self) -> None:
-        await self._stop.wait()
+        beat = asyncio.ensure_future(self._heartbeat()) if self.notifier.enabled else None
+        try:
+            await self._stop.wait()
+        finally:
+            if beat is not None:
+                beat.cancel()
 
-    async def shutdown(self, deadline: float = 10.0) -> None:
-        """Stop accepting, let running requests finish within `deadline` s, close the rest."""
+    async def _heartbeat(self) -> None:
+        """STATUS= now and then, and WATCHDOG=1 at half the watchdog interval: sent from
+        the event loop itself, so a stuck loop stops the pings and systemd acts."""
+        watchdog = self.notifier.watchdog
+        period = min(STATUS_PERIOD, watchdog / 2) if watchdog else STATUS_PERIOD
+        while True:
+            states = [f"STATUS={self.status()}"]
+            if watchdog:
+                states.append("WATCHDOG=1")
+            self.notifier.send(*states)
+            await asyncio.sleep(period)
+
+    async def shutdown(self, deadline: float | None = None) -> None:
+        """Stop accepting, let running requests and streams finish within `deadline`
+        seconds (default: `server.shutdown_timeout`), then close the rest."""
+        if deadline is None:
+            deadline = self.config.server.shutdown_timeout
+        self.notifier.send("STOPPING=1", "STATUS=stopping: finishing running requests")
         for listener in self._listeners:
             listener.close()
         for conn in list(self.connections):
