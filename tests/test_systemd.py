@@ -4,6 +4,7 @@ SIGTERM during a stream, syslog priorities when stderr is the journal."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -193,3 +194,33 @@ def test_log_lines_carry_syslog_priorities_for_the_journal(tmp_path: Path) -> No
     plain = run("serve", "--source", str(tmp_path / "missing"), "--socket",
                 str(tmp_path / "x.sock"))
     assert plain.stderr.decode().startswith("dumpd: ")
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed")
+def test_an_activated_tcp_socket_must_be_loopback(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 64 * PAGE)
+    with socket.socket() as probe:  # a free port
+        probe.bind(("0.0.0.0", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        activator = subprocess.Popen(
+            ["systemd-socket-activate", "-l", f"0.0.0.0:{port}", *DUMPD, "serve",
+             "--source", dump.path, "--socket", str(tmp_path / "own.sock")],
+            stdout=out, stderr=out, env=ENV)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # connect (which starts dumpd) until dumpd has refused to start
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 2):
+                pass
+            if b"socket activation" in log.read_bytes():
+                break
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    finally:
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(10)
+    assert (f"dumpd: socket activation: fd 3 (unknown) listens on 0.0.0.0:{port}: TCP is for "
+            "loopback addresses only (anyone who reaches the port reads the dump)"
+            ) in log.read_text().splitlines()

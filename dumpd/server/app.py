@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -96,14 +97,21 @@ class Server:
 
     def _activated(self) -> list[socket.socket]:
         """The listening sockets systemd passed (socket activation), if any."""
-        sockets = []
+        sockets: list[socket.socket] = []
         for fd, name in listen_fds():
             sock = socket.socket(fileno=fd)
+            problem = None
             if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
                     socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-                sock.close()
-                raise StartupError(f"socket activation: fd {fd} ({name}) is not a listening "
-                                   "stream socket (ListenStream= in the .socket unit)")
+                problem = "is not a listening stream socket (ListenStream= in the .socket unit)"
+            elif sock.family != socket.AF_UNIX and not ipaddress.ip_address(
+                    sock.getsockname()[0]).is_loopback:
+                problem = (f"listens on {_address(sock)}: TCP is for loopback addresses only "
+                           "(anyone who reaches the port reads the dump)")
+            if problem is not None:
+                for other in [*sockets, sock]:
+                    other.close()
+                raise StartupError(f"socket activation: fd {fd} ({name}) {problem}")
             sockets.append(sock)
         return sockets
 
