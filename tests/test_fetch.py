@@ -139,12 +139,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def slow_server(tmp_path: Path, image: str, sock: Path) -> subprocess.Popen[bytes]:
+def slow_server(tmp_path: Path, image: str, sock: Path, *args: str
+                ) -> subprocess.Popen[bytes]:
     """A real `dumpd serve` over a slow source (40 ms a read, 20 ms a sendfile call), so
-    a fetch of a few MiB in 64 KiB frames takes seconds."""
+    a fetch of a few MiB in 64 KiB frames takes seconds; `args` go to `serve`."""
     log = open(tmp_path / f"serve-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", "--source", image,
-                             "--socket", str(sock)], stdout=log, stderr=log,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", *args, "--source",
+                             image, "--socket", str(sock)], stdout=log, stderr=log,
                             env=ENV, cwd=tmp_path)
     log.close()
     deadline = time.monotonic() + 15

@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from dumpd.client import Client
 from dumpd.server.systemd import Notifier, listen_fds
 from tests.daemon import DUMPD, ENV, ok, run, server_pid
 from tests.dumps import build_raw, file_bytes
-from tests.test_fetch import SLOW_DISK
+from tests.test_fetch import slow_server
 
 PAGE = 4096
 MiB = 1 << 20
@@ -135,28 +134,15 @@ def test_socket_activation(tmp_path: Path) -> None:
     assert f"on {activated}, hook none" in log.read_text()
 
 
-def slow_server(tmp_path: Path, image: str, sock: Path, timeout: float) -> subprocess.Popen[bytes]:
-    config = tmp_path / f"dumpd-{timeout}.toml"
-    config.write_text(f"[server]\nshutdown_timeout = {timeout}\n")
-    log = open(tmp_path / f"serve-{timeout}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", "-c", str(config),
-                             "--source", image, "--socket", str(sock)], stdout=log,
-                            stderr=log, env=ENV, cwd=tmp_path)
-    log.close()
-    deadline = time.monotonic() + 15
-    while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    return proc
-
-
 @pytest.mark.parametrize(("timeout", "finished"), [(30.0, True), (0.3, False)],
                          ids=["within-deadline", "past-deadline"])
 def test_sigterm_lets_a_stream_finish_within_the_deadline(tmp_path: Path, timeout: float,
                                                           finished: bool) -> None:
     dump = build_raw(tmp_path / "oldmem", 6 * MiB)
     sock, copy = tmp_path / "dumpd.sock", tmp_path / "copy"
-    server = slow_server(tmp_path, dump.path, sock, timeout)
+    config = tmp_path / "dumpd.toml"
+    config.write_text(f"[server]\nshutdown_timeout = {timeout}\n")
+    server = slow_server(tmp_path, dump.path, sock, "-c", str(config))
     fetcher = subprocess.Popen([*DUMPD, "fetch", "-q", "-o", str(copy), "--chunk", "65536",
                                 "--socket", str(sock)], stderr=subprocess.PIPE, env=ENV)
     time.sleep(1.0)

@@ -33,7 +33,7 @@ from dumpd.receiver import StreamError, StreamHole, StreamWritten
 
 CHECKPOINT_SECONDS = 5.0
 FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
-VERIFY_CHUNK = 1 << 20
+BLOCK = 1 << 20  # bytes per read (--verify) or zero-fill of the copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +180,7 @@ def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length
 
 
 def _write_zeros(fd: int, offset: int, length: int) -> None:
-    zeros = bytes(min(length, VERIFY_CHUNK))
+    zeros = bytes(min(length, BLOCK))
     while length:
         n = os.pwrite(fd, zeros[:length], offset)
         offset, length = offset + n, length - n
@@ -224,7 +224,7 @@ def _verify(client: Client, output: str, state: FetchState, quiet: bool) -> int:
         copy.seek(state.offset)
         left = state.length
         while left:
-            block = copy.read(min(VERIFY_CHUNK, left))
+            block = copy.read(min(BLOCK, left))
             if not block:
                 break
             h.update(block)

@@ -15,7 +15,8 @@ from typing import BinaryIO
 
 
 def _create_temp(target: str) -> tuple[str, int]:
-    """A new, empty `.NAME.XXXXXXXX.tmp` beside `target` (mode 0666 less the umask)."""
+    """A new, empty `.NAME.<8 random hex digits>.tmp` beside `target` (mode 0666 less
+    the umask)."""
     directory, name = os.path.split(target)
     while True:
         temp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
