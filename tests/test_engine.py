@@ -507,6 +507,27 @@ async def test_reads_above_a_quarter_of_the_cache_do_not_fill_it(tmp_path: Path)
         assert counters.source_read_calls == 2 + 1 + 1 + 2
 
 
+async def test_a_read_over_cached_pages_is_handed_out_unjoined(tmp_path: Path) -> None:
+    size = 40 * PAGE + 300  # the last page is short
+    dump = build_raw(tmp_path / "oldmem", size)
+    want = file_bytes(dump.path)
+    with engine_for(dump.path, EngineConfig(cache_mib=mib(64))) as engine:
+        for index in (3, 4, 9, 40):
+            assert engine.read_now(index * PAGE, 1) == want[index * PAGE : index * PAGE + 1]
+        cached = {index: engine._state.pages.get(index) for index in (3, 4, 9, 40)}
+        offset = 2 * PAGE + 77
+        parts = await engine.read_parts(offset, size)
+        assert b"".join(parts) == want[offset:]
+        # [2], 3, 4, [5-8], 9, [10-39], 40: cached pages are the cache's own objects
+        assert [len(part) for part in parts] == [PAGE - 77, PAGE, PAGE, 4 * PAGE, PAGE,
+                                                 30 * PAGE, 300]
+        assert all(parts[k] is cached[index] for k, index in ((1, 3), (2, 4), (4, 9), (6, 40)))
+        # trimmed at both ends inside one cached page
+        assert await engine.read_parts(9 * PAGE + 5, 10) == [want[9 * PAGE + 5 : 9 * PAGE + 15]]
+        assert bytes(await engine.read(3 * PAGE + 1, 2 * PAGE)) == want[3 * PAGE + 1 : 5 * PAGE + 1]
+        assert engine.counters.bytes_served == 4 + (size - offset) + 10 + 2 * PAGE
+
+
 async def test_read_now_answers_only_what_needs_no_waiting(tmp_path: Path) -> None:
     size = 4 * PAGE + 100
     dump = build_raw(tmp_path / "oldmem", size)

@@ -337,6 +337,25 @@ async def test_large_replies_to_a_slow_reader_arrive_whole(tmp_path: Path) -> No
                                                           for o in offsets]
 
 
+async def test_large_reads_over_cached_pages_arrive_whole(tmp_path: Path) -> None:
+    # A read over cached pages goes out as thousands of page-sized parts, some joined
+    # in slices, some in one vectored write: the bytes must come out in order.
+    dump = build_raw(tmp_path / "oldmem", 1024 * PAGE)
+    want = file_bytes(dump.path)
+    async with serving(tmp_path, dump.path, engine=EngineConfig(cache_mib=8)) as server, \
+            client_of(server) as client:
+        for at in range(8, 1024 * PAGE, 2 * PAGE):
+            assert await client.read(at, 8) == want[at : at + 8]
+        for off, n in ((0, 1024 * PAGE), (PAGE + 3, 500 * PAGE), (7, 300 * PAGE - 7),
+                       (100 * PAGE - 1, 2 * PAGE + 2)):
+            got = await asyncio.gather(*(client.read(off, n) for _ in range(3)))
+            assert got == [want[off : off + n]] * 3
+        stats = await client.stats()
+    # the even pages once; the odd ones by the whole read (above a quarter of the
+    # cache: not kept) and pages 1..501 again by the second (kept: the rest hit them)
+    assert stats["source_pages_read"] == 512 + 512 + 251
+
+
 async def test_a_burst_of_pipelined_reads_is_answered_in_full(tmp_path: Path) -> None:
     """One write of 3000 requests (cached pages, answered at once and written together,
     beyond the write slice so the transport pauses midway): every reply arrives, right."""

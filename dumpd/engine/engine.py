@@ -157,12 +157,20 @@ class Engine:
         Large reads come back as a view of the buffer they were read into (no copy).
         A `bulk` read (a stream, a digest) never fills the page cache.
         """
+        parts = await self.read_parts(offset, length, bulk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_parts(self, offset: int, length: int, bulk: bool = False
+                         ) -> list[bytes | memoryview]:
+        """The bytes `read` returns, as the buffers that hold them, in order: cached
+        pages and slices of the flights that read the rest. A reply is written from
+        them as they are; joining them would copy a large read once more."""
         now = None if bulk else self.read_now(offset, length)
         if now is not None:
-            return now
-        data = await self._read_view(offset, length, cache=not bulk)
-        self.counters.bytes_served += len(data)
-        return data
+            return [now]
+        parts = await self._read_parts(offset, length, cache=not bulk)
+        self.counters.bytes_served += sum(map(len, parts))
+        return parts
 
     def read_now(self, offset: int, length: int) -> bytes | None:
         """The bytes of a read within one page if they can be had without waiting (the
@@ -221,7 +229,7 @@ class Engine:
             if piece.file_offset is None:
                 parts.append(bytes(piece.length))
                 continue
-            data = await self._read_view(piece.file_offset, piece.length, cache=True)
+            data = b"".join(await self._read_parts(piece.file_offset, piece.length, cache=True))
             if len(data) != piece.length:
                 raise DumpdError("EIO", f"segment data at {piece.file_offset:#x} is cut short")
             parts.append(data)
@@ -248,23 +256,21 @@ class Engine:
             for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
         ]
 
-    async def _read_view(self, offset: int, length: int, cache: bool) -> bytes | memoryview:
+    async def _read_parts(self, offset: int, length: int, cache: bool
+                          ) -> list[bytes | memoryview]:
         size = self.source.size
         end = min(size, offset + length)
         if offset >= end:
-            return b""
+            return [b""]
         ps = self.page_size
         first, last = offset // ps, (end - 1) // ps
-        state = self._state
-        spans = await self._spans(state, first, last + 1, cache)
-        skip = offset - first * ps
-        if len(spans) == 1:
-            span = spans[0][skip : skip + end - offset]
-            # Keep a view only when it is most of its buffer (a large read's own flight).
-            if isinstance(span, memoryview) and 2 * len(span) < len(cast(bytearray, span.obj)):
-                return bytes(span)  # do not pin a large buffer for a small reply
-            return span
-        return b"".join(spans)[skip : skip + end - offset]
+        spans = await self._spans(self._state, first, last + 1, cache)
+        beyond = min(size, (last + 1) * ps) - end  # the spans hold whole pages
+        if beyond:
+            spans[-1] = spans[-1][: len(spans[-1]) - beyond]
+        if offset > first * ps:
+            spans[0] = spans[0][offset - first * ps :]
+        return [_unpinned(span) for span in spans]
 
     async def _spans(self, state: _State, first: int, stop: int, cache: bool
                      ) -> list[bytes | memoryview]:
@@ -481,6 +487,14 @@ def _zero_pages(pieces: Sequence[tuple[int, int, bool]], first: int, count: int,
             lo, hi = (start - base) // ps, (end - 1 - base) // ps + 1
             zero[lo:hi] = [False] * (hi - lo)
     return zero
+
+
+def _unpinned(span: bytes | memoryview) -> bytes | memoryview:
+    """`span`, or a copy of it when it is a small part of a large buffer: a reply
+    keeps a view only when it is most of its buffer (a large read's own flight)."""
+    if isinstance(span, memoryview) and 2 * len(span) < len(cast(bytearray, span.obj)):
+        return bytes(span)
+    return span
 
 
 def _consume_exception(task: asyncio.Future[None]) -> None:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from dumpd.engine.bulk import Data, Hole, Piece, Span
@@ -47,13 +47,14 @@ from dumpd.protocol import (
     encode_response,
 )
 from dumpd.server.budget import ByteBudget
-from dumpd.server.dispatch import NOT_READY, Dispatcher, Peer
+from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
 from dumpd.server.zerocopy import Item, SocketWriter, SpanFrame
 
 log = logging.getLogger("dumpd.server")
 
 FEED_SLICE = 16 * 1024  # bytes decoded at a time, so queued requests stay few
 WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
+WRITELINES_MAX = 2 << 20  # bytes of small frames written in one vectored call
 WRITE_HIGH_WATER = 1024 * 1024
 STREAM_SNDBUF = 2 * 1024 * 1024
 TRANSPORT_POLL = 0.0005  # seconds between looks at a draining transport before sendfile
@@ -379,7 +380,8 @@ class RpcConnection(asyncio.Protocol):
         a large reply goes to the socket from its own buffer instead of being copied
         into the transport's; runs of small frames go out joined, one system call each."""
         async with self._writing:  # one reply at a time: slices must not interleave
-            if len(frames) > 2 and all(len(frame) < WRITE_SLICE for frame in frames):
+            if (len(frames) > 2 and all(len(frame) < WRITE_SLICE for frame in frames)
+                    and sum(map(len, frames)) <= WRITELINES_MAX):
                 # Many small frames (a stream's pieces between holes): one vectored write
                 # where the loop has it (uvloop), one joined write where it does not.
                 transport = self._transport
@@ -442,34 +444,33 @@ class _Stream:
         return frames
 
 
-def _coalesced(frames: list[Any]) -> list[Any]:
+def _coalesced(frames: list[Any]) -> Iterator[Any]:
     """`frames` with each run of frames smaller than `WRITE_SLICE` joined into writes of
-    about `WRITE_SLICE` bytes; larger frames stay as they are (written from their own
-    buffers)."""
-    if len(frames) == 1:
-        return frames
-    out: list[Any] = []
+    about `WRITE_SLICE` bytes, one at a time (a large read of cached pages is thousands
+    of small frames: joined all at once they would be a second copy of the reply);
+    larger frames stay as they are (written from their own buffers)."""
     run: list[Any] = []
     run_bytes = 0
     for frame in frames:
         if len(frame) >= WRITE_SLICE:
             if run:
-                out.append(b"".join(run))
+                yield b"".join(run)
                 run, run_bytes = [], 0
-            out.append(frame)
+            yield frame
             continue
         run.append(frame)
         run_bytes += len(frame)
         if run_bytes >= WRITE_SLICE:
-            out.append(b"".join(run))
+            yield b"".join(run)
             run, run_bytes = [], 0
     if run:
-        out.append(b"".join(run))
-    return out
+        yield run[0] if len(run) == 1 else b"".join(run)
 
 
 def _frames(msgid: int, result: Any) -> list[Any]:
     """The reply frames for a result; bytes go as a bin header plus the buffer itself."""
+    if isinstance(result, BinParts):
+        return [encode_bin_response_head(msgid, sum(map(len, result))), *result]
     if isinstance(result, bytes | memoryview):
         return [encode_bin_response_head(msgid, len(result)), result]
     return [encode_response(msgid, result)]

@@ -39,6 +39,12 @@ class Peer:
 Handler = Callable[[Peer, Sequence[Any]], Awaitable[Any]]
 
 
+class BinParts(list[bytes | memoryview]):
+    """A binary result held in several buffers: it goes out as one bin object
+    written from those buffers, never joined into a copy."""
+
+
+
 class Dispatcher:
     """Maps method names to engine calls; knows no sockets."""
 
@@ -116,8 +122,8 @@ class Dispatcher:
             "max_read": self.max_read,
         }
 
-    async def _read(self, peer: Peer, params: Sequence[Any]) -> bytes | memoryview:
-        return await self.engine.read(*self._range(params, "offset"))
+    async def _read(self, peer: Peer, params: Sequence[Any]) -> BinParts:
+        return BinParts(await self.engine.read_parts(*self._range(params, "offset")))
 
     async def _read_phys(self, peer: Peer, params: Sequence[Any]) -> bytes:
         return await self.engine.read_phys(*self._range(params, "paddr"))
