@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def dumpd_server(sock: Path, serve_args: Sequence[str], argv: Sequence[str] = DU
     """`dumpd serve --socket SOCK SERVE_ARGS` (or `argv serve ...`: a wrapped server),
     running until the block ends; then SIGTERM and a wait."""
     args = [*argv, "serve", "--socket", str(sock), "--log-level", "warning", *serve_args]
+    sock.unlink(missing_ok=True)  # else an old socket would pass for the new one
     proc = subprocess.Popen(args, env=env)
     try:
         wait_for_socket(proc, sock, " ".join(args[:4]))
@@ -71,23 +73,45 @@ def dumpd_server(sock: Path, serve_args: Sequence[str], argv: Sequence[str] = DU
 
 def wait_for_socket(proc: subprocess.Popen[bytes], sock: Path, what: str,
                     seconds: float = 30) -> None:
-    """Wait until `proc` (named `what` in the error) has created `sock`."""
+    """Wait until `proc` (named `what` in the error) accepts connections on `sock`: the
+    file appears at bind(), a moment before listen(), and a connection in between is
+    refused."""
     deadline = time.monotonic() + seconds
-    while not sock.exists():
+    while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"bench: {what} did not start")
-        time.sleep(0.01)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(sock))
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+        time.sleep(0.005)
 
 
-def timed(args: Sequence[str], stdout: int | None = subprocess.DEVNULL) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of a command."""
+def timed(args: Sequence[str]) -> float:
+    """Wall seconds of a command (its output discarded)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=stdout)
-    _, status, usage = os.wait4(proc.pid, 0)
+    status = subprocess.call(args, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"bench: {' '.join(args)} failed with status {status}")
-    return seconds, usage.ru_maxrss
+    return seconds
+
+
+def peak_kib(args: Sequence[str]) -> int:
+    """Peak RSS (KiB) of a command: its VmHWM, polled until it exits. Not wait4's
+    ru_maxrss: exec carries the forking process's high-water mark into the child's, so
+    that would report this process's peak whenever it is the larger."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        with suppress(KeyError, OSError):  # exiting: no memory left to report
+            peak = max(peak, status_kib(proc.pid, "VmHWM"))
+        time.sleep(0.01)
+    if proc.returncode:
+        raise SystemExit(f"bench: {' '.join(args)} failed with status {proc.returncode}")
+    return peak
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -96,6 +120,37 @@ def status_kib(pid: int, key: str) -> int:
         if line.startswith(f"{key}:"):
             return int(line.split()[1])
     raise KeyError(key)
+
+
+# Servers on one CPU, the client on the other: where a process wakes up decides a
+# round trip's cost on a VM more than the code does, so it is fixed for every server.
+SERVER_CPU, CLIENT_CPU = 1, 0
+PINNED = len(os.sched_getaffinity(0)) >= 2  # CPUs enough to keep servers and client apart
+WHERE = (f"servers on CPU {SERVER_CPU}, client on CPU {CLIENT_CPU}" if PINNED
+         else "one CPU shared")
+
+
+def pin_server(pid: int) -> None:
+    """Every thread of process `pid` onto SERVER_CPU (threads it starts later follow)."""
+    if not PINNED:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {SERVER_CPU})
+
+
+@contextmanager
+def client_pinned() -> Iterator[None]:
+    """This process on CLIENT_CPU for the block (when PINNED); its affinity is restored
+    after. Servers started meanwhile inherit it until `pin_server` moves them."""
+    if not PINNED:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def fresh(path: Path) -> Path:

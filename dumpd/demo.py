@@ -60,10 +60,17 @@ class Guest:
         return bytes(data)
 
 
-def make_guest(size_mib: int, balloon_percent: int, seed: int = 2011) -> Guest:
-    """A guest of `size_mib` MiB: page 0 and the crash kernel's 1/8 missing, text mapped twice."""
+def make_guest(size_mib: int, balloon_percent: int, seed: int = 2011, *,
+               crash_mib: int | None = None, crash_at_mib: int | None = None) -> Guest:
+    """A guest of `size_mib` MiB: page 0 and the crash kernel's reservation missing, text
+    mapped twice.
+
+    The reservation (`crashkernel=X@Y`) is `crash_mib` MiB at `crash_at_mib` MiB, by
+    default 1/8 of the memory at 1/4 of it; it belongs clear of the kernel text (16-24 MiB).
+    """
     size = size_mib * MiB
-    crash_lo, crash_hi = size // 4, size // 4 + size // 8
+    crash_lo = size // 4 if crash_at_mib is None else crash_at_mib * MiB
+    crash_hi = crash_lo + (size // 8 if crash_mib is None else crash_mib * MiB)
     loads = (
         LoadSpec(paddr=PAGE, memsz=0x9F000 - PAGE),  # low memory, page 0 is a hole
         LoadSpec(paddr=16 * MiB, memsz=8 * MiB),  # kernel text, inside the direct map below
