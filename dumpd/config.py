@@ -18,6 +18,9 @@ __all__ = ["DEFAULT_SOCKET", "Config", "EngineConfig", "HookConfig", "ServerConf
            "SourceConfig", "load"]
 
 
+TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
+
+
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
     path: str = "/proc/vmcore"
@@ -31,7 +34,15 @@ class ServerConfig:
     socket: str = DEFAULT_SOCKET
     tcp: str = ""
     allow_uids: tuple[int, ...] = ()
+    allow_gids: tuple[int, ...] = ()
     admin_uids: tuple[int, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    max_connections: int = 512
+    idle_timeout: float = 600.0
+    send_timeout: float = 60.0
+    reply_budget_total_mib: int = 64
     max_frame_kib: int = 1024
     max_read_mib: int = 8
     max_inflight: int = 64
@@ -87,22 +98,36 @@ class Config:
             raise bad("source.page_size", f"must be a power of two >= 512, not {ps}")
         srv = self.server
         for key in ("max_frame_kib", "max_read_mib", "max_inflight", "reply_budget_mib",
-                    "max_streams", "stream_window_mib"):
+                    "max_streams", "stream_window_mib", "max_connections",
+                    "reply_budget_total_mib"):
             if getattr(srv, key) <= 0:
                 raise bad(f"server.{key}", "must be positive")
         if srv.reply_budget_mib < srv.max_read_mib:
             raise bad("server.reply_budget_mib", "must be at least server.max_read_mib")
-        if srv.shutdown_timeout < 0:
-            raise bad("server.shutdown_timeout", f"must not be negative, not "
-                      f"{srv.shutdown_timeout}")
+        if srv.reply_budget_total_mib < srv.reply_budget_mib:
+            raise bad("server.reply_budget_total_mib", "must be at least server.reply_budget_mib")
+        for key in ("shutdown_timeout", "idle_timeout", "send_timeout"):
+            if getattr(srv, key) < 0:
+                raise bad(f"server.{key}", f"must not be negative, not {getattr(srv, key)}")
         if srv.loop not in ("auto", "uvloop", "asyncio"):
             raise bad("server.loop", f"must be auto, uvloop or asyncio, not {srv.loop!r}")
+        tls_files = [getattr(srv, key) for key in TLS_KEYS]
+        tls = all(tls_files)
         if srv.tcp:
             host, sep, port = srv.tcp.rpartition(":")
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                 raise bad("server.tcp", f"must be HOST:PORT, not {srv.tcp!r}")
-            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
-                raise bad("server.tcp", f"only loopback addresses are allowed, not {host!r}")
+            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") and not tls:
+                raise bad("server.tcp", f"{host!r} is not a loopback address: anyone who "
+                          "reaches it could read the dump; set server.tls_cert, "
+                          "server.tls_key and server.tls_client_ca (TLS with required "
+                          "client certificates) or use a loopback address")
+        if any(tls_files) and not tls:
+            missing = [k for k, v in zip(TLS_KEYS, tls_files, strict=True) if not v]
+            raise bad(f"server.{missing[0]}", "TLS needs server.tls_cert, server.tls_key "
+                      "and server.tls_client_ca together")
+        if tls and not srv.tcp:
+            raise bad("server.tls_cert", "TLS applies to the TCP listener: server.tcp is not set")
         eng = self.engine
         if eng.cache_mib < 0:
             raise bad("engine.cache_mib", f"must not be negative, not {eng.cache_mib}")

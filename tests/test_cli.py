@@ -101,7 +101,10 @@ def test_missing_config_file_and_bad_flag_values(tmp_path: Path) -> None:
     assert serve_error("--page-size", "1000") == (
         "dumpd: command line: source.page_size: must be a power of two >= 512, not 1000")
     assert serve_error("--tcp", "0.0.0.0:7300") == (
-        "dumpd: command line: server.tcp: only loopback addresses are allowed, not '0.0.0.0'")
+        "dumpd: command line: server.tcp: '0.0.0.0' is not a loopback address: anyone who "
+        "reaches it could read the dump; set server.tls_cert, server.tls_key and "
+        "server.tls_client_ca (TLS with required client certificates) or use a loopback "
+        "address")
 
 
 def test_socket_path_taken_by_a_regular_file(tmp_path: Path) -> None:

@@ -186,8 +186,17 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, got: str) -> None:
     ("[server]\nmax_inflight = 0\n", "server.max_inflight", "must be positive"),
     ("[server]\nmax_frame_kib = -1\n", "server.max_frame_kib", "must be positive"),
     ('[server]\ntcp = "0.0.0.0:7300"\n', "server.tcp",
-     "only loopback addresses are allowed, not '0.0.0.0'"),
-    ('[server]\ntcp = "10.1.2.3:7300"\n', "server.tcp", "only loopback"),
+     "'0.0.0.0' is not a loopback address: anyone who reaches it could read the dump; "
+     "set server.tls_cert, server.tls_key and server.tls_client_ca"),
+    ('[server]\ntcp = "10.1.2.3:7300"\n', "server.tcp", "'10.1.2.3' is not a loopback"),
+    ('[server]\ntcp = "127.0.0.1:7300"\ntls_cert = "c"\ntls_key = "k"\n', "server.tls_client_ca",
+     "TLS needs server.tls_cert, server.tls_key and server.tls_client_ca together"),
+    ('[server]\ntls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n', "server.tls_cert",
+     "TLS applies to the TCP listener: server.tcp is not set"),
+    ('[server]\nidle_timeout = -1\n', "server.idle_timeout", "must not be negative, not -1.0"),
+    ('[server]\nmax_connections = 0\n', "server.max_connections", "must be positive"),
+    ('[server]\nreply_budget_total_mib = 8\n', "server.reply_budget_total_mib",
+     "must be at least server.reply_budget_mib"),
     ('[server]\ntcp = "127.0.0.1"\n', "server.tcp", "must be HOST:PORT, not '127.0.0.1'"),
     ('[server]\ntcp = "127.0.0.1:70000"\n', "server.tcp", "must be HOST:PORT"),
     ('[server]\ntcp = "localhost:0"\n', "server.tcp", "must be HOST:PORT"),
@@ -267,7 +276,7 @@ def test_overrides_are_validated(tmp_path: Path) -> None:
                               "must be a power of two >= 512, not 1000")
     with pytest.raises(StartupError) as err:
         config.with_overrides(server_tcp="192.168.0.1:7300")
-    assert str(err.value).startswith("command line: server.tcp: only loopback")
+    assert str(err.value).startswith("command line: server.tcp: '192.168.0.1' is not a loopback")
     with pytest.raises(StartupError) as err:
         config.with_overrides(log_level="loud")
     assert str(err.value).startswith("command line: log_level: ")
