@@ -25,6 +25,7 @@ from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun
 from tests.conftest import GatedHook, until
 from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes, pattern
+from tests.views import expected_view, pfns_read, record_reads
 
 PAGE = 4096
 MiB = 1 << 20
@@ -554,6 +555,33 @@ async def test_read_now_answers_only_what_needs_no_waiting(tmp_path: Path) -> No
         assert engine.read_now(3 * PAGE, 8) is None
         assert engine.read_now(2 * PAGE + 8, 8) == bytes(8)
         assert counters.pfns_asked == 1
+
+
+async def test_read_now_over_every_page_of_an_irregular_core_with_verdicts(
+        tmp_path: Path) -> None:
+    """Pages inside one PT_LOAD take the short path, pages across segment edges, ELF
+    metadata and gaps the general one: the bytes, the zero pages and the source
+    reads come out the same either way."""
+    dump = build_elf(tmp_path / "vmcore", IRREGULAR, page_size_note=PAGE, data_align=8)
+    not_ram, error = {0x2, 0x41, 0x20}, {0x3, 0x42}
+
+    def runs(first: int, count: int) -> list[tuple[int, int]]:
+        return [(1, 0 if pfn in not_ram else -1 if pfn in error else 1)
+                for pfn in range(first, first + count)]
+
+    want = expected_view(dump.path, dump.segments, not_ram)
+    with engine_for(dump.path) as engine:
+        engine.register_hook("fixed", FixedRuns(runs))
+        await engine.ask_verdicts(0, dump.size)
+        reads = record_reads(engine.source)
+        pages = (dump.size + PAGE - 1) // PAGE
+        for index in range(pages):
+            lo = index * PAGE
+            assert engine.read_now(lo, PAGE) == want[lo : lo + PAGE], index
+        assert pfns_read(reads, dump.segments).isdisjoint(not_ram)
+        assert engine.counters.cache_misses == pages
+        assert engine.counters.source_reads_inline == len(reads)
+        assert engine.counters.source_bytes_read == sum(length for _, length in reads)
 
 
 async def test_read_phys_past_filesz_is_zeros_without_a_source_read(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from dumpd.engine.layout import Layout
 from dumpd.engine.pagecache import PageCache
 from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.engine.readbatch import ReadBatcher, Reads
-from dumpd.engine.verdicts import CHUNK_PFNS, RAM, UNKNOWN, Run, VerdictCache
+from dumpd.engine.verdicts import CHUNK_PFNS, NOT_RAM, RAM, UNKNOWN, Run, VerdictCache
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
@@ -203,6 +203,16 @@ class Engine:
             return None
         lo = index * self.page_size
         hi = min(self.source.size, lo + self.page_size)
+        if self._read_whole(state, lo, hi):  # the common case, without classifying
+            view = memoryview(bytearray(hi - lo))
+            if self.source.read_cached_into(lo, view) < hi - lo:
+                return None
+            self._count_reads([(lo, view)], inline=1)
+            page = bytes(view)
+            self.counters.source_pages_read += 1
+            self.counters.cache_misses += 1
+            state.pages.put(index, page)
+            return page
         verdicts = self._known(state, self.layout.pfn_ranges(lo, hi))
         if any(code == UNKNOWN for _, _, code in verdicts):
             return None
@@ -221,6 +231,19 @@ class Engine:
         self.counters.cache_misses += 1
         state.pages.put(index, page)
         return page
+
+    def _read_whole(self, state: _State, lo: int, hi: int) -> bool:
+        """Whether file bytes `[lo, hi)` lie in one run of the file map and are all read
+        from the source by the verdicts at hand (RAM or error; not NOT_RAM, not unknown)."""
+        run = self.layout.run_holding(lo, hi)
+        if run is None:
+            return False
+        if run.paddr is None or state.caller is None:
+            return True
+        ps = self.page_size
+        paddr = run.paddr + (lo - run.file_start)
+        verdicts = state.verdicts.lookup(paddr // ps, (paddr + hi - lo - 1) // ps + 1)
+        return all(code not in (NOT_RAM, UNKNOWN) for _, _, code in verdicts)
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""

@@ -27,6 +27,15 @@ class Layout:
         self.page_size = page_size
         self._starts = [run.file_start for run in self.file_map]
 
+    def run_holding(self, lo: int, hi: int) -> MappedRun | None:
+        """The one file-map run that holds all of `[lo, hi)`, or None (several, or a gap)."""
+        i = bisect_right(self._starts, lo) - 1
+        if i >= 0:
+            run = self.file_map[i]
+            if hi <= run.file_end:
+                return run
+        return None
+
     def _runs(self, lo: int, hi: int) -> list[tuple[int, int, int | None]]:
         """`(start, end, paddr_at_start)` pieces of the file map clipped to `[lo, hi)`."""
         out = []
