@@ -207,10 +207,13 @@ class Engine:
             view = memoryview(bytearray(hi - lo))
             if self.source.read_cached_into(lo, view) < hi - lo:
                 return None
-            self._count_reads([(lo, view)], inline=1)
+            counters = self.counters
+            counters.source_read_calls += 1
+            counters.source_reads_inline += 1
+            counters.source_bytes_read += hi - lo
+            counters.source_pages_read += 1
+            counters.cache_misses += 1
             page = bytes(view)
-            self.counters.source_pages_read += 1
-            self.counters.cache_misses += 1
             state.pages.put(index, page)
             return page
         verdicts = self._known(state, self.layout.pfn_ranges(lo, hi))

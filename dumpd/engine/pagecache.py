@@ -28,7 +28,9 @@ class PageCache:
     def put(self, index: int, page: bytes) -> None:
         if self.capacity <= 0:
             return
-        self._pages[index] = page
-        self._pages.move_to_end(index)
-        if len(self._pages) > self.capacity:
-            self._pages.popitem(last=False)
+        pages = self._pages
+        if index in pages:
+            pages.move_to_end(index)
+        pages[index] = page
+        if len(pages) > self.capacity:
+            pages.popitem(last=False)
