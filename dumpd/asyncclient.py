@@ -4,6 +4,7 @@ blocking client does not import asyncio."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from types import TracebackType
 from typing import Any, Self, cast
 
@@ -95,12 +96,15 @@ class AsyncClient:
         host: str,
         port: int,
         *,
+        tls: ssl.SSLContext | None = None,
         on_notification: NotificationCallback | None = None,
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> Self:
-        """Connect to a dumpd TCP listener."""
+        """Connect to a dumpd TCP listener; over TLS with `tls` (see
+        `dumpd.tls.client_context`), whose server certificate must name `host`."""
         client = cls(on_notification=on_notification, max_frame_size=max_frame_size)
-        await client._loop.create_connection(lambda: _ClientProtocol(client), host, port)
+        await client._loop.create_connection(lambda: _ClientProtocol(client), host, port,
+                                             ssl=tls)
         return client
 
     # -- calls -----------------------------------------------------------------------

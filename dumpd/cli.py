@@ -12,10 +12,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.errors import DumpdError, StartupError
+
+if TYPE_CHECKING:
+    import ssl
 
 READ_CHUNK = 8 << 20
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
@@ -40,9 +43,23 @@ def _range(text: str) -> tuple[int, int]:
     return _int(offset), _int(length)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
 def _socket_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", default=os.environ.get("DUMPD_SOCKET", DEFAULT_SOCKET),
                         help="server socket (default: $DUMPD_SOCKET or %(default)s)")
+    parser.add_argument("--tcp", type=_host_port, metavar="HOST:PORT",
+                        help="connect over TCP instead of the socket")
+    tls = parser.add_argument_group("TLS (with --tcp, all three)")
+    tls.add_argument("--tls-cert", metavar="PEM", help="client certificate (chain)")
+    tls.add_argument("--tls-key", metavar="PEM", help="its private key")
+    tls.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server's certificate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +144,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StartupError, DumpdError) as exc:
         print(f"dumpd: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, StartupError) else 1
-    except (ConnectionError, FileNotFoundError, PermissionError) as exc:
-        where = getattr(args, "socket", "")
-        print(f"dumpd: cannot talk to {where}: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:
+        why = _talk_error(exc)
+        if why is None:
+            raise
+        print(f"dumpd: cannot talk to {_where(args)}: {why}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _talk_error(exc: OSError) -> str | None:
+    """One line for a failure to reach or talk to the server (refused, gone, unknown
+    host, TLS); None for other errors (bugs: their traceback is wanted)."""
+    if type(exc).__module__ == "ssl":  # ssl.SSLError, without importing ssl here
+        from dumpd.tls import describe
+
+        return f"TLS: {describe(cast('ssl.SSLError', exc))}"
+    gone = ConnectionError | FileNotFoundError | PermissionError | TimeoutError
+    if isinstance(exc, gone) or type(exc).__module__ == "socket":  # socket.gaierror
+        return str(exc.strerror or exc)
+    return None
+
+
+def _where(args: argparse.Namespace) -> str:
+    tcp = getattr(args, "tcp", None)
+    return f"{tcp[0]}:{tcp[1]}" if tcp else str(getattr(args, "socket", ""))
 
 
 def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
@@ -199,7 +236,17 @@ def _stderr_is_journal() -> bool:
 def _client(args: argparse.Namespace) -> Any:
     from dumpd.client import Client
 
-    return Client.connect(args.socket)
+    files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if any(files) and not (all(files) and args.tcp):
+        raise StartupError("TLS needs --tcp and all of --tls-cert, --tls-key and --tls-ca")
+    if not args.tcp:
+        return Client.connect(args.socket)
+    tls = None
+    if all(files):
+        from dumpd.tls import client_context
+
+        tls = client_context(*files)
+    return Client.connect_tcp(*args.tcp, tls=tls)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -258,7 +305,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
     offset, length = args.range if args.range else (0, None)
     return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
-                              args.verify, args.quiet, args.chunk, args.fsync))
+                              args.verify, args.quiet, args.chunk, args.fsync),
+                 connect=lambda: _client(args))
 
 
 def _hexdump(data: bytes, base: int) -> None:

@@ -28,7 +28,7 @@ from dumpd.protocol import (
 from dumpd.receiver import StreamPiece, StreamReceiver
 
 if TYPE_CHECKING:
-    pass
+    import ssl
 
 RECV_SIZE = 256 << 10
 
@@ -126,12 +126,20 @@ class Client:
         port: int,
         *,
         timeout: float | None = None,
+        tls: ssl.SSLContext | None = None,
         on_notification: NotificationCallback | None = None,
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> Self:
-        """Connect to a dumpd TCP listener."""
+        """Connect to a dumpd TCP listener; over TLS with `tls` (see
+        `dumpd.tls.client_context`), whose server certificate must name `host`."""
         sock = socket.create_connection((host, port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = tls.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
         return cls(sock, on_notification=on_notification, max_frame_size=max_frame_size)
 
     def call(self, method: str, *params: Any) -> Any:

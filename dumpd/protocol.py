@@ -171,8 +171,22 @@ def _brief(obj: object) -> str:
     return _REPR.repr(obj)
 
 
+class _MapKeyError(ValueError):
+    """A map key that is not a str (msgpack itself lets bin keys through)."""
+
+
+def _str_keyed(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """A decoded map, refused unless every key is a str (the protocol's rule)."""
+    for key, _ in pairs:
+        if type(key) is not str:
+            raise _MapKeyError(f"a map key must be a str, got {type(key).__name__}")
+    return dict(pairs)
+
+
 def _violation_from(exc: Exception) -> ProtocolViolation:
     """Name what the unpacker choked on; after any of these the stream is unsynchronized."""
+    if isinstance(exc, _MapKeyError):
+        return ProtocolViolation("EINVAL", str(exc))
     if isinstance(exc, UnicodeDecodeError):
         return ProtocolViolation("EINVAL", f"invalid UTF-8 in a str: {exc.reason}")
     if isinstance(exc, msgpack.StackError):
@@ -214,6 +228,8 @@ class FrameDecoder:
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
+            object_pairs_hook=_str_keyed,  # every key checked here, for one clear message
+            strict_map_key=False,
             max_buffer_size=2 * size,
             max_array_len=size,
             max_map_len=size // 2,
@@ -233,16 +249,17 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         try:
-            objs = self._unpack(data)
-            return [self._event(obj) for obj in objs]
+            return self._decode(data)
         except ProtocolViolation as exc:
             self._error = exc
             raise
 
-    def _unpack(self, data: bytes | bytearray | memoryview) -> list[Any]:
+    def _decode(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events in stream order; the first message that is wrong ends the stream (the
+        bytes after it are not decoded, so the violation named is the first one)."""
         limit = self.limits.max_frame_size
         unpacker = self._unpacker
-        objs: list[Any] = []
+        events: list[Event] = []
         view = memoryview(data) if len(data) > limit else None
         try:
             # Slices of at most `limit` bytes: the buffer holds an incomplete frame of at
@@ -259,18 +276,18 @@ class FrameDecoder:
                             "E2BIG", f"frame of {end - self._frame_start} bytes exceeds {limit}"
                         )
                     self._frame_start = end
-                    objs.append(obj)
+                    events.append(self._event(obj))
                 # tell() also advances over headers of an incomplete object, so measure it
                 # from where it began, not from tell().
                 if self._fed - self._frame_start > limit:
                     raise ProtocolViolation(
                         "E2BIG", f"incomplete frame already {self.buffered} bytes, limit {limit}"
                     )
-        except ProtocolViolation:
+        except DumpdError:  # ours: a violation named, or a LocalProtocolError (a bug)
             raise
         except Exception as exc:
             raise _violation_from(exc) from exc
-        return objs
+        return events
 
     def _event(self, obj: Any) -> Event:
         if type(obj) is not list or not obj:

@@ -8,7 +8,8 @@ Other frames (holes, errors, the final reply) are small and decoded whole.
 With a `sink` (a file descriptor), payloads go from the socket to the file at
 their offsets through a pipe with `splice`, never copied through user space; the
 receiver then reads the socket in small steps, so payload bytes stay in the
-socket for `splice` instead of in its buffer.
+socket for `splice` instead of in its buffer. Over TLS the socket's bytes are
+encrypted: payloads are then received (decrypted) and written with `pwrite`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class StreamReceiver:
         self._start = self._end = 0
         self._payload = bytearray()
         self._sink = sink
+        self._splicing = sink is not None and type(sock) is socket.socket  # not TLS
         self._pipe: tuple[int, int] | None = None
         self.summary: dict[str, Any] | None = None
         self.error: tuple[str, str] | None = None  # the stream's error reply, if any
@@ -138,7 +140,10 @@ class StreamReceiver:
         if self._sink is not None:
             if take:
                 _write_all(self._sink, view[pos : pos + take], offset)
-            self._splice(offset + take, length - take)
+            if self._splicing:
+                self._splice(offset + take, length - take)
+            else:
+                self._receive_to_sink(offset + take, length - take)
             yield StreamWritten(offset, length)
             return
         if take:
@@ -177,6 +182,20 @@ class StreamReceiver:
                 written = os.splice(read_end, self._sink, n, offset_dst=offset)
                 offset += written
                 n -= written
+
+    def _receive_to_sink(self, offset: int, length: int) -> None:
+        """Receive `length` payload bytes and write them to the sink at `offset`."""
+        assert self._sink is not None
+        if length and not self._payload:
+            self._payload = bytearray(min(length, PIPE_SIZE))
+        payload = memoryview(self._payload)
+        while length:
+            n = self._sock.recv_into(payload, min(length, len(payload)))
+            if n == 0:
+                raise ConnectionError("connection to dumpd closed in the middle of a frame")
+            _write_all(self._sink, payload[:n], offset)
+            offset += n
+            length -= n
 
     def close(self) -> None:
         """Release the pipe used for splicing."""
@@ -222,7 +241,7 @@ class StreamReceiver:
             self._buf = grown
         view = memoryview(self._buf)
         want = len(self._buf) - self._end
-        if self._sink is not None:
+        if self._splicing:
             want = min(want, SINK_RECV)
         n = self._sock.recv_into(view[self._end :], want)
         if n == 0:

@@ -207,6 +207,7 @@ def test_an_activated_tcp_socket_must_be_loopback(tmp_path: Path) -> None:
     finally:
         activator.send_signal(signal.SIGTERM)
         activator.wait(10)
-    assert (f"dumpd: socket activation: fd 3 (unknown) listens on 0.0.0.0:{port}: TCP is for "
-            "loopback addresses only (anyone who reaches the port reads the dump)"
+    assert (f"dumpd: socket activation: fd 3 (unknown) listens on 0.0.0.0:{port}: a "
+            "non-loopback address needs TLS (server.tls_cert, server.tls_key, "
+            "server.tls_client_ca): anyone who reaches the port could read the dump"
             ) in log.read_text().splitlines()

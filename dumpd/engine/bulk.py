@@ -25,6 +25,7 @@ from typing import Any
 
 from dumpd.engine.engine import Engine
 from dumpd.errors import DumpdError
+from dumpd.sources.base import ReadError
 
 MiB = 1 << 20
 ZEROS = bytes(MiB)
@@ -161,19 +162,30 @@ class BulkReader:
     async def _page_by_page(self, lo: int, hi: int) -> list[Piece]:
         ps = self._engine.page_size
         pieces: list[Piece] = []
+        failing: tuple[int, DumpdError] | None = None  # where the run of failures began
         pos = lo
         while pos < hi:
             stop = min(hi, (pos // ps + 1) * ps)
             try:
-                pieces.append(Data(pos, await self._engine.read(pos, stop - pos, bulk=True)))
+                data = await self._engine.read(pos, stop - pos, bulk=True)
             except DumpdError as exc:
-                last = pieces[-1] if pieces else None
-                if isinstance(last, Failed) and last.offset + last.length == pos:
-                    pieces[-1] = Failed(last.offset, stop - last.offset, last.code, last.message)
+                if failing is None:
+                    failing = (pos, exc)
                 else:
-                    pieces.append(Failed(pos, stop - pos, exc.code, exc.message))
+                    pieces.pop()  # the run so far: it grows by this page
+                pieces.append(_failed(failing[0], stop - failing[0], failing[1]))
+            else:
+                failing = None
+                pieces.append(Data(pos, data))
             pos = stop
         return pieces
+
+
+def _failed(offset: int, length: int, error: DumpdError) -> Failed:
+    """The piece the source could not read; a source read error names all of it."""
+    if isinstance(error, ReadError):
+        error = ReadError(offset, length, error.reason)
+    return Failed(offset, length, error.code, error.message)
 
 
 async def digest(engine: Engine, offset: int, length: int, algorithm: str, chunk: int,

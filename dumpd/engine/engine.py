@@ -11,6 +11,9 @@ Design rules:
 - All per-registration state (verdicts, pages, flights) lives in one `_State`;
   a change of the hook slot starts a new one, and a read in progress finishes
   with the state (and verdicts) it started with.
+- A page the source cannot read fails only the reads that want it: a failed read
+  over many pages is tried again page by page, the error names the failing pages,
+  and they are never cached.
 - Reads longer than a quarter of the page cache do not fill it (a bulk copy
   would only evict the pages a debugger keeps coming back to). Non-RAM pages
   are cached as references to one shared zero page.
@@ -35,7 +38,7 @@ from dumpd.engine.verdicts import CHUNK_PFNS, NOT_RAM, RAM, UNKNOWN, Run, Verdic
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
-from dumpd.sources.base import Source
+from dumpd.sources.base import ReadError, Source
 
 log = logging.getLogger("dumpd.engine")
 
@@ -56,15 +59,17 @@ class EngineConfig:
 
 
 class Flight:
-    """One batched read of `count` pages from `first`; waiters share its result."""
+    """One batched read of `count` pages from `first`; waiters share its result.
+    `failed`: the pages the source could not read, and why (the others are good)."""
 
-    __slots__ = ("buffer", "count", "first", "task", "zero")
+    __slots__ = ("buffer", "count", "failed", "first", "task", "zero")
 
     def __init__(self, first: int, count: int) -> None:
         self.first = first
         self.count = count
         self.buffer: memoryview | None = None
         self.zero: list[bool] = []
+        self.failed: dict[int, DumpdError] = {}
         self.task: asyncio.Future[None] | None = None
 
 
@@ -351,9 +356,27 @@ class Engine:
         hi = min(stop, flight.first + flight.count) - flight.first
         self.counters.zero_pages_served += flight.zero[lo:hi].count(True)
         stop_byte = min(self.source.size - flight.first * ps, hi * ps)
+        if flight.failed:
+            self._raise_failed(flight, flight.first + lo, flight.first + hi)
         if flight.buffer is not None:
             return flight.buffer[lo * ps : stop_byte]
         return bytes(stop_byte - lo * ps)
+
+    def _raise_failed(self, flight: Flight, first: int, stop: int) -> None:
+        """EIO for the first run of failed pages among pages `[first, stop)`, if any,
+        naming those whole pages."""
+        bad = [index for index in range(first, stop) if index in flight.failed]
+        if not bad:
+            return
+        end = bad[0] + 1
+        while end < stop and end in flight.failed:
+            end += 1
+        error = flight.failed[bad[0]]
+        if not isinstance(error, ReadError):
+            raise DumpdError(error.code, error.message)
+        ps = self.page_size
+        lo, hi = bad[0] * ps, min(self.source.size, end * ps)
+        raise ReadError(lo, hi - lo, error.reason)
 
     def _page_len(self, index: int) -> int:
         return min(self.page_size, self.source.size - index * self.page_size)
@@ -396,12 +419,9 @@ class Engine:
                     elif not zeroed:
                         zero(view, start - lo, end - lo)
             if reads:
-                rest = self._read_cached(reads)
-                self._count_reads(reads, inline=len(reads) - len(rest))
-                if rest:
-                    await self._reader.read(rest)
+                await self._read_flights(flights, reads)
             for flight in flights:
-                self.counters.source_pages_read += flight.zero.count(False)
+                self.counters.source_pages_read += flight.zero.count(False) - len(flight.failed)
                 if cache and state.generation == self.slot.generation:
                     self._cache_flight(state, flight)
         finally:
@@ -409,6 +429,35 @@ class Engine:
                 for index in range(flight.first, flight.first + flight.count):
                     if state.flights.get(index) is flight:
                         del state.flights[index]
+
+    async def _read_flights(self, flights: list[Flight], reads: Reads) -> None:
+        """Do the flights' reads. Where the source fails (EIO), only the pages that fail
+        are marked in their flight: a reader that shares the flight but not those pages
+        gets its bytes, and an error names exactly the pages it could not have."""
+        try:
+            rest = self._read_cached(reads)
+            if rest:
+                await self._reader.read(rest)
+            self._count_reads(reads, inline=len(reads) - len(rest))
+            return
+        except DumpdError as exc:
+            if exc.code != "EIO":
+                raise
+            failure = exc
+        pages = _by_page(reads, self.page_size)
+        outcomes: list[BaseException | None] = [failure]
+        if len(pages) > 1:  # which pages failed: each read again on its own, in one hop
+            outcomes = await asyncio.gather(*(self._reader.read([page]) for page in pages),
+                                            return_exceptions=True)
+            self._count_reads([page for page, out in zip(pages, outcomes, strict=True)
+                               if out is None], inline=0)
+        for (offset, _), outcome in zip(pages, outcomes, strict=True):
+            if isinstance(outcome, DumpdError):
+                index = offset // self.page_size
+                flight = next(f for f in flights if f.first <= index < f.first + f.count)
+                flight.failed.setdefault(index, outcome)
+            elif outcome is not None:
+                raise outcome
 
     def _read_cached(self, reads: Reads) -> Reads:
         """Do small reads inline when the OS page cache holds them (microseconds, where
@@ -450,6 +499,8 @@ class Engine:
         view = flight.buffer
         for k, is_zero in enumerate(flight.zero):
             index = flight.first + k
+            if index in flight.failed:
+                continue
             length = self._page_len(index)
             if is_zero or view is None:
                 state.pages.put(index, self._zeros(length))
@@ -513,6 +564,18 @@ def _zero_pages(pieces: Sequence[tuple[int, int, bool]], first: int, count: int,
             lo, hi = (start - base) // ps, (end - 1 - base) // ps + 1
             zero[lo:hi] = [False] * (hi - lo)
     return zero
+
+
+def _by_page(reads: Reads, ps: int) -> Reads:
+    """`reads` cut at page boundaries: one read per page (or part of one)."""
+    pieces: Reads = []
+    for offset, view in reads:
+        pos = 0
+        while pos < len(view):
+            stop = min(len(view), (offset + pos) // ps * ps + ps - offset)
+            pieces.append((offset + pos, view[pos:stop]))
+            pos = stop
+    return pieces
 
 
 def _unpinned(span: bytes | memoryview) -> bytes | memoryview:

@@ -51,9 +51,10 @@ class FetchRequest:
     fsync: bool = False
 
 
-def fetch(request: FetchRequest) -> int:
-    """Run the copy; 0 when complete (and verified if asked), 1 when not."""
-    with Client.connect(request.socket) as client:
+def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) -> int:
+    """Run the copy; 0 when complete (and verified if asked), 1 when not. `connect`
+    opens the connection (TCP, TLS) when not to `request.socket`."""
+    with connect() if connect else Client.connect(request.socket) as client:
         info = client.info()
         output = request.output or os.path.basename(info["source"]["path"]) or "vmcore"
         state_path = output + SUFFIX

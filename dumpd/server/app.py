@@ -18,14 +18,23 @@ from typing import Any
 
 from dumpd.config import Config
 from dumpd.engine import Engine
+from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
-from dumpd.server.connection import ConnectionLimits, RpcConnection
+from dumpd.server.connection import ConnectionLimits, RpcConnection, Shared
 from dumpd.server.dispatch import Dispatcher, Peer
-from dumpd.server.listeners import bind_tcp, bind_unix, peer_uid
+from dumpd.server.listeners import (
+    Credentials,
+    bind_tcp,
+    bind_unix,
+    peer_credentials,
+    supplementary_groups,
+)
 from dumpd.server.systemd import Notifier, listen_fds
+from dumpd.server.tls import TlsListeners, address, subject
 from dumpd.sources import Source, open_source
+from dumpd.tls import server_context
 
 log = logging.getLogger("dumpd.server")
 
@@ -48,13 +57,18 @@ class Server:
         self.config = config
         self.source: Source | None = None
         self.engine: Engine | None = None
-        self.connections: set[RpcConnection] = set()
+        self.shared = Shared(config.server.max_connections,
+                             config.server.reply_budget_total_mib * MiB)
+        self.connections: set[RpcConnection] = self.shared.open  # served now
         self.refused = 0
         self._listeners: list[asyncio.AbstractServer] = []
         self._unix_path: str | None = None
         self._stop = asyncio.Event()
         self._admin_uids = {0, os.geteuid(), *config.server.admin_uids}
         self._allowed_uids = {*self._admin_uids, *config.server.allow_uids}
+        self._allowed_gids = frozenset(config.server.allow_gids)
+        self._refusals = RateLimitedLog(log)
+        self._tls: TlsListeners | None = None  # TCP listeners speak TLS when configured
         self.notifier = Notifier()
 
     async def start(self) -> None:
@@ -74,22 +88,29 @@ class Server:
                                 srv.stream_window_mib * MiB)
         limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
                                   srv.reply_budget_mib * MiB, srv.max_streams,
-                                  srv.stream_sendfile)
+                                  srv.stream_sendfile, srv.idle_timeout, srv.send_timeout)
 
-        def factory() -> RpcConnection:
-            conn = RpcConnection(dispatcher, limits, self._authorize, self.connections.discard)
-            self.connections.add(conn)
-            return conn
+        def factory() -> RpcConnection:  # served (or refused) once connection_made
+            return RpcConnection(dispatcher, limits, self.shared, self._authorize)
 
+        if srv.tls_cert:  # before binding: a bad file leaves no socket behind
+            context = server_context(srv.tls_cert, srv.tls_key, srv.tls_client_ca)
+            self._tls = TlsListeners(context, factory, self._refused_tls, srv.max_connections)
         loop = asyncio.get_running_loop()
         sockets = self._activated() or self._bind()
+        backlog = srv.max_connections  # else the loop listens again with its own 100
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
-                listener = await loop.create_unix_server(factory, sock=sock)
+                self._listeners.append(await loop.create_unix_server(factory, sock=sock,
+                                                                     backlog=backlog))
+            elif self._tls is not None:
+                self._tls.serve(sock)
             else:
-                listener = await loop.create_server(factory, sock=sock)
-            self._listeners.append(listener)
-        where = " and ".join(_address(sock) for sock in sockets)
+                self._listeners.append(await loop.create_server(factory, sock=sock,
+                                                                backlog=backlog))
+        tls = " (TLS)" if self._tls else ""
+        where = " and ".join(_address(sock) + ("" if sock.family == socket.AF_UNIX else tls)
+                             for sock in sockets)
         log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
                  self.source.path, self.source.kind, self.source.size, self.source.page_size,
                  where, cfg.hook.name or "none")
@@ -104,10 +125,11 @@ class Server:
             if sock.type != socket.SOCK_STREAM or not sock.getsockopt(
                     socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 problem = "is not a listening stream socket (ListenStream= in the .socket unit)"
-            elif sock.family != socket.AF_UNIX and not ipaddress.ip_address(
+            elif sock.family != socket.AF_UNIX and self._tls is None and not ipaddress.ip_address(
                     sock.getsockname()[0]).is_loopback:
-                problem = (f"listens on {_address(sock)}: TCP is for loopback addresses only "
-                           "(anyone who reaches the port reads the dump)")
+                problem = (f"listens on {_address(sock)}: a non-loopback address needs TLS "
+                           "(server.tls_cert, server.tls_key, server.tls_client_ca): anyone "
+                           "who reaches the port could read the dump")
             if problem is not None:
                 for other in [*sockets, sock]:
                     other.close()
@@ -121,10 +143,10 @@ class Server:
         sockets: list[socket.socket] = []
         try:
             if srv.socket:
-                sockets.append(bind_unix(srv.socket))
+                sockets.append(bind_unix(srv.socket, srv.max_connections))
                 self._unix_path = srv.socket  # ours to remove from now on
             if srv.tcp:
-                sockets.append(bind_tcp(srv.tcp))
+                sockets.append(bind_tcp(srv.tcp, srv.max_connections))
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -141,18 +163,38 @@ class Server:
                 f"hook {hook or 'none'}")
 
     def _authorize(self, transport: asyncio.BaseTransport) -> Peer | str:
+        """Who may read: on a Unix socket, by SO_PEERCRED; over TCP, whoever reached the
+        port (loopback), or holds a client certificate (TLS). TCP peers are never admins."""
         sock = transport.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else None
-        if uid is None:  # TCP, loopback only by configuration
+        creds = peer_credentials(sock) if sock is not None else None
+        if creds is None:
+            cert = transport.get_extra_info("peercert")
+            if cert:
+                log.info("TLS client %s from %s", subject(cert),
+                         address(transport.get_extra_info("peername")))
             return Peer(uid=None, admin=False)
-        if uid not in self._allowed_uids:
+        if not self._allowed(creds):
             self.refused += 1
-            log.warning("refused connection from uid %d", uid)
-            return f"uid {uid} is not allowed to read this dump"
-        return Peer(uid=uid, admin=uid in self._admin_uids)
+            self._refusals.warning(f"uid {creds.uid}", f"refused connection from uid "
+                                   f"{creds.uid} (gid {creds.gid}, pid {creds.pid})")
+            return f"uid {creds.uid} is not allowed to read this dump"
+        return Peer(uid=creds.uid, admin=creds.uid in self._admin_uids)
+
+    def _allowed(self, creds: Credentials) -> bool:
+        """The uid is allowed, or the primary or a supplementary group (the latter read
+        only when the others do not decide)."""
+        if creds.uid in self._allowed_uids or creds.gid in self._allowed_gids:
+            return True
+        return bool(self._allowed_gids) and not self._allowed_gids.isdisjoint(
+            supplementary_groups(creds))
+
+    def _refused_tls(self, peer: str, why: str) -> None:
+        self.refused += 1
+        self._refusals.warning(f"tls {why}", f"refused TLS connection from {peer}: {why}")
 
     def _live_stats(self) -> dict[str, Any]:
-        return {"connections": len(self.connections), "refused_connections": self.refused}
+        return {"connections": len(self.connections), "refused_connections": self.refused,
+                "tasks": len(asyncio.all_tasks()), **self.shared.stats()}
 
     async def reload_hook(self) -> None:
         """SIGHUP: have the registered hook reload its data; the outcome is logged."""
@@ -198,6 +240,8 @@ class Server:
         self.notifier.send("STOPPING=1", "STATUS=stopping: finishing running requests")
         for listener in self._listeners:
             listener.close()
+        if self._tls is not None:
+            await self._tls.close()
         for conn in list(self.connections):
             conn.close_when_idle()
         loop = asyncio.get_running_loop()

@@ -3,9 +3,11 @@
 Design rules:
 - Memory per connection is bounded whatever the client does: undecoded bytes
   wait (reading paused) until queued requests have started; at most
-  `max_inflight` requests run at once; replies reserve their size in a
-  `ByteBudget` before any work, and are released only once the transport has
-  drained them below its high-water mark.
+  `max_inflight` requests run at once; replies reserve their size in the
+  connection's `ByteBudget`, then in the server's (`Shared.reply_budget`),
+  before any work, and are released only once the transport has drained them
+  below its high-water mark. Waiting on its own budget first, a connection holds
+  none of the server's meanwhile.
 - The server stops reading a connection while its replies have not drained,
   except while a stream runs: then it reads on until `UNREAD_MAX` bytes wait, so a
   `stream.cancel` (or any small request) gets through to a stream held back by a
@@ -19,6 +21,13 @@ Design rules:
   and replies share the connection frame by frame; it reads ahead at most its
   window and waits for the transport to drain like any reply. At most
   `max_streams` run at once per connection.
+- At most `max_connections` connections are served at once: the next one gets an
+  `EBUSY` error notification and is closed. A connection with nothing running,
+  nothing left to write and nothing received for `idle_timeout` gets `ETIMEDOUT`
+  and is closed; one whose output has not moved for `send_timeout` is aborted (its
+  client does not read, so a notification could not reach it), which cancels its
+  requests and streams and frees their budget. One timer per connection checks
+  both when it fires; activity only records a time.
 """
 
 from __future__ import annotations
@@ -26,12 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from dumpd.engine.bulk import Data, Hole, Piece, Span
+from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -48,7 +59,7 @@ from dumpd.protocol import (
 )
 from dumpd.server.budget import ByteBudget
 from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
-from dumpd.server.zerocopy import Item, SocketWriter, SpanFrame
+from dumpd.server.zerocopy import Item, SendTimeout, SocketWriter, SpanFrame
 
 log = logging.getLogger("dumpd.server")
 
@@ -62,29 +73,68 @@ UNREAD_MAX = 64 * 1024  # undecoded bytes kept while replies wait to drain (stre
 
 
 class ConnectionLimits:
-    """Per-connection bounds, from the server configuration."""
+    """Per-connection bounds, from the server configuration (timeouts in seconds,
+    0 for never)."""
 
-    __slots__ = ("max_frame", "max_inflight", "max_streams", "reply_budget", "sendfile")
+    __slots__ = ("check_period", "idle_timeout", "max_frame", "max_inflight", "max_streams",
+                 "reply_budget", "send_timeout", "sendfile")
 
     def __init__(self, max_frame: int, max_inflight: int, reply_budget: int,
-                 max_streams: int = 4, sendfile: bool = True) -> None:
+                 max_streams: int = 4, sendfile: bool = True, idle_timeout: float = 0.0,
+                 send_timeout: float = 0.0) -> None:
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.reply_budget = reply_budget
         self.max_streams = max_streams
         self.sendfile = sendfile
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        # How often the timer of a busy connection looks at it (0: never): a quarter of
+        # the send timeout, so output that stopped moving is caught within 1.5x of it.
+        self.check_period = send_timeout / 4 if send_timeout else idle_timeout
+
+
+class Shared:
+    """What the connections of one server share: the set of those served (at most
+    `max_connections`), the server-wide reply budget, and counts of the connections
+    a limit refused or dropped."""
+
+    def __init__(self, max_connections: int, reply_budget_total: int) -> None:
+        self.open: set[RpcConnection] = set()
+        self.max_connections = max_connections
+        self.reply_budget = ByteBudget(reply_budget_total)
+        self.busy_refused = 0
+        self.idle_timeouts = 0
+        self.send_timeouts = 0
+        self.log = RateLimitedLog(log)
+
+    def admit(self, conn: RpcConnection) -> bool:
+        """Serve `conn` if a slot is free; False (counted, logged) if none is."""
+        if len(self.open) >= self.max_connections:
+            self.busy_refused += 1
+            self.log.warning("busy", "refused a connection: too many connections "
+                             f"(limit {self.max_connections})")
+            return False
+        self.open.add(conn)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        budget = self.reply_budget
+        return {"busy_refused_connections": self.busy_refused,
+                "idle_timeouts": self.idle_timeouts, "send_timeouts": self.send_timeouts,
+                "reply_bytes_held": budget.held, "reply_bytes_held_peak": budget.peak,
+                "reply_budget_waits": budget.waits}
 
 
 class RpcConnection(asyncio.Protocol):
     """asyncio protocol serving msgpack-RPC requests from one client."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: ConnectionLimits,
-                 authorize: Callable[[asyncio.BaseTransport], Peer | str],
-                 on_close: Callable[[RpcConnection], None]) -> None:
+    def __init__(self, dispatcher: Dispatcher, limits: ConnectionLimits, shared: Shared,
+                 authorize: Callable[[asyncio.BaseTransport], Peer | str]) -> None:
         self._dispatcher = dispatcher
         self._limits = limits
+        self._shared = shared
         self._authorize = authorize
-        self._on_close = on_close
         self._decoder = FrameDecoder("server", Limits(limits.max_frame))
         self._budget = ByteBudget(limits.reply_budget)
         self._unread = bytearray()
@@ -100,6 +150,13 @@ class RpcConnection(asyncio.Protocol):
         self._corked: list[Any] | None = None  # replies of this _pump, written at its end
         self._corked_bytes = 0
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._active_at = 0.0  # last time bytes came in or a request finished
+        self._written = 0  # bytes handed to the transport, to tell whether output moves
+        self._moved = -1  # bytes the transport had sent at the timer's last look (-1: none)
+        self._stalled_at = 0.0  # when the timer last saw them move
         self.peer: Peer | None = None
 
     @property
@@ -114,30 +171,44 @@ class RpcConnection(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         verdict = self._authorize(transport)
         if isinstance(verdict, str):
-            self._transport.write(encode_notification("error", ["EACCES", verdict]))
-            self._transport.close()
+            self._close_with("EACCES", verdict)
+            return
+        if not self._shared.admit(self):
+            self._close_with("EBUSY", f"too many connections (limit "
+                             f"{self._shared.max_connections})")
             return
         self.peer = verdict
+        self._active_at = self._loop.time()
+        if self._limits.idle_timeout:
+            self._arm(self._active_at + self._limits.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is None:
             return
         self._unread += data
+        self._active_at = now = self._loop.time()
+        period = self._limits.check_period
+        if period and self._timer_at > now + period:  # work may start: look soon
+            self._arm(now + period)
         self._pump()
 
     def eof_received(self) -> bool:
-        # The client is done asking: answer what it asked, then close.
+        # The client is done asking: answer what it asked, then close. TLS has no
+        # half-close (its transport closes now whatever this returns): say so.
+        tls = self._transport is not None and self._transport.get_extra_info("sslcontext")
         self.close_when_idle()
-        return True
+        return not tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
         for task in self._tasks:
             task.cancel()
         self._queue.clear()
         self._unread.clear()
         self._drained.set()
-        self._on_close(self)
+        self._shared.open.discard(self)
 
     def pause_writing(self) -> None:
         # Called from inside transport.write: only stop reading here, never re-enter _pump.
@@ -223,10 +294,15 @@ class RpcConnection(asyncio.Protocol):
         pipelined requests instead of one each."""
         corked, self._corked, self._corked_bytes = self._corked, None, 0
         if corked and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(corked))
+            self._write(self._transport, b"".join(corked))
+
+    def _write(self, transport: asyncio.Transport, data: bytes | memoryview) -> None:
+        self._written += len(data)
+        transport.write(data)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._active_at = self._loop.time()
         if not task.cancelled() and task.exception() is not None:
             log.error("request task failed", exc_info=task.exception())
         self._pump()
@@ -246,6 +322,64 @@ class RpcConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    # -- timeouts --------------------------------------------------------------
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._tick)
+        self._timer_at = when
+
+    def _tick(self) -> None:
+        """The connection's one timer: abort it when its output has not moved for
+        `send_timeout`, close it when idle for `idle_timeout`, else look again later."""
+        due, self._timer, self._timer_at = self._timer_at, None, math.inf
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        now = max(self._loop.time(), due)  # timers may fire a hair early (uvloop: ms)
+        pending = transport.get_write_buffer_size()
+        if pending and self._limits.send_timeout:
+            if self._stalled(now, pending):
+                self._send_timed_out()
+            else:
+                self._arm(now + self._limits.check_period)
+            return
+        self._moved = -1
+        if pending or self.busy:
+            self._arm(now + self._limits.check_period)
+        elif self._limits.idle_timeout:
+            deadline = self._active_at + self._limits.idle_timeout
+            if now >= deadline:
+                self._idle_out()
+            else:
+                self._arm(deadline)
+        # else: nothing to watch until bytes come in (data_received arms the timer)
+
+    def _stalled(self, now: float, pending: int) -> bool:
+        """The transport has sent nothing for `send_timeout`, as far as the timer saw."""
+        moved = self._written - pending
+        if moved != self._moved:
+            self._moved, self._stalled_at = moved, now
+            return False
+        return now - self._stalled_at >= self._limits.send_timeout
+
+    def _idle_out(self) -> None:
+        self._shared.idle_timeouts += 1
+        idle = self._limits.idle_timeout
+        log.debug("closing connection: idle for %g s", idle)
+        self._close_with("ETIMEDOUT", f"idle for {idle:g} s")
+
+    def _send_timed_out(self) -> None:
+        """Abort a connection whose client stopped reading: its requests and streams
+        are cancelled, its buffers and budget freed."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._shared.send_timeouts += 1
+        self._shared.log.warning("send_timeout", "aborted a connection whose client read "
+                                 f"nothing for {self._limits.send_timeout:g} s")
+        self._transport.abort()
+
     async def _serve(self, event: Request | InvalidRequest) -> None:
         if isinstance(event, InvalidRequest):
             await self._send([encode_error(event.msgid, event.code, event.message)])
@@ -264,14 +398,24 @@ class RpcConnection(asyncio.Protocol):
             return
         cost = self._dispatcher.cost(event.method, event.params)
         try:
-            await self._budget.acquire(cost)
+            await self._reserve(cost)
             try:
                 frames = await self._call(event)
                 await self._send(frames)
             finally:
+                self._shared.reply_budget.release(cost)
                 self._budget.release(cost)
         finally:
             self._msgids.discard(msgid)
+
+    async def _reserve(self, cost: int) -> None:
+        """`cost` bytes of this connection's reply budget, then of the server's."""
+        await self._budget.acquire(cost)
+        try:
+            await self._shared.reply_budget.acquire(cost)
+        except BaseException:
+            self._budget.release(cost)
+            raise
 
     async def _call(self, event: Request) -> list[Any]:
         assert self.peer is not None
@@ -291,13 +435,16 @@ class RpcConnection(asyncio.Protocol):
             if len(self._streams) >= self._limits.max_streams:
                 raise DumpdError("EBUSY", f"{self._limits.max_streams} streams are running "
                                  "on this connection already")
-            writer = self._socket_writer()
-            reader = self._dispatcher.open_stream(event.params, spans=writer is not None)
+            sock = self._sendfile_socket()
+            reader = self._dispatcher.open_stream(event.params, spans=sock is not None)
         except DumpdError as exc:
             await self._send(_error_frames(event, exc))
             return
         stream = self._streams[msgid] = _Stream()
+        writer = None
         try:
+            if sock is not None:  # a dup of the socket: made once the stream is sure to run
+                writer = SocketWriter(sock.fileno(), self._limits.send_timeout)
             async for batch in reader:
                 if stream.cancelled:
                     break
@@ -312,6 +459,9 @@ class RpcConnection(asyncio.Protocol):
             frames = [encode_response(msgid, summary)]
         except DumpdError as exc:
             frames = _error_frames(event, exc)
+        except SendTimeout:  # the sendfile thread gave up on a client that does not read
+            self._send_timed_out()
+            return
         except ConnectionError:  # the client went away while data was being sent
             return
         finally:
@@ -355,9 +505,9 @@ class RpcConnection(asyncio.Protocol):
                 stream.counts["data_bytes"] -= length
                 stream.counts["error_bytes"] += length
 
-    def _socket_writer(self) -> SocketWriter | None:
-        """A writer for `sendfile` streams where the transport has a plain socket;
-        widens the socket's send buffer too (a bulk stream moves in larger steps)."""
+    def _sendfile_socket(self) -> socket.socket | None:
+        """The socket a stream may `sendfile` to: a plain one (never TLS), when the
+        option is on; widens its send buffer too (a bulk stream moves in larger steps)."""
         sock = self._transport.get_extra_info("socket") if self._transport else None
         if sock is None or self._transport is None:
             return None
@@ -365,7 +515,7 @@ class RpcConnection(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         if not self._limits.sendfile or self._transport.get_extra_info("sslcontext"):
             return None
-        return SocketWriter(sock.fileno())
+        return cast(socket.socket, sock)
 
     def _cancel_stream(self, params: Sequence[Any]) -> dict[str, bool]:
         if len(params) != 1:
@@ -386,6 +536,7 @@ class RpcConnection(asyncio.Protocol):
                 # where the loop has it (uvloop), one joined write where it does not.
                 transport = self._transport
                 if transport is not None and not transport.is_closing():
+                    self._written += sum(map(len, frames))
                     transport.writelines(frames)
                     await self._drained.wait()
                 return
@@ -395,13 +546,17 @@ class RpcConnection(asyncio.Protocol):
                     transport = self._transport
                     if transport is None or transport.is_closing():
                         return
-                    transport.write(view[pos : pos + WRITE_SLICE])
+                    self._write(transport, view[pos : pos + WRITE_SLICE])
                     await self._drained.wait()
 
     def _violation(self, exc: ProtocolViolation) -> None:
         log.info("closing connection: %s", exc.message)
+        self._close_with(exc.code, exc.message)
+
+    def _close_with(self, code: str, message: str) -> None:
+        """Send the error notification that says why, then close."""
         assert self._transport is not None
-        self._transport.write(encode_notification("error", [exc.code, exc.message]))
+        self._write(self._transport, encode_notification("error", [code, message]))
         self._transport.close()
 
 

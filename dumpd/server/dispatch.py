@@ -69,12 +69,15 @@ class Dispatcher:
         self._now = {"info": self._info_now, "stats": self._stats_now}
 
     def cost(self, method: str, params: Sequence[Any]) -> int:
-        """Upper bound of the reply's size in bytes, for the connection's reply budget."""
+        """Upper bound of the bytes a call holds at once (its reply; a digest's read-ahead),
+        reserved in the connection's reply budget before it runs."""
         if method in ("read", "read_phys") and len(params) == 2 and type(params[1]) is int:
             return max(0, min(params[1], self.max_read))
         if method == "extents" and len(params) == 2 and type(params[1]) is int:
             pages = max(0, min(params[1], MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
             return pages * EXTENT_ENTRY_BYTES
+        if method == "digest":  # its window of chunks read ahead, and the one being hashed
+            return max(STREAM_CHUNK, self.stream_window) + STREAM_CHUNK
         return SMALL_REPLY
 
     async def call(self, peer: Peer, method: str, params: Sequence[Any]) -> Any:

@@ -1,5 +1,6 @@
 """Binding the listening sockets: a Unix socket with mode 0600 (stale files replaced
-only when nothing listens on them), and TCP on loopback only when configured."""
+only when nothing listens on them), and TCP when configured (a non-loopback address
+only with TLS); who a Unix socket peer is (SO_PEERCRED, supplementary groups)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import os
 import socket
 import stat
 import struct
+from dataclasses import dataclass
 
 from dumpd.errors import StartupError
 
 
-def bind_unix(path: str) -> socket.socket:
-    """A listening Unix socket at `path`, created with mode 0600."""
+def bind_unix(path: str, backlog: int) -> socket.socket:
+    """A listening Unix socket at `path`, created with mode 0600; `backlog` connections
+    may wait to be accepted (beyond it a client's connect fails with EAGAIN)."""
     _remove_stale(path)
     parent = os.path.dirname(path) or "."
     try:
@@ -30,7 +33,7 @@ def bind_unix(path: str) -> socket.socket:
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(128)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
@@ -58,8 +61,9 @@ def _remove_stale(path: str) -> None:
     raise StartupError(f"{path}: another server is listening on it")
 
 
-def bind_tcp(address: str) -> socket.socket:
-    """A listening TCP socket at `HOST:PORT` (the configuration allows loopback only)."""
+def bind_tcp(address: str, backlog: int) -> socket.socket:
+    """A listening TCP socket at `HOST:PORT` (the configuration allows a non-loopback
+    address only with TLS)."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -70,15 +74,46 @@ def bind_tcp(address: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise StartupError(f"tcp {address}: cannot bind: {exc.strerror}") from exc
-    sock.listen(128)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The connected peer's uid from SO_PEERCRED (None for non-Unix sockets)."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A Unix socket peer's process, user and primary group when it connected."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Credentials | None:
+    """The connected peer's SO_PEERCRED (None for non-Unix sockets)."""
     if sock.family != socket.AF_UNIX:
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    return Credentials(*struct.unpack("3i", creds))
+
+
+def supplementary_groups(creds: Credentials) -> frozenset[int]:
+    """The peer's supplementary groups, from the `Groups:` line of /proc/PID/status.
+
+    Empty when that file cannot be read (the process is gone, or hidden: `hidepid`,
+    systemd's `ProtectProc=invisible`) or when the process there no longer has the
+    peer's effective uid (it exited and the pid was reused): then only the primary
+    group from SO_PEERCRED counts.
+    """
+    try:
+        with open(f"/proc/{creds.pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return frozenset()
+    fields: dict[bytes, list[bytes]] = {}
+    for line in status.splitlines():
+        key, _, values = line.partition(b":")
+        fields[key] = values.split()
+    uids = fields.get(b"Uid", [])  # real, effective, saved, file system
+    if len(uids) < 2 or int(uids[1]) != creds.uid:
+        return frozenset()
+    return frozenset(map(int, fields.get(b"Groups", [])))

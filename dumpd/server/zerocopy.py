@@ -14,14 +14,19 @@ Design rules:
   the zeros).
 - Where the source cannot be sent from (a file system without splice support),
   the bytes are read and written instead, by the same thread.
+- A client that stops reading cannot hold a thread: waiting for the socket to take
+  more bytes gives up after `send_timeout` seconds (`SendTimeout`), as it does at
+  once when the stream is stopped.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +34,10 @@ WAIT = 0.25  # seconds between looks at `stop` while the client does not read
 _ZEROS = bytes(256 * 1024)
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 _PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+
+
+class SendTimeout(ConnectionError):
+    """The socket took no bytes for `send_timeout` seconds: the client does not read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +66,9 @@ class Sent:
 class SocketWriter:
     """Writes frames to one connection's socket from worker threads, one at a time."""
 
-    def __init__(self, sock_fd: int) -> None:
+    def __init__(self, sock_fd: int, send_timeout: float) -> None:
         self._fd = os.dup(sock_fd)
+        self._send_timeout = send_timeout  # 0: wait for as long as the stream runs
         self.stop = threading.Event()  # the stream was cancelled or the connection lost
         self._sendfile = True
         self._lock = threading.Lock()
@@ -71,7 +81,8 @@ class SocketWriter:
         each failed range followed at once by `error_frame(offset, length, why)` so
         the stream stays in offset order. One `Sent` per `SpanFrame`.
 
-        Raises ConnectionError when the client is gone or the stream was stopped.
+        Raises ConnectionError when the client is gone or the stream was stopped,
+        SendTimeout when the client read nothing for `send_timeout` seconds.
         """
         with self._lock:
             if self._fd < 0:
@@ -164,11 +175,17 @@ class SocketWriter:
             data = data[n:]
 
     def _wait(self) -> None:
-        """Until the socket takes more bytes; ConnectionError once `stop` is set."""
+        """Until the socket takes more bytes; ConnectionError once `stop` is set,
+        SendTimeout when it takes none for `send_timeout` seconds."""
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
+        limit = self._send_timeout or math.inf
+        deadline = time.monotonic() + limit
         while not self.stop.is_set():
-            events = poller.poll(WAIT * 1000)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SendTimeout(f"the client read nothing for {limit:g} s")
+            events = poller.poll(min(WAIT, left) * 1000)
             if any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events):
                 raise ConnectionError("client gone")
             if events:

@@ -123,6 +123,17 @@ def build_file_map(segments: Sequence[Segment], size: int) -> tuple[MappedRun, .
     return tuple(out)
 
 
+class ReadError(DumpdError):
+    """EIO: the source could not read `length` bytes at file offset `offset`; `reason`
+    says why (the OS's words), so the engine can name a wider or narrower range."""
+
+    def __init__(self, offset: int, length: int, reason: str) -> None:
+        super().__init__("EIO", f"source read failed at {offset:#x}+{length:#x}: {reason}")
+        self.offset = offset
+        self.length = length
+        self.reason = reason
+
+
 class Source:
     """A positional reader over one open file descriptor (read-only)."""
 
@@ -163,9 +174,7 @@ class Source:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
                 self._nowait = False  # this file system cannot: use the workers
                 return 0
-            raise DumpdError(
-                "EIO", f"source read failed at {offset:#x}+{len(view):#x}: {exc.strerror}"
-            ) from exc
+            raise ReadError(offset, len(view), exc.strerror or str(exc)) from exc
 
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill `view` with file bytes from `offset`; a short read is EIO (the file shrank)."""
@@ -175,10 +184,7 @@ class Source:
             try:
                 n = os.preadv(self._fd, [view[done:]], offset + done)
             except OSError as exc:
-                raise DumpdError(
-                    "EIO",
-                    f"source read failed at {offset + done:#x}+{want - done:#x}: {exc.strerror}",
-                ) from exc
+                raise ReadError(offset + done, want - done, exc.strerror or str(exc)) from exc
             if n == 0:
                 raise DumpdError(
                     "EIO", f"source ended early at {offset + done:#x} (file truncated?)"

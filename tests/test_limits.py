@@ -1,0 +1,503 @@
+"""Limits and timeouts through a real server on a real Unix socket: connections at once,
+idle and send timeouts, the server-wide reply budget, frame size, read length, requests
+in flight and streams per connection.
+
+A client that "never reads" is a plain socket nobody calls recv on: the server's writes
+fill the socket's buffers and stop, as with a stuck or hostile client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from dumpd.client import AsyncClient, Client, RemoteError
+from dumpd.protocol import encode_request
+from dumpd.receiver import StreamData
+from dumpd.server import Server
+from dumpd.server.budget import ByteBudget
+from dumpd.server.zerocopy import SocketWriter
+from tests.conftest import Figures, GatedHook, client_of, serving, until
+from tests.dumps import build_raw, file_bytes
+
+MiB = 1 << 20
+PAGE = 4096
+NOBODY = 65534
+
+
+def note(code: str, message: str) -> bytes:
+    """The error notification the server sends before it closes a connection."""
+    return msgpack.packb([2, "error", [code, message]])
+
+
+def reply(msgid: int, result: Any) -> bytes:
+    return msgpack.packb([1, msgid, None, result])
+
+
+def loop_name() -> str:
+    """"asyncio" or "uvloop": the loop this test runs on, for its figures."""
+    return "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+
+
+def seconds(value: float) -> str:
+    return f"{value:.2f} s"
+
+
+@contextlib.contextmanager
+def never_reading(server: Server, frames: bytes) -> Iterator[socket.socket]:
+    """A client that sends `frames` and never reads a byte of what comes back."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(server.config.server.socket)
+        sock.sendall(frames)
+        yield sock
+    finally:
+        sock.close()
+
+
+async def responses(reader: asyncio.StreamReader, count: int) -> list[list[Any]]:
+    """The next `count` responses on a raw connection, in arrival order (notifications,
+    a stream's pieces, are skipped); none for 10 s fails."""
+    unpacker = msgpack.Unpacker()
+    got: list[list[Any]] = []
+    while len(got) < count:
+        data = await asyncio.wait_for(reader.read(1 << 20), 10)
+        assert data, "connection closed early"
+        unpacker.feed(data)
+        got += [obj for obj in unpacker if obj[0] == 1]
+    return got
+
+
+async def until_eof(reader: asyncio.StreamReader) -> bytes:
+    """Everything a raw connection receives until the server closes it (10 s at most)."""
+    return await asyncio.wait_for(reader.read(), 10)
+
+
+# -- connections at once --------------------------------------------------------------
+
+
+async def test_connections_beyond_the_limit_get_ebusy_and_a_closed_slot_is_free_again(
+        tmp_path: Path, figures: Figures) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    want = file_bytes(dump.path, PAGE, 16)
+    async with serving(tmp_path, dump.path, max_connections=3) as server:
+        path = server.config.server.socket
+        clients = [await AsyncClient.connect(path) for _ in range(3)]
+        assert [await c.read(PAGE, 16) for c in clients] == [want] * 3
+        reader, writer = await asyncio.open_unix_connection(path)
+        refused = await until_eof(reader)  # the notification, then EOF
+        writer.close()
+        over = await AsyncClient.connect(path)
+        with pytest.raises(ConnectionError) as err:
+            await over.read(PAGE, 16)
+        await over.close()
+        stats = await clients[0].stats()
+        await clients[2].close()
+        await until(lambda: len(server.connections) == 2)  # its slot, free at once
+        async with client_of(server) as again:
+            assert await again.read(PAGE, 16) == want
+            after = await again.stats()
+        for client in clients[:2]:
+            await client.close()
+    assert refused == note("EBUSY", "too many connections (limit 3)")
+    cause = err.value.__cause__
+    assert isinstance(cause, RemoteError)
+    assert (cause.code, cause.message) == ("EBUSY", "too many connections (limit 3)")
+    assert (stats["connections"], stats["busy_refused_connections"]) == (3, 2)
+    assert (after["connections"], after["busy_refused_connections"]) == (3, 2)
+    figures.add(f"max_connections 3 ({loop_name()})", served_at_once=stats["connections"],
+                refused_ebusy=stats["busy_refused_connections"],
+                served_again_after_one_closed=after["connections"])
+
+
+def _as_nobody(path: str) -> bytes:
+    """What a client running as nobody (a forked child) receives until the server
+    closes; sends nothing."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                while data := sock.recv(65536):
+                    os.write(write_end, data)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    return b"".join(chunks)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+async def test_peers_refused_for_access_hold_no_slot() -> None:
+    eacces = note("EACCES", f"uid {NOBODY} is not allowed to read this dump")
+    with tempfile.TemporaryDirectory(prefix="dumpd-limits-") as tmp:
+        os.chmod(tmp, 0o755)  # so only the socket's mode and the peer's uid decide
+        dump = build_raw(Path(tmp) / "oldmem", PAGE)
+        async with serving(Path(tmp), dump.path, max_connections=1) as server:
+            path = server.config.server.socket
+            os.chmod(path, 0o666)
+            first = [await asyncio.to_thread(_as_nobody, path) for _ in range(3)]
+            async with client_of(server) as client:  # the only slot, still free
+                assert await client.read(0, 8) == file_bytes(dump.path, 0, 8)
+                while_full = await asyncio.to_thread(_as_nobody, path)
+                stats = await client.stats()
+    assert first == [eacces] * 3
+    assert while_full == eacces  # access is decided first: not EBUSY
+    assert (stats["connections"], stats["refused_connections"],
+            stats["busy_refused_connections"]) == (1, 4, 0)
+
+
+# -- idle timeout ---------------------------------------------------------------------
+
+
+async def _until_eof_at(reader: asyncio.StreamReader) -> tuple[bytes, float]:
+    data = await until_eof(reader)
+    return data, asyncio.get_running_loop().time()
+
+
+async def test_idle_connections_are_closed_with_etimedout_busy_ones_are_not(
+        tmp_path: Path, figures: Figures) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    want = file_bytes(dump.path)
+    loop = asyncio.get_running_loop()
+    async with serving(tmp_path, dump.path, idle_timeout=0.3) as server:
+        path = server.config.server.socket
+        silent_reader, silent_writer = await asyncio.open_unix_connection(path)
+        connected_at = loop.time()
+        silent = asyncio.ensure_future(_until_eof_at(silent_reader))
+        once_reader, once_writer = await asyncio.open_unix_connection(path)
+        once_writer.write(encode_request(0, "read", [PAGE, 8]))
+        asked_at = loop.time()
+        once = asyncio.ensure_future(_until_eof_at(once_reader))
+        half_reader, half_writer = await asyncio.open_unix_connection(path)
+        half_writer.write(encode_request(1, "read", [0, 8])[:5])  # stops inside a frame
+        half = asyncio.ensure_future(until_eof(half_reader))
+        async with client_of(server) as busy:
+            for i in range(12):  # a request every 0.1 s: never idle for 0.3 s
+                assert await busy.read(i * 8, 8) == want[i * 8 : i * 8 + 8]
+                await asyncio.sleep(0.1)
+            (silent_data, silent_at), (once_data, once_at), half_data = await asyncio.gather(
+                silent, once, half)
+            stats = await busy.stats()
+        for writer in (silent_writer, once_writer, half_writer):
+            writer.close()
+    assert silent_data == note("ETIMEDOUT", "idle for 0.3 s")
+    assert once_data == reply(0, want[PAGE : PAGE + 8]) + note("ETIMEDOUT", "idle for 0.3 s")
+    assert half_data == note("ETIMEDOUT", "idle for 0.3 s")
+    # never early (give or take uvloop's timers, which count whole milliseconds)
+    assert silent_at - asked_at > 0.299 and once_at - asked_at > 0.299
+    assert (stats["idle_timeouts"], stats["connections"]) == (3, 1)
+    figures.add(f"idle_timeout 0.3 s ({loop_name()})",
+                silent_client_closed_after=seconds(silent_at - connected_at),
+                or_after_its_one_request=seconds(once_at - asked_at),
+                requests_every_100_ms_kept=12, idle_timeouts=stats["idle_timeouts"])
+
+
+def _stream_all(path: str, size: int, chunk: int) -> tuple[bytes, dict[str, Any] | None, float]:
+    """A whole stream, assembled; its summary; how long it took. Then one more call, so
+    the connection must still be open."""
+    start = time.monotonic()
+    with Client.connect(path, timeout=30) as client:
+        view = bytearray(size)
+        stream = client.stream(0, size, chunk)
+        for piece in stream:
+            assert isinstance(piece, StreamData)
+            view[piece.offset : piece.offset + len(piece.data)] = piece.data
+        took = time.monotonic() - start
+        client.info()
+    return bytes(view), stream.summary, took
+
+
+async def test_a_long_stream_is_not_idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        figures: Figures) -> None:
+    real_copy = SocketWriter._copy
+
+    def slow_copy(writer: SocketWriter, source_fd: int, offset: int, count: int) -> int:
+        time.sleep(0.05)  # a slow source: the stream runs, the socket stays quiet
+        return real_copy(writer, source_fd, offset, min(count, 64 * 1024))
+
+    monkeypatch.setattr(SocketWriter, "_copy", slow_copy)
+    dump = build_raw(tmp_path / "oldmem", 2 * MiB)
+    async with serving(tmp_path, dump.path, idle_timeout=0.3) as server:
+        view, summary, took = await asyncio.to_thread(
+            _stream_all, server.config.server.socket, dump.size, 256 * 1024)
+        assert server.shared.idle_timeouts == 0
+    assert took > 3 * 0.3  # the stream outlasted the idle timeout several times
+    assert view == file_bytes(dump.path)
+    assert summary == {"bytes": dump.size, "data_bytes": dump.size, "hole_bytes": 0,
+                       "error_bytes": 0, "cancelled": False}
+    figures.add(f"idle_timeout 0.3 s, one stream ({loop_name()})", stream_took=seconds(took),
+                bytes_exact=dump.size, idle_timeouts=0)
+
+
+# -- send timeout ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["read", "stream", "stream without sendfile"])
+async def test_a_client_that_never_reads_is_aborted_after_send_timeout(
+        tmp_path: Path, what: str, figures: Figures) -> None:
+    dump = build_raw(tmp_path / "oldmem", 32 * MiB)
+    want = file_bytes(dump.path)
+    if what == "read":
+        frames = encode_request(0, "read", [0, 8 * MiB]) + encode_request(1, "read",
+                                                                         [8 * MiB, 8 * MiB])
+    else:
+        frames = encode_request(0, "stream", [0, dump.size, {}])
+    async with serving(tmp_path, dump.path, send_timeout=0.3,
+                       stream_sendfile=what == "stream") as server, client_of(server) as honest:
+        loop = asyncio.get_running_loop()
+        with never_reading(server, frames):
+            asked_at = loop.time()
+            await until(lambda: len(server.connections) == 2)
+            for offset in (0, 5 * MiB + 3, 31 * MiB):  # served while the other one stalls
+                assert await honest.read(offset, MiB) == want[offset : offset + MiB]
+            await until(lambda: server.shared.send_timeouts == 1)
+            aborted_after = loop.time() - asked_at
+            await until(lambda: len(server.connections) == 1)
+            assert await honest.read(7, 3 * MiB) == want[7 : 7 + 3 * MiB]
+            stats = await honest.stats()
+    assert (stats["send_timeouts"], stats["connections"], stats["idle_timeouts"]) == (1, 1, 0)
+    assert stats["reply_bytes_held"] == 0  # the aborted connection's budget came back
+    figures.add(f"send_timeout 0.3 s, {what} never read ({loop_name()})",
+                aborted_after=seconds(aborted_after), honest_mib_exact=6,
+                send_timeouts=stats["send_timeouts"])
+
+
+async def test_a_slow_reader_that_keeps_reading_is_not_aborted(tmp_path: Path) -> None:
+    """The deadline is for output that does not move, not for a reply that takes long."""
+    dump = build_raw(tmp_path / "oldmem", 2 * MiB)
+    loop = asyncio.get_running_loop()
+    async with serving(tmp_path, dump.path, send_timeout=0.3) as server:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        writer.write(encode_request(0, "read", [0, 2 * MiB]))
+        start = loop.time()
+        got = b""
+        while len(got) < len(reply(0, file_bytes(dump.path))):
+            data = await reader.read(32 * 1024)
+            assert data, "the server closed the connection"
+            got += data
+            await asyncio.sleep(0.02)
+        took = loop.time() - start
+        writer.close()
+        assert server.shared.send_timeouts == 0
+    assert took > 2 * 0.3
+    assert got == reply(0, file_bytes(dump.path))
+
+
+async def test_stalled_sendfile_streams_give_their_worker_threads_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, figures: Figures) -> None:
+    """Every worker thread busy with a client that stopped reading: after send_timeout
+    they are free again and a new stream runs."""
+    running = [0]
+    lock = threading.Lock()
+    real_batch = SocketWriter.batch
+
+    def batch(writer: SocketWriter, *args: Any) -> Any:
+        with lock:
+            running[0] += 1
+        try:
+            return real_batch(writer, *args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(SocketWriter, "batch", batch)
+    workers = 2
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers))
+    dump = build_raw(tmp_path / "oldmem", 64 * MiB)
+    request = encode_request(0, "stream", [0, dump.size, {}])
+    loop = asyncio.get_running_loop()
+    async with serving(tmp_path, dump.path, send_timeout=0.3) as server:
+        with contextlib.ExitStack() as stack:
+            for _ in range(workers + 1):  # one more than there are threads
+                stack.enter_context(never_reading(server, request))
+            started = loop.time()
+            await until(lambda: running[0] == workers)
+            await until(lambda: server.shared.send_timeouts == workers + 1)
+            await until(lambda: running[0] == 0)
+            freed_after = loop.time() - started
+        with ThreadPoolExecutor(1) as own:  # the client's thread, not the server's
+            view, summary, _ = await asyncio.get_running_loop().run_in_executor(
+                own, _stream_all, server.config.server.socket, 8 * MiB, MiB)
+    assert view == file_bytes(dump.path, 0, 8 * MiB)
+    assert summary is not None and summary["data_bytes"] == 8 * MiB
+    figures.add(f"send_timeout 0.3 s, 3 sendfile streams never read, 2 worker threads "
+                f"({loop_name()})", aborted=workers + 1, threads_free_after=seconds(freed_after),
+                next_stream_mib_exact=8)
+
+
+# -- the server-wide reply budget -----------------------------------------------------
+
+
+async def test_the_total_reply_budget_bounds_all_connections_together(
+        tmp_path: Path, figures: Figures) -> None:
+    """Four connections, two 8 MiB reads each, nobody reading: 64 MiB asked, 16 MiB held
+    at most (the total), then everything arrives once they read."""
+    dump = build_raw(tmp_path / "oldmem", 64 * MiB)
+    want = file_bytes(dump.path)
+    async with serving(tmp_path, dump.path, reply_budget_total_mib=16, reply_budget_mib=8,
+                       max_read_mib=8) as server, client_of(server) as observer:
+        budget = server.shared.reply_budget
+        conns = [await asyncio.open_unix_connection(server.config.server.socket)
+                 for _ in range(4)]
+        for i, (_, writer) in enumerate(conns):
+            writer.write(encode_request(0, "read", [2 * i * 8 * MiB, 8 * MiB]) +
+                         encode_request(1, "read", [(2 * i + 1) * 8 * MiB, 8 * MiB]))
+        await until(lambda: budget.waits == 2)  # each connection's first read at the total
+        during = await observer.stats()
+        got = await asyncio.gather(*(responses(reader, 2) for reader, _ in conns))
+        for _, writer in conns:
+            writer.close()
+        after = await observer.stats()
+    for i, replies in enumerate(got):
+        assert sorted((msgid, result) for _, msgid, error, result in replies) == [
+            (k, want[(2 * i + k) * 8 * MiB : (2 * i + k + 1) * 8 * MiB]) for k in (0, 1)]
+    assert (during["reply_bytes_held"], during["reply_bytes_held_peak"]) == (16 * MiB, 16 * MiB)
+    assert (after["reply_bytes_held"], after["reply_bytes_held_peak"]) == (0, 16 * MiB)
+    assert after["send_timeouts"] == 0
+    figures.add(f"reply_budget_total_mib 16, 4 connections x 2 reads of 8 MiB ({loop_name()})",
+                asked_mib=64, held_peak_mib=after["reply_bytes_held_peak"] // MiB,
+                waits=after["reply_budget_waits"], replies_mib_exact=64)
+
+
+async def test_send_timeout_frees_the_total_for_clients_that_read(tmp_path: Path,
+                                                                  figures: Figures) -> None:
+    dump = build_raw(tmp_path / "oldmem", 32 * MiB)
+    async with serving(tmp_path, dump.path, reply_budget_total_mib=16, reply_budget_mib=8,
+                       max_read_mib=8, send_timeout=0.3) as server, client_of(server) as honest:
+        budget = server.shared.reply_budget
+        with (never_reading(server, encode_request(0, "read", [0, 8 * MiB])),
+              never_reading(server, encode_request(0, "read", [8 * MiB, 8 * MiB]))):
+            await until(lambda: budget.held == 16 * MiB)
+            asked_at = asyncio.get_running_loop().time()
+            data = await honest.read(16 * MiB, 8 * MiB)  # waits for the total, not refused
+            waited = asyncio.get_running_loop().time() - asked_at
+            await until(lambda: server.shared.send_timeouts == 2)  # one was enough for it
+            stats = await honest.stats()
+    assert data == file_bytes(dump.path, 16 * MiB, 8 * MiB)
+    assert (stats["send_timeouts"], stats["reply_budget_waits"]) == (2, 1)
+    assert (stats["reply_bytes_held"], stats["reply_bytes_held_peak"]) == (0, 16 * MiB)
+    figures.add(f"reply_budget_total_mib 16 held by 2 clients that never read, send_timeout "
+                f"0.3 s ({loop_name()})", honest_read_waited=seconds(waited),
+                send_timeouts=stats["send_timeouts"], held_peak_mib=16)
+
+
+# -- frames, reads, requests in flight, streams ----------------------------------------
+
+
+async def test_a_frame_above_the_limit_is_e2big_and_closes_only_its_connection(
+        tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", PAGE)
+    async with serving(tmp_path, dump.path, max_frame_kib=1) as server, \
+            client_of(server) as other:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        exactly = msgpack.packb([0, 1, "info", [b"x" * 1012]])
+        writer.write(exactly)  # 1024 bytes: decoded, and answered
+        first = await responses(reader, 1)
+        writer.write(msgpack.packb([0, 2, "info", [b"x" * 1013]]))  # one byte more
+        rest = await until_eof(reader)
+        writer.close()
+        assert await other.read(0, 8) == file_bytes(dump.path, 0, 8)
+    assert len(exactly) == 1024
+    assert first == [[1, 1, ["EINVAL", "info takes 0 parameters, got 1"], None]]
+    assert rest == note("E2BIG", "frame of 1025 bytes exceeds 1024")
+
+
+async def test_reads_above_max_read_are_e2big_and_the_connection_stays(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 2 * MiB)
+    async with serving(tmp_path, dump.path, max_read_mib=1) as server, \
+            client_of(server) as client:
+        errors = []
+        for method in ("read", "read_phys"):
+            with pytest.raises(RemoteError) as err:
+                await client.call(method, 0, MiB + 1)
+            errors.append((err.value.code, err.value.message))
+        exact = await client.read(3, MiB)
+        info = await client.info()
+    assert errors == [("E2BIG", f"length {MiB + 1} is above the maximum {MiB}")] * 2
+    assert exact == file_bytes(dump.path, 3, MiB)
+    assert info["max_read"] == MiB
+
+
+@pytest.mark.parametrize("max_inflight", [2, 3])
+async def test_requests_beyond_max_inflight_wait_their_turn(tmp_path: Path,
+                                                            max_inflight: int) -> None:
+    """Two reads held by a hook that has not answered, then `info`: with two requests
+    allowed in flight, `info` waits for a read to finish; with three, it is answered
+    at once."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    gate = GatedHook(1)
+    async with serving(tmp_path, dump.path, max_inflight=max_inflight) as server:
+        assert server.engine is not None
+        server.engine.register_hook("gate", gate)
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        writer.write(encode_request(0, "read", [PAGE, 8]) +
+                     encode_request(1, "read", [2 * PAGE, 8]) + encode_request(2, "info", []))
+        await until(lambda: bool(gate.asked))
+        gate.release.set()
+        got = await responses(reader, 3)
+        writer.close()
+    order = [msgid for _, msgid, _, _ in got]
+    assert sorted(order) == [0, 1, 2]
+    assert (order[0] == 2) == (max_inflight == 3)
+    reads = {msgid: result for _, msgid, _, result in got if msgid != 2}
+    assert reads == {0: file_bytes(dump.path, PAGE, 8), 1: file_bytes(dump.path, 2 * PAGE, 8)}
+
+
+async def test_streams_beyond_max_streams_get_ebusy_until_one_ends(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 8 * PAGE)
+    gate = GatedHook(1)
+    async with serving(tmp_path, dump.path, max_streams=1) as server:
+        assert server.engine is not None
+        server.engine.register_hook("gate", gate)
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        writer.write(encode_request(0, "stream", [0, 8 * PAGE, {}]))
+        await until(lambda: bool(gate.asked))  # the first stream runs, held by the hook
+        writer.write(encode_request(1, "stream", [0, PAGE, {}]))
+        refused = await responses(reader, 1)
+        gate.release.set()
+        first = await responses(reader, 1)
+        writer.write(encode_request(2, "stream", [0, PAGE, {}]))
+        later = await responses(reader, 1)
+        writer.close()
+    assert refused == [[1, 1, ["EBUSY", "1 streams are running on this connection already"],
+                        None]]
+    summary = {"bytes": 8 * PAGE, "data_bytes": 8 * PAGE, "hole_bytes": 0, "error_bytes": 0,
+               "cancelled": False}
+    assert first == [[1, 0, None, summary]]
+    assert later == [[1, 2, None, {**summary, "bytes": PAGE, "data_bytes": PAGE}]]
+
+
+async def test_a_budget_waiter_that_gives_up_lets_the_ones_behind_it_through() -> None:
+    budget = ByteBudget(10)
+    await budget.acquire(6)
+    big = asyncio.ensure_future(budget.acquire(8))
+    small = asyncio.ensure_future(budget.acquire(3))
+    await asyncio.sleep(0)
+    assert not big.done() and not small.done()  # in order: the small one waits too
+    big.cancel()
+    await asyncio.wait_for(small, 1)
+    budget.release(6)
+    assert (budget.held, budget.peak, budget.waits) == (3, 9, 2)
