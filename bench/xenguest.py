@@ -31,7 +31,6 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,8 @@ import dumpd_balloon
 from bench.common import DUMPD, PAGE, Emit, MiB, Row, dumpd_server, held, timed, warm
 from bench.qemudm import BalloonedPages, QemuDm, wrapped
 from dumpd.client import Client
-from dumpd.demo import make_guest
+from dumpd.demo import distinct_pfns, make_guest
 from dumpd.sources import open_source
-from dumpd.sources.base import Segment
 from dumpd.sources.elfwriter import vmcoreinfo_note, write_elf_core
 
 TITLE = ("The Xen balloon scenario: `dumpd fetch` of an HVM guest's vmcore whose ballooned "
@@ -141,16 +139,6 @@ def build(work: Path, setup: Setup, percent: int) -> Dump:
     view_sha, zeroed_sha = view_hashes(image, pages)
     return Dump(image, balloon, memtypes, layout.size, distinct_pfns(layout.segments),
                 sum(b - a for a, b in guest.balloon), pages, view_sha, zeroed_sha)
-
-
-def distinct_pfns(segments: Sequence[Segment]) -> int:
-    """Pfns held by the PT_LOADs, a pfn mapped twice counted once."""
-    spans = sorted((s.paddr // PAGE, (s.paddr + s.memsz + PAGE - 1) // PAGE) for s in segments)
-    total, reach = 0, 0
-    for first, end in spans:
-        total += max(0, end - max(first, reach))
-        reach = max(reach, end)
-    return total
 
 
 def view_hashes(image: Path, pages: BalloonedPages) -> tuple[str, str]:

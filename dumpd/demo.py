@@ -17,6 +17,7 @@ import random
 import tempfile
 import time
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,7 +129,7 @@ def _run_in(workdir: str, size_mib: int, balloon_percent: int) -> int:
         )
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
             runs[name] = runner.run(_exercise(config, guest, layout.segments, layout.size))
-    _report(runs, guest, layout.size, _distinct_pfns(layout.segments))
+    _report(runs, guest, layout.size, distinct_pfns(layout.segments))
     ok = True
     for name, run in runs.items():
         zeroed = name == "balloon"
@@ -207,7 +208,8 @@ def _watch_ballooned_reads(source: Source, guest: Guest, segments: tuple[Segment
     return touched
 
 
-def _distinct_pfns(segments: tuple[Segment, ...]) -> int:
+def distinct_pfns(segments: Sequence[Segment]) -> int:
+    """Pfns held by the PT_LOADs, a pfn mapped twice counted once."""
     spans = sorted((s.paddr // PAGE, (s.paddr + s.memsz + PAGE - 1) // PAGE) for s in segments)
     total, reach = 0, 0
     for first, end in spans:

@@ -41,6 +41,7 @@ from dumpd.sources import open_source
 from dumpd.tls import client_context
 from tests.conftest import Figures, client_of, serving, until
 from tests.daemon import DUMPD, ENV, one_line_error, run, served, server_pid
+from tests.docblocks import code_blocks
 from tests.dumps import build_raw, file_bytes
 
 NOBODY = 65534
@@ -566,30 +567,12 @@ def ok_run(*args: str, cwd: Path | None = None) -> str:
     return result.stdout.decode()
 
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "tls.md"
-
-
-def guide_blocks(language: str) -> list[str]:
-    """docs/tls.md's fenced code blocks in `language`, in order."""
-    found, current, lang = [], None, ""
-    for line in GUIDE.read_text().splitlines(keepends=True):
-        if line.startswith("```") and current is None:
-            current, lang = [], line[3:].strip()
-        elif line.startswith("```"):
-            if lang == language:
-                found.append("".join(current))
-            current = None
-        elif current is not None:
-            current.append(line)
-    return found
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_the_tls_guide_works_as_written(tmp_path: Path) -> None:
     """Its openssl commands, its configuration and its client commands, with 127.0.0.1
     and a free port for the guide's address, and files here for /etc/dumpd/tls."""
-    certs, commands = guide_blocks("sh")
-    (config,) = guide_blocks("toml")
+    certs, commands = code_blocks("tls.md", "sh")
+    (config,) = code_blocks("tls.md", "toml")
     address = f"127.0.0.1:{free_port()}"
     subprocess.run(["sh", "-e", "-c", certs.replace("192.0.2.10", "127.0.0.1")],
                    cwd=tmp_path, check=True, capture_output=True)

@@ -16,34 +16,19 @@ import pytest
 
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
 from dumpd.testing import check_plugin
+from tests.docblocks import code_blocks
 from tests.plugindist import write_distribution
-
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
-
-
-def blocks(language: str) -> list[str]:
-    """The guide's fenced code blocks in `language` ("" for plain ones), in order."""
-    found, current, lang = [], None, ""
-    for line in GUIDE.read_text().splitlines(keepends=True):
-        if line.startswith("```") and current is None:
-            current, lang = [], line[3:].strip()
-        elif line.startswith("```"):
-            if lang == language:
-                found.append("".join(current))
-            current = None
-        elif current is not None:
-            current.append(line)
-    return found
 
 
 @pytest.fixture
 def holes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The guide's plugin installed as its pyproject.toml declares it."""
-    project = tomllib.loads(next(b for b in blocks("toml") if "[project]" in b))
+    project = tomllib.loads(next(b for b in code_blocks("plugins.md", "toml") if "[project]" in b))
     entry_points = project["project"]["entry-points"][ENTRY_POINT_GROUP]
     assert entry_points == {"holes": "dumpd_holes:create"}
     root = write_distribution(tmp_path / "site", project["project"]["name"], "dumpd_holes",
-                              blocks("python")[0], entry_points, project["project"]["version"])
+                              code_blocks("plugins.md", "python")[0], entry_points,
+                              project["project"]["version"])
     monkeypatch.syspath_prepend(str(root))
     return root
 
@@ -57,7 +42,7 @@ def test_the_guide_plugin_conforms(holes: Path) -> None:
 
 def test_the_guide_test_class_passes(holes: Path, tmp_path: Path) -> None:
     test_file = tmp_path / "test_holes.py"
-    test_file.write_text(blocks("python")[1])
+    test_file.write_text(code_blocks("plugins.md", "python")[1])
     env = {**os.environ, "PYTHONPATH": str(holes)}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              str(test_file)], capture_output=True, text=True, env=env,
@@ -67,7 +52,8 @@ def test_the_guide_test_class_passes(holes: Path, tmp_path: Path) -> None:
 
 
 def test_the_guide_check_command(holes: Path) -> None:
-    shown = next(b for b in blocks("") if b.startswith("$ dumpd hook check")).splitlines()
+    shown = next(b for b in code_blocks("plugins.md", "")
+                 if b.startswith("$ dumpd hook check")).splitlines()
     argv = shlex.split(shown[0].removeprefix("$ dumpd "))
     env = {**os.environ, "PYTHONPATH": str(holes)}
     result = subprocess.run([sys.executable, "-m", "dumpd", *argv], capture_output=True,
