@@ -51,8 +51,10 @@ def test_a_client_that_never_reads_costs_bounded_memory(tmp_path: Path) -> None:
         flood = socket.socket(socket.AF_UNIX)
         flood.connect(sock)
         flood.setblocking(False)
+        # 4 MB of requests (1.6 TB of replies if nothing held back): more than the server
+        # may buffer undecoded (2 x max_frame_kib) plus the socket buffers.
         frames = b"".join(encode_request(i % 2**32, "read", [(i % 8) * 8 * MiB, 8 * MiB])
-                          for i in range(20000))  # 160 GiB of replies if nothing held back
+                          for i in range(200_000))
         sent, peak = 0, before
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
