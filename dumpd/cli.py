@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.errors import DumpdError, StartupError
+from dumpd.hostport import split_host_port
 
 if TYPE_CHECKING:
     import ssl
@@ -45,10 +46,13 @@ def _range(text: str) -> tuple[int, int]:
 
 def _host_port(text: str) -> tuple[str, int]:
     """`HOST:PORT` (an IPv6 host in brackets)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_host_port(text)
+    except ValueError:
+        host, port = "", 0
+    if not host:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    return host, port
 
 
 def _socket_arg(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from dumpd import DEFAULT_SOCKET
 from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
+from dumpd.hostport import split_host_port
 
 __all__ = ["DEFAULT_SOCKET", "Config", "EngineConfig", "HookConfig", "ServerConfig",
            "SourceConfig", "load"]
@@ -114,10 +115,11 @@ class Config:
         tls_files = [getattr(srv, key) for key in TLS_KEYS]
         tls = all(tls_files)
         if srv.tcp:
-            host, sep, port = srv.tcp.rpartition(":")
-            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-                raise bad("server.tcp", f"must be HOST:PORT, not {srv.tcp!r}")
-            if host.strip("[]") not in ("127.0.0.1", "::1", "localhost") and not tls:
+            try:
+                host, _ = split_host_port(srv.tcp)
+            except ValueError:
+                raise bad("server.tcp", f"must be HOST:PORT, not {srv.tcp!r}") from None
+            if host not in ("127.0.0.1", "::1", "localhost") and not tls:
                 raise bad("server.tcp", f"{host!r} is not a loopback address: anyone who "
                           "reaches it could read the dump; set server.tls_cert, "
                           "server.tls_key and server.tls_client_ca (TLS with required "

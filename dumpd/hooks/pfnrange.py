@@ -11,8 +11,12 @@ around `-` and `+` are allowed. Pfns go up to 2**64-1.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from dumpd.hooks.contract import HookConfigError
+
+Item = TypeVar("Item")
 
 PFN_LIMIT = 1 << 64
 """One past the largest pfn."""
@@ -103,3 +107,18 @@ class PfnFileError(HookConfigError):
         self.source = source
         self.line = line
         self.reason = reason
+
+
+def numbered_items(lines: Iterable[str | bytes], source: str,
+                   parse_line: Callable[[str | bytes], Item | None],
+                   error: Callable[[str, int, str], PfnFileError]) -> Iterator[tuple[int, Item]]:
+    """`(line_number, item)` for each line of a data file that `parse_line` finds an item
+    in (it returns None for blank and comment lines); its ValueError becomes
+    `error(source, line_number, reason)`."""
+    for number, line in enumerate(lines, 1):
+        try:
+            item = parse_line(line)
+        except ValueError as e:
+            raise error(source, number, str(e)) from None
+        if item is not None:
+            yield number, item

@@ -46,7 +46,7 @@ def _address(sock: socket.socket) -> str:
     """Where a listening socket listens, for the log."""
     name = sock.getsockname()
     if isinstance(name, tuple):
-        return f"{name[0]}:{name[1]}"
+        return address(name)
     return name.decode() if isinstance(name, bytes) else str(name) or "an unnamed socket"
 
 

@@ -530,13 +530,14 @@ class RpcConnection(asyncio.Protocol):
         a large reply goes to the socket from its own buffer instead of being copied
         into the transport's; runs of small frames go out joined, one system call each."""
         async with self._writing:  # one reply at a time: slices must not interleave
-            if (len(frames) > 2 and all(len(frame) < WRITE_SLICE for frame in frames)
-                    and sum(map(len, frames)) <= WRITELINES_MAX):
+            total = sum(map(len, frames))
+            if (len(frames) > 2 and total <= WRITELINES_MAX
+                    and all(len(frame) < WRITE_SLICE for frame in frames)):
                 # Many small frames (a stream's pieces between holes): one vectored write
                 # where the loop has it (uvloop), one joined write where it does not.
                 transport = self._transport
                 if transport is not None and not transport.is_closing():
-                    self._written += sum(map(len, frames))
+                    self._written += total
                     transport.writelines(frames)
                     await self._drained.wait()
                 return

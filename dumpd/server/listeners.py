@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 
 from dumpd.errors import StartupError
+from dumpd.hostport import split_host_port
 
 
 def bind_unix(path: str, backlog: int) -> socket.socket:
@@ -64,13 +65,12 @@ def _remove_stale(path: str) -> None:
 def bind_tcp(address: str, backlog: int) -> socket.socket:
     """A listening TCP socket at `HOST:PORT` (the configuration allows a non-loopback
     address only with TLS)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
+    host, port = split_host_port(address)  # checked by the configuration
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, int(port)))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise StartupError(f"tcp {address}: cannot bind: {exc.strerror}") from exc

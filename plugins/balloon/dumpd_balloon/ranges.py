@@ -24,7 +24,13 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, line_text, parse_pfn_range
+from dumpd.hooks.pfnrange import (
+    PFN_LIMIT,
+    PfnFileError,
+    line_text,
+    numbered_items,
+    parse_pfn_range,
+)
 
 from .atomic import replacing
 
@@ -47,13 +53,8 @@ def parse_line(line: str | bytes) -> tuple[int, int] | None:
 
 def parse_lines(lines: Iterable[str | bytes], source: str) -> Iterator[tuple[int, int]]:
     """The `(start, end_exclusive)` of each item line; errors name `source:line`."""
-    for number, line in enumerate(lines, 1):
-        try:
-            item = parse_line(line)
-        except ValueError as e:
-            raise BalloonFormatError(source, number, str(e)) from None
-        if item is not None:
-            yield item
+    for _, item in numbered_items(lines, source, parse_line, BalloonFormatError):
+        yield item
 
 
 def read_file(path: str | os.PathLike[str]) -> PfnRanges:

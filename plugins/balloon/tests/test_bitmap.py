@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dumpd.hooks.contract import ERROR, NOT_RAM, RAM, HookConfigError
@@ -48,6 +50,19 @@ def put(tmp_path: Path, data: bytes, name: str = "balloon.bmp") -> str:
     path = tmp_path / name
     path.write_bytes(data)
     return str(path)
+
+
+@contextmanager
+def bitmap_hook(ranges: list[tuple[int, int]], base: int, count: int) -> Iterator[Any]:
+    """The balloon hook over a bitmap of `ranges` spanning `count` pfns from `base`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "b.bmp"
+        dumpd_balloon.write_bitmap(path, ranges, base, count)
+        bitmap = dumpd_balloon.create({"file": str(path)})
+        try:
+            yield bitmap
+        finally:
+            bitmap.close()
 
 
 def expand(runs: Iterable[tuple[int, int]]) -> list[int]:
@@ -329,25 +344,19 @@ def test_bitmap_hook_agrees_with_text_hook(
 ) -> None:
     base, count, ranges = spanned
     text = BalloonHook(ranges)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "b.bmp"
-        dumpd_balloon.write_bitmap(path, ranges, base, count)
-        bitmap = dumpd_balloon.create({"file": str(path)})
-        try:
-            assert bitmap.ranges == text.ranges
-            assert bitmap.count == text.count
-            for offset, length in windows:
-                first = base + offset
-                runs = bitmap.pfn_range_is_ram(first, length)
-                assert runs == text.pfn_range_is_ram(first, length)
-                assert sum(n for n, _ in runs) == length
-                assert all(n > 0 for n, _ in runs)
-                assert all(a[1] != b[1] for a, b in pairwise(runs))  # maximal
-                single = [bitmap.pfn_is_ram(p) for p in range(first, first + length)]
-                assert single == expand(runs)
-                assert single == [text.pfn_is_ram(p) for p in range(first, first + length)]
-        finally:
-            bitmap.close()
+    with bitmap_hook(ranges, base, count) as bitmap:
+        assert bitmap.ranges == text.ranges
+        assert bitmap.count == text.count
+        for offset, length in windows:
+            first = base + offset
+            runs = bitmap.pfn_range_is_ram(first, length)
+            assert runs == text.pfn_range_is_ram(first, length)
+            assert sum(n for n, _ in runs) == length
+            assert all(n > 0 for n, _ in runs)
+            assert all(a[1] != b[1] for a, b in pairwise(runs))  # maximal
+            single = [bitmap.pfn_is_ram(p) for p in range(first, first + length)]
+            assert single == expand(runs)
+            assert single == [text.pfn_is_ram(p) for p in range(first, first + length)]
 
 
 @settings(max_examples=40, deadline=None)
@@ -365,20 +374,14 @@ def test_long_runs_agree_with_text_hook(
     ranges = [(base + (s - spanned[0]) * scale, base + (e - spanned[0]) * scale) for s, e in ranges]
     count *= scale
     text = BalloonHook(ranges)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "b.bmp"
-        dumpd_balloon.write_bitmap(path, ranges, base, count)
-        bitmap = dumpd_balloon.create({"file": str(path)})
-        try:
-            assert bitmap.ranges == text.ranges
-            assert bitmap.count == text.count
-            for offset, length in windows:
-                first, length = base + offset * scale + offset % 7, length * scale
-                assert bitmap.pfn_range_is_ram(first, length) == text.pfn_range_is_ram(
-                    first, length
-                )
-        finally:
-            bitmap.close()
+    with bitmap_hook(ranges, base, count) as bitmap:
+        assert bitmap.ranges == text.ranges
+        assert bitmap.count == text.count
+        for offset, length in windows:
+            first, length = base + offset * scale + offset % 7, length * scale
+            assert bitmap.pfn_range_is_ram(first, length) == text.pfn_range_is_ram(
+                first, length
+            )
 
 
 @settings(max_examples=60, deadline=None)

@@ -27,7 +27,13 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.pfnrange import PFN_LIMIT, PfnFileError, line_text, parse_pfn_range
+from dumpd.hooks.pfnrange import (
+    PFN_LIMIT,
+    PfnFileError,
+    line_text,
+    numbered_items,
+    parse_pfn_range,
+)
 
 from .abi import HVMMEM_RAM_RW, MEM_TYPE_MAX, MEM_TYPES
 from .transport import MemTypeRun, append_run
@@ -98,14 +104,7 @@ def parse_line(line: str | bytes) -> MapLine | None:
 
 def parse_lines(lines: Iterable[str | bytes], source: str) -> list[tuple[int, MapLine]]:
     """`(line_number, MapLine)` for each item, checked not to overlap; errors name `source:line`."""
-    items: list[tuple[int, MapLine]] = []
-    for number, line in enumerate(lines, 1):
-        try:
-            item = parse_line(line)
-        except ValueError as e:
-            raise MapFormatError(source, number, str(e)) from None
-        if item is not None:
-            items.append((number, item))
+    items = list(numbered_items(lines, source, parse_line, MapFormatError))
     _check_disjoint(items, source)
     return items
 
