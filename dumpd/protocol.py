@@ -13,6 +13,10 @@ Design rules:
   and the decoder never buffers more than twice that.
 - Wire: request `[0, msgid, method, params]`, response `[1, msgid, error, result]`,
   notification `[2, method, params]`; msgid is a uint32, bytes travel as bin, text as str.
+- Stock clients are met where they differ harmlessly (docs/protocol.md, "Compatibility
+  with stock clients"): a method name sent as bin holding UTF-8 decodes as a str
+  (`_method_name`), and wherever an integer is expected a float that holds one exactly,
+  up to 2**53, counts as that integer (`integral`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ NOTIFICATION = 2
 
 MAX_MSGID = 2**32 - 1
 MAX_UINT64 = 2**64 - 1
+MAX_FLOAT_INT = 2**53  # a float64 holds every integer up to this one, and only some beyond
 DEFAULT_MAX_FRAME_SIZE = 1 << 20
 # A client receives read results (up to the server's max read length, 8 MiB by default,
 # configurable) and long extents lists, and it trusts its server more than a server
@@ -59,6 +64,35 @@ class LocalProtocolError(DumpdError):
 
 def _is_uint(value: object, maximum: int) -> bool:
     return type(value) is int and 0 <= value <= maximum
+
+
+def integral(value: object) -> int | None:
+    """`value` as an int if it is one (a bool is not), or a float holding an integer
+    exactly with a magnitude of at most 2**53; else None.
+
+    JavaScript encoders (msgpack-lite) send every integer from 2**31 up as float64, so a
+    float stands for an integer where one is expected. Past 2**53 a float64 cannot hold
+    every integer (the client's number may have been rounded), and 1.5, NaN and the
+    infinities are no integers: those stay refused. -0.0 is 0.
+    """
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer() and abs(value) <= MAX_FLOAT_INT:
+        return int(value)
+    return None
+
+
+def _method_name(value: object) -> str | None:
+    """A method name as sent: a str, or a bin holding UTF-8 (pynvim sends its names as
+    bin); None for anything else."""
+    if type(value) is str:
+        return value
+    if type(value) is bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
 
 
 def _check_msgid(msgid: object) -> None:
@@ -296,9 +330,10 @@ class FrameDecoder:
             )
         kind = obj[0]
         if type(kind) is int and kind == NOTIFICATION:
-            if len(obj) != 3 or type(obj[1]) is not str or type(obj[2]) is not list:
+            method = _method_name(obj[1]) if len(obj) == 3 else None
+            if method is None or type(obj[2]) is not list:
                 raise ProtocolViolation("EINVAL", f"malformed notification {_brief(obj)}")
-            return Notification(obj[1], obj[2])
+            return Notification(method, obj[2])
         if self.role == "server":
             return self._request(obj, kind)
         return self._response(obj, kind)
@@ -309,16 +344,15 @@ class FrameDecoder:
             raise ProtocolViolation(
                 "EINVAL", f"expected a request or notification, got {_brief(obj)}"
             )
-        if len(obj) < 2 or not _is_uint(obj[1], MAX_MSGID):
+        msgid = integral(obj[1]) if len(obj) >= 2 else None
+        if msgid is None or not 0 <= msgid <= MAX_MSGID:
             raise ProtocolViolation("EINVAL", f"request without a valid msgid: {_brief(obj)}")
-        msgid = obj[1]
         if len(obj) != 4:
             return InvalidRequest(msgid, message=f"a request has 4 elements, got {len(obj)}")
-        method, params = obj[2], obj[3]
-        if type(method) is not str:
-            return InvalidRequest(
-                msgid, message=f"method must be a str, got {type(method).__name__}"
-            )
+        method, params = _method_name(obj[2]), obj[3]
+        if method is None:
+            sent = "bin that is not UTF-8" if type(obj[2]) is bytes else type(obj[2]).__name__
+            return InvalidRequest(msgid, message=f"method must be a str, got {sent}")
         if type(params) is not list:
             return InvalidRequest(
                 msgid, message=f"params must be an array, got {type(params).__name__}"
@@ -451,12 +485,17 @@ def expect_params(params: Sequence[Any], n: int, names: Sequence[str]) -> Sequen
 
 
 def as_uint(value: object, name: str) -> int:
-    """`value` as an unsigned 64-bit int; bools, floats and out-of-range values are EINVAL."""
-    if type(value) is not int:
+    """`value` as an unsigned 64-bit int (an `integral` float counts); bools, other floats
+    and out-of-range values are EINVAL."""
+    number = integral(value)
+    if number is None:
+        if type(value) is float:
+            raise DumpdError("EINVAL", f"{name} must be an unsigned int (a float only if "
+                             f"integral, at most 2**53), got float {value!r}")
         raise DumpdError("EINVAL", f"{name} must be an unsigned int, got {type(value).__name__}")
-    if not 0 <= value <= MAX_UINT64:
-        raise DumpdError("EINVAL", f"{name} must be in [0, 2**64-1], got {value}")
-    return value
+    if not 0 <= number <= MAX_UINT64:
+        raise DumpdError("EINVAL", f"{name} must be in [0, 2**64-1], got {number}")
+    return number
 
 
 def as_str(value: object, name: str) -> str:

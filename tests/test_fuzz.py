@@ -44,9 +44,10 @@ from dumpd.protocol import (
     Request,
     Response,
     encode_request,
+    integral,
 )
 from dumpd.server import Server
-from dumpd.server.dispatch import NOT_READY, Dispatcher, Peer
+from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
 from dumpd.sources import open_source
 from dumpd.sources.base import Segment
 from tests.conftest import Figures, memory, reset_peak, serving, until
@@ -137,25 +138,31 @@ frames = st.one_of(
 
 
 @settings(max_examples=400, deadline=None)
-@given(msgid=st.one_of(msgids, ints, scalars), method=st.one_of(methods, values),
+@given(msgid=st.one_of(msgids, msgids.map(float), ints, scalars),
+       method=st.one_of(methods, methods.map(str.encode), values),
        params=values, extra=st.lists(values, max_size=2), length=st.integers(1, 6))
 def test_any_request_shaped_array_is_a_request_an_error_reply_or_a_violation(
         msgid: Any, method: Any, params: Any, extra: list[Any], length: int) -> None:
     message = [0, msgid, method, params, *extra][:length]
+    number = integral(msgid)  # an int, or a float holding one (tests/test_protocol.py)
     try:
         events = FrameDecoder("server").feed(packb(message))
     except ProtocolViolation as exc:
         assert exc.code == "EINVAL"
-        assert len(message) < 2 or type(msgid) is not int or not 0 <= msgid < 2**32
+        assert len(message) < 2 or number is None or not 0 <= number < 2**32
         return
     (event,) = events
-    assert type(msgid) is int and 0 <= msgid < 2**32
-    if len(message) == 4 and type(method) is str and type(params) is list:
+    assert number is not None and 0 <= number < 2**32
+    name = method
+    if type(method) is bytes:
+        with contextlib.suppress(UnicodeDecodeError):
+            name = method.decode()
+    if len(message) == 4 and type(name) is str and type(params) is list:
         assert isinstance(event, Request)
-        assert packb([event.msgid, event.method, event.params]) == packb(message[1:])
+        assert packb([event.msgid, event.method, event.params]) == packb([number, name, params])
     else:
         assert isinstance(event, InvalidRequest)
-        assert (event.msgid, event.code) == (msgid, "EINVAL")
+        assert (event.msgid, event.code) == (number, "EINVAL")
 
 
 def frame_of(size: int) -> bytes | None:
@@ -293,6 +300,76 @@ def test_the_dispatcher_raises_nothing_but_documented_errors(tmp_path: Path) -> 
         source.close()
         loop.close()
     assert {"ok", "EINVAL", "ENOSYS", "E2BIG", "ERANGE", "EACCES"} <= set(outcomes)
+
+
+def as_floats(value: Any) -> Any:
+    """`value` with every int a float64 holds exactly (at most 2**53) as that float, as a
+    JavaScript encoder sends it; maps and arrays converted inside, bools left alone."""
+    if type(value) is int and abs(value) <= 2**53:
+        return float(value)
+    if type(value) is list:
+        return [as_floats(item) for item in value]
+    if type(value) is dict:
+        return {key: as_floats(item) for key, item in value.items()}
+    return value
+
+
+def test_an_integral_float_gets_the_reply_its_int_gets_in_every_method(tmp_path: Path) -> None:
+    """Every integer param of every method (offsets, addresses, lengths, the stream
+    chunk), sent as the float that holds it: the same result, the same reply reservation
+    (`cost`), the same error code, as the int form."""
+    dump = build_elf(tmp_path / "vmcore", LOADS, page_size_note=PAGE)
+    loop = asyncio.new_event_loop()
+    source = open_source(dump.path)
+    engine = Engine(source, EngineConfig())
+    dispatcher = Dispatcher(engine, MiB, lambda: {"connections": 1})
+    peer = Peer(uid=0, admin=True)
+    outcomes: Counter[str] = Counter()
+    converted = [0]  # calls where some int param went as a float
+
+    def outcome(attempt: Callable[[], Any]) -> tuple[str, Any]:
+        try:
+            result = attempt()
+        except DumpdError as exc:
+            return exc.code, None
+        return "ok", b"".join(result) if isinstance(result, BinParts) else result
+
+    async def pieces(params: list[Any]) -> list[Any]:
+        reader = dispatcher.open_stream(params)
+        try:
+            return [piece async for batch in reader for piece in batch]
+        finally:
+            reader.close()
+
+    with_ints = st.sampled_from(["read", "read_phys", "extents", "digest", "stream"]).flatmap(
+        lambda m: st.tuples(st.just(m), plausible(m)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(call=with_ints)
+    def check(call: tuple[str, list[Any]]) -> None:
+        method, params = call
+        floats = as_floats(params)
+        converted[0] += packb(floats) != packb(params)
+        assert dispatcher.cost(method, floats) == dispatcher.cost(method, params)
+
+        def replies(form: list[Any]) -> list[tuple[str, Any]]:
+            if method == "stream":
+                return [outcome(lambda: loop.run_until_complete(pieces(form)))]
+            return [outcome(lambda: loop.run_until_complete(dispatcher.call(peer, method, form))),
+                    outcome(lambda: dispatcher.call_now(peer, method, form))]
+
+        got = replies(params)
+        assert replies(floats) == got, (method, params)
+        outcomes[got[0][0]] += 1
+
+    try:
+        check()
+    finally:
+        engine.close()
+        source.close()
+        loop.close()
+    assert {"ok", "EINVAL", "E2BIG", "ERANGE"} <= set(outcomes)
+    assert converted[0] > 200
 
 
 # -- a live server's event loop --------------------------------------------------------

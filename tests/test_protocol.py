@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
+from fractions import Fraction
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
@@ -31,6 +33,7 @@ from dumpd.protocol import (
     encode_request,
     encode_response,
     expect_params,
+    integral,
 )
 
 MiB = 1 << 20
@@ -279,6 +282,10 @@ def test_container_header_longer_than_a_frame_is_e2big(header: bytes) -> None:
         packb([2, "tick"]),
         packb([2, 5, []]),
         packb([2, "tick", {}]),
+        packb([2, b"ti\xffck", []]),  # bin, but not UTF-8: no msgid to answer
+        packb([0, 1.5, "read", []]),
+        packb([0, float(2**32), "read", []]),
+        packb([0, float("nan"), "read", []]),
     ],
 )
 def test_server_violations(data: bytes) -> None:
@@ -310,7 +317,7 @@ def test_client_violations(data: bytes) -> None:
         ([0, 5, "read", [], None], "4 elements"),
         ([0, 5], "4 elements"),
         ([0, 5, 7, []], "method"),
-        ([0, 5, b"read", []], "method"),
+        ([0, 5, b"re\xffad", []], "bin that is not UTF-8"),
         ([0, 5, "read", {"offset": 0}], "params"),
         ([0, 5, "read", None], "params"),
     ],
@@ -342,12 +349,70 @@ def test_as_uint_accepts(value: int) -> None:
     assert as_uint(value, "offset") == value
 
 
-@pytest.mark.parametrize("value", [-1, 2**64, True, False, 1.0, "1", None, b"\x01"])
-def test_as_uint_rejects(value: object) -> None:
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [(0.0, 0), (-0.0, 0), (1.0, 1), (16.0, 16), (float(2**31), 2**31), (float(2**32), 2**32),
+     (float(2**53), 2**53), (float(2**53 - 1), 2**53 - 1)],
+)
+def test_as_uint_takes_an_integral_float_up_to_2_53_as_its_int(value: float, number: int) -> None:
+    result = as_uint(value, "offset")
+    assert (type(result), result) == (int, number)
+    assert integral(value) == number
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, "offset must be in [0, 2**64-1], got -1"),
+        (2**64, "offset must be in [0, 2**64-1], got 18446744073709551616"),
+        (-1.0, "offset must be in [0, 2**64-1], got -1"),
+        (True, "offset must be an unsigned int, got bool"),
+        (False, "offset must be an unsigned int, got bool"),
+        ("1", "offset must be an unsigned int, got str"),
+        (None, "offset must be an unsigned int, got NoneType"),
+        (b"\x01", "offset must be an unsigned int, got bytes"),
+        (1.5, "offset must be an unsigned int (a float only if integral, at most 2**53), "
+              "got float 1.5"),
+        (float(2**53 + 2), "offset must be an unsigned int (a float only if integral, at "
+                           "most 2**53), got float 9007199254740994.0"),
+        (float(2**64), "offset must be an unsigned int (a float only if integral, at "
+                       "most 2**53), got float 1.8446744073709552e+19"),
+        (float("nan"), "offset must be an unsigned int (a float only if integral, at "
+                       "most 2**53), got float nan"),
+        (float("inf"), "offset must be an unsigned int (a float only if integral, at "
+                       "most 2**53), got float inf"),
+        (float("-inf"), "offset must be an unsigned int (a float only if integral, at "
+                        "most 2**53), got float -inf"),
+    ],
+)
+def test_as_uint_rejects(value: object, message: str) -> None:
     with pytest.raises(DumpdError) as info:
         as_uint(value, "offset")
-    assert info.value.code == "EINVAL"
-    assert "offset" in info.value.message
+    assert (info.value.code, info.value.message) == ("EINVAL", message)
+
+
+# -- stock clients (docs/protocol.md, "Compatibility with stock clients") ---------------
+
+
+def test_a_method_sent_as_bin_is_a_str_in_requests_and_notifications() -> None:
+    # pynvim packs its method names as bin (msgpack's Packer, use_bin_type on).
+    frames = packb([0, 5, b"read", [0, 16]]) + packb([2, b"nvim_set_client_info", [1]])
+    assert server().feed(frames) == [Request(5, "read", [0, 16]),
+                                     Notification("nvim_set_client_info", [1])]
+    assert client().feed(packb([2, b"tick", []])) == [Notification("tick", [])]
+    (request,) = server().feed(packb([0, 1, "read\u00e9".encode(), []]))
+    assert request == Request(1, "read\u00e9", [])
+
+
+@pytest.mark.parametrize(("sent", "msgid"), [(7.0, 7), (-0.0, 0), (float(2**31), 2**31),
+                                             (float(2**32 - 1), 2**32 - 1)])
+def test_an_integral_float_msgid_is_its_int(sent: float, msgid: int) -> None:
+    # msgpack-lite sends every integer from 2**31 up as float64, msgids included.
+    (request,) = server().feed(packb([0, sent, "info", []]))
+    assert request == Request(msgid, "info", [])
+    assert type(request.msgid) is int
+    (invalid,) = server().feed(packb([0, sent, "info"]))
+    assert invalid == InvalidRequest(msgid, message="a request has 4 elements, got 3")
 
 
 def test_as_str_and_as_map() -> None:
@@ -407,6 +472,38 @@ def test_arbitrary_valid_requests_round_trip(
     cut %= len(frame) + 1
     decoder = server()
     assert decoder.feed(frame[:cut]) + decoder.feed(frame[cut:]) == [Request(msgid, method, params)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msgid=st.integers(min_value=0, max_value=2**32 - 1),
+    method=st.text(),
+    params=st.lists(msgpack_values, max_size=6),
+    kind=st.sampled_from([0, 2]),
+)
+def test_a_method_as_bin_decodes_as_the_same_method_as_str(
+    msgid: int, method: str, params: list[Any], kind: int
+) -> None:
+    head = [0, msgid] if kind == 0 else [2]
+    as_bin = server().feed(packb([*head, method.encode(), params]))
+    assert as_bin == server().feed(packb([*head, method, params]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.floats() | st.integers(-(2**64), 2**64))
+def test_a_float_is_an_integer_exactly_when_it_holds_one_up_to_2_53(value: float) -> None:
+    if type(value) is int:
+        expected: int | None = value
+    else:  # a float holds an integer when it is a fraction with denominator 1
+        exact = math.isfinite(value) and Fraction(value).denominator == 1
+        expected = int(value) if exact and abs(value) <= 2**53 else None
+    assert integral(value) == expected
+    if expected is not None and 0 <= expected < 2**64:
+        assert as_uint(value, "n") == expected
+    else:
+        with pytest.raises(DumpdError) as info:
+            as_uint(value, "n")
+        assert info.value.code == "EINVAL"
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,7 +19,7 @@ from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
-from dumpd.protocol import as_map, as_str, as_uint
+from dumpd.protocol import as_map, as_str, as_uint, integral
 
 SMALL_REPLY = 64 * 1024
 NOT_READY = object()  # `call_now` cannot answer without waiting
@@ -71,10 +71,11 @@ class Dispatcher:
     def cost(self, method: str, params: Sequence[Any]) -> int:
         """Upper bound of the bytes a call holds at once (its reply; a digest's read-ahead),
         reserved in the connection's reply budget before it runs."""
-        if method in ("read", "read_phys") and len(params) == 2 and type(params[1]) is int:
-            return max(0, min(params[1], self.max_read))
-        if method == "extents" and len(params) == 2 and type(params[1]) is int:
-            pages = max(0, min(params[1], MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
+        length = integral(params[1]) if len(params) == 2 else None
+        if method in ("read", "read_phys") and length is not None:
+            return max(0, min(length, self.max_read))
+        if method == "extents" and length is not None:
+            pages = max(0, min(length, MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
             return pages * EXTENT_ENTRY_BYTES
         if method == "digest":  # its window of chunks read ahead, and the one being hashed
             return max(STREAM_CHUNK, self.stream_window) + STREAM_CHUNK
@@ -160,11 +161,12 @@ class Dispatcher:
         unknown = sorted(set(options) - {"chunk"})
         if unknown:
             raise DumpdError("EINVAL", f"unknown stream option {unknown[0]!r} (known: chunk)")
-        chunk = options.get("chunk", min(STREAM_CHUNK, self.max_read))
+        asked = options.get("chunk", min(STREAM_CHUNK, self.max_read))
+        chunk = integral(asked)
         page = self.engine.page_size
-        if type(chunk) is not int or not page <= chunk <= self.max_read or chunk % page:
+        if chunk is None or not page <= chunk <= self.max_read or chunk % page:
             raise DumpdError("EINVAL", f"chunk must be a multiple of {page} in [{page}, "
-                             f"{self.max_read}], got {chunk!r}")
+                             f"{self.max_read}], got {asked!r}")
         return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window),
                           spans)
 
