@@ -4,6 +4,7 @@ slot, error codes and bounded memory. Every server here is real, on a Unix socke
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import stat
@@ -11,12 +12,20 @@ import threading
 from itertools import pairwise
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from dumpd.client import AsyncClient, RemoteError
 from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
-from dumpd.protocol import FrameDecoder, Limits, Response, encode_request
+from dumpd.protocol import (
+    FrameDecoder,
+    Limits,
+    Response,
+    encode_bin_response_head,
+    encode_notification,
+    encode_request,
+)
 from tests.conftest import GatedHook, client_of, serving, until
 from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
 from tests.views import balloon_file, expected_view, pfns_read, read_all, record_reads
@@ -267,6 +276,37 @@ async def test_bad_frames_close_only_their_connection(tmp_path: Path) -> None:
         writer.close()
         assert b"EINVAL" in reply and reply.endswith(b"bytes are not msgpack")
         assert await honest.read(0, 8) == file_bytes(dump.path, 0, 8)
+
+
+async def test_client_notifications_are_counted_never_answered(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Any notification from a client (a stream.cancel sent as one too) gets no reply
+    and is counted; one debug line a minute names it. A malformed one still closes."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    caplog.set_level(logging.DEBUG, logger="dumpd.server")
+    async with serving(tmp_path, dump.path) as server, client_of(server) as honest:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        writer.write(b"".join([
+            encode_notification("hello", [1]), encode_request(1, "read", [0, 4]),
+            encode_notification("stream.cancel", [1]),
+            msgpack.packb([2, b"nvim_set_client_info", []]),
+            encode_request(2, "read", [4, 4]),
+        ]))
+        writer.write_eof()
+        reply = await reader.read()
+        writer.close()
+        assert reply == b"".join(encode_bin_response_head(msgid, 4) + file_bytes(
+            dump.path, offset, 4) for msgid, offset in ((1, 0), (2, 4)))
+        assert (await honest.stats())["notifications_ignored"] == 3
+        ignored = [r.getMessage() for r in caplog.records if "ignored a" in r.getMessage()]
+        assert ignored == ["ignored a notification from a client: 'hello'"]
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        writer.write(msgpack.packb([2, b"\xff", []]))  # bin, not UTF-8: malformed
+        reply = await reader.read()
+        writer.close()
+        assert msgpack.unpackb(reply) == [2, "error", ["EINVAL", "malformed notification "
+                                                       "[2, b'\\xff', []]"]]
+        assert (await honest.stats())["notifications_ignored"] == 3
 
 
 async def test_flood_without_reading_stays_bounded(tmp_path: Path) -> None:

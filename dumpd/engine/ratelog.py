@@ -19,6 +19,16 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def warning(self, key: str, message: str) -> None:
+        self.log(logging.WARNING, key, message)
+
+    def debug(self, key: str, message: str) -> None:
+        self.log(logging.DEBUG, key, message)
+
+    def log(self, level: int, key: str, message: str) -> None:
+        """`message` at `level`, unless a line of `key` went out less than `interval` ago
+        (then it is counted for the next one). Nothing is done when `level` is off."""
+        if not self._logger.isEnabledFor(level):
+            return
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)
@@ -29,4 +39,4 @@ class RateLimitedLog:
             suppressed = self._suppressed.pop(key, 0)
         if suppressed:
             message += f" ({suppressed} similar suppressed)"
-        self._logger.warning("%s", message)
+        self._logger.log(level, "%s", message)

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import reprlib
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,7 @@ from dumpd.protocol import (
     FrameDecoder,
     InvalidRequest,
     Limits,
+    Notification,
     ProtocolViolation,
     Request,
     as_uint,
@@ -106,6 +108,7 @@ class Shared:
         self.busy_refused = 0
         self.idle_timeouts = 0
         self.send_timeouts = 0
+        self.notifications_ignored = 0
         self.log = RateLimitedLog(log)
 
     def admit(self, conn: RpcConnection) -> bool:
@@ -118,10 +121,18 @@ class Shared:
         self.open.add(conn)
         return True
 
+    def ignore(self, notification: Notification) -> None:
+        """A notification from a client: none is answered (msgpack-RPC) and none is
+        acted on, so it is counted and logged (at debug level, at most once a minute)."""
+        self.notifications_ignored += 1
+        self.log.debug("notification", "ignored a notification from a client: "
+                       f"{reprlib.repr(notification.method)}")
+
     def stats(self) -> dict[str, int]:
         budget = self.reply_budget
         return {"busy_refused_connections": self.busy_refused,
                 "idle_timeouts": self.idle_timeouts, "send_timeouts": self.send_timeouts,
+                "notifications_ignored": self.notifications_ignored,
                 "reply_bytes_held": budget.held, "reply_bytes_held_peak": budget.peak,
                 "reply_budget_waits": budget.waits}
 
@@ -243,7 +254,11 @@ class RpcConnection(asyncio.Protocol):
                     self._uncork()
                     self._violation(exc)
                     return
-                self._queue.extend(e for e in events if isinstance(e, Request | InvalidRequest))
+                for event in events:  # a server-role decoder yields no Response
+                    if isinstance(event, Request | InvalidRequest):
+                        self._queue.append(event)
+                    elif isinstance(event, Notification):
+                        self._shared.ignore(event)
         finally:
             self._uncork()
         if self._closing_when_idle:
