@@ -99,6 +99,8 @@ def test_the_opened_descriptor_is_checked_before_anything_is_written(tmp_path: P
         with pytest.raises(StartupError, match="are the same file"):
             attempt()
     assert victim.read_bytes() == b"the dump" * 512
+    elsewhere = output.Served(str(victim), st.st_dev, st.st_ino, 0, "another machine's boot")
+    assert not elsewhere.is_file(st)  # equal numbers on another host are another file
 
 
 def test_an_existing_file_is_kept_unless_forced_and_copies_are_0600(tmp_path: Path) -> None:
@@ -318,6 +320,23 @@ def test_a_full_file_system_says_what_is_needed_and_resume_finishes(tmp_path: Pa
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert copied == file_bytes(dump.path)
     assert final == ["vmcore"]
+
+
+def test_a_stream_to_a_full_file_system_says_what_was_written(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * MiB)
+    with tmpfs(tmp_path / "small", "size=1m") as mnt, served(tmp_path, dump.path) as sock:
+        with open(mnt / "stream", "wb") as stdout:
+            full = subprocess.run([*DUMPD, "fetch", "-o", "-", "-q", "--socket", sock],
+                                  stdout=stdout, stderr=subprocess.PIPE, env=ENV, timeout=30,
+                                  check=False)
+        written, vfs = (mnt / "stream").stat().st_size, os.statvfs(mnt)
+        listing = os.listdir(mnt)
+    assert 0 < written <= MiB
+    assert (full.returncode, full.stderr.decode()) == (1, (
+        f"dumpd: fetch: stdout: No space left on device ({size(dump.size - written)} still to "
+        f"write, {size(written)} written, {size(vfs.f_bavail * vfs.f_frsize)} free); fetch "
+        "again for a complete copy\n"))
+    assert listing == ["stream"]
 
 
 def test_verify_fails_when_the_source_changes_under_the_copy(tmp_path: Path) -> None:
