@@ -96,9 +96,10 @@ class Output:
     made the file (it is removed again if the copy cannot start)."""
 
     def __init__(self, name: str, fd: int, kind: str, created: bool = False,
-                 position: int = 0, hashing: bool = False) -> None:
+                 position: int = 0, hashing: bool = False, owned: bool = True) -> None:
         self.name = name
         self.fd = fd
+        self.owned = owned  # fetch opened `fd` (standard output is not fetch's to close)
         self.kind = kind
         self.created = created
         self.position = position  # a stream: the view offset of its next byte
@@ -148,9 +149,9 @@ class Output:
             self.created = False
 
     def close(self) -> None:
-        """Close the descriptor fetch opened (standard output stays open)."""
+        """Close the descriptor if fetch opened it."""
         if self.fd >= 0:
-            if self.name != "stdout":
+            if self.owned:
                 os.close(self.fd)
             self.fd = -1
 
@@ -248,7 +249,7 @@ def stream(path: str, served: Served, position: int, hashing: bool) -> Output:
         if os.isatty(fd):
             raise StartupError("fetch: stdout is a terminal: name a file with -o, or pipe "
                                "the dump to a program")
-        return Output("stdout", fd, "stream", position=position, hashing=hashing)
+        return Output("stdout", fd, "stream", position=position, hashing=hashing, owned=False)
     fd, st = _open(path, os.O_WRONLY, served, "open it")
     if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
         os.close(fd)
