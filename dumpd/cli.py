@@ -102,11 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch", help="copy the dump: sparse, resumable, verifiable")
     fetch.add_argument("-o", "--output", metavar="FILE",
-                       help="the copy (default: the source's file name, here)")
+                       help="the copy (default: the source's file name, here; in DIR "
+                            "if FILE is a directory; - for stdout)")
     fetch.add_argument("--range", type=_range, metavar="OFFSET:LENGTH",
                        help="only this part of the file view (at its own offsets)")
     fetch.add_argument("--resume", action="store_true",
-                       help="continue a partial copy (FILE.dumpd-fetch says where)")
+                       help="continue a partial copy (FILE.dumpd-fetch says where); with "
+                            "none, start one")
+    fetch.add_argument("--force", action="store_true",
+                       help="replace an existing FILE (or write over a block device)")
     fetch.add_argument("--verify", action="store_true",
                        help="compare the copy's sha256 with the server's")
     fetch.add_argument("--chunk", type=_int, metavar="BYTES",
@@ -309,7 +313,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
     offset, length = args.range if args.range else (0, None)
     return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
-                              args.verify, args.quiet, args.chunk, args.fsync),
+                              args.verify, args.quiet, args.chunk, args.fsync, args.force),
                  connect=lambda: _client(args))
 
 

@@ -71,6 +71,11 @@ class StreamWritten:
 StreamPiece = StreamData | StreamHole | StreamError | StreamWritten
 
 
+class SinkError(OSError):
+    """Writing to the sink failed (ENOSPC, EIO, ...): the sink's fault, not the
+    connection's; `errno` and `strerror` are those of the failed write."""
+
+
 class StreamReceiver:
     """The pieces of stream `msgid` arriving on `sock`, then its summary (`summary`).
 
@@ -179,7 +184,10 @@ class StreamReceiver:
                 raise ConnectionError("connection to dumpd closed in the middle of a frame")
             length -= n
             while n:
-                written = os.splice(read_end, self._sink, n, offset_dst=offset)
+                try:
+                    written = os.splice(read_end, self._sink, n, offset_dst=offset)
+                except OSError as exc:
+                    raise SinkError(exc.errno, exc.strerror) from exc
                 offset += written
                 n -= written
 
@@ -252,5 +260,8 @@ class StreamReceiver:
 
 def _write_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
-        n = os.pwrite(fd, data, offset)
+        try:
+            n = os.pwrite(fd, data, offset)
+        except OSError as exc:
+            raise SinkError(exc.errno, exc.strerror) from exc
         data, offset = data[n:], offset + n

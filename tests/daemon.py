@@ -18,7 +18,11 @@ from typing import Any
 import pytest
 
 DUMPD = [sys.executable, "-m", "dumpd"]
-ENV = {k: v for k, v in os.environ.items() if k != "DUMPD_SOCKET"}
+ROOT = str(Path(__file__).resolve().parent.parent)
+# This checkout's dumpd, whatever the working directory (servers run in tmp_path, where
+# `python -m dumpd` would otherwise import the copy installed in the environment).
+ENV = {**{k: v for k, v in os.environ.items() if k != "DUMPD_SOCKET"},
+       "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
 
 
 def run(*args: str, timeout: float = 30, env: dict[str, str] | None = None,
@@ -85,6 +89,16 @@ def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
     assert not sock.exists()
     assert "Traceback" not in output, output
     assert "dumpd: INFO: SIGTERM: shutting down" in output.splitlines()
+
+
+def source_identity(path: str) -> dict[str, Any]:
+    """What `info` reports in `source` about the file at `path` beside kind and path."""
+    st = os.stat(path)
+    identity: dict[str, Any] = {"device": st.st_dev, "inode": st.st_ino, "rdev": st.st_rdev,
+                                "mtime_ns": st.st_mtime_ns}
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot_id:
+        identity["boot_id"] = boot_id.read().strip()
+    return identity
 
 
 def info_json(sock: str) -> dict[str, Any]:

@@ -19,7 +19,17 @@ import pytest
 
 from dumpd import PROTOCOL_VERSION, __version__
 from dumpd.cli import _hexdump
-from tests.daemon import DUMPD, ENV, info_json, ok, one_line_error, run, served, stats_json
+from tests.daemon import (
+    DUMPD,
+    ENV,
+    info_json,
+    ok,
+    one_line_error,
+    run,
+    served,
+    source_identity,
+    stats_json,
+)
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes, pattern
 
 PAGE = 4096
@@ -157,7 +167,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
     ]
     assert info == {
         "version": __version__, "protocol": PROTOCOL_VERSION,
-        "source": {"kind": "raw", "path": dump.path},
+        "source": {"kind": "raw", "path": dump.path, **source_identity(dump.path)},
         "size": 20 * MiB, "page_size": PAGE, "segments": [[0, 0, 20 * MiB, 20 * MiB]],
         "hook": None, "hook_generation": 0, "max_read": 8 * MiB,
     }
@@ -206,7 +216,7 @@ def test_read_elf_and_erange_on_the_cli(tmp_path: Path) -> None:
         tail = run("read", "--phys", "0x11000", "0x1000", "--socket", sock)
         bad = run("read", "--phys", "0", "16", "--socket", sock)
         gap = run("read", "--phys", "0x5ff0", "0x20", "--socket", sock)
-    assert info["source"] == {"kind": "elf", "path": dump.path}
+    assert info["source"] == {"kind": "elf", "path": dump.path, **source_identity(dump.path)}
     assert (info["size"], info["page_size"]) == (dump.size, PAGE)
     assert info["segments"] == [[s.paddr, s.file_offset, s.filesz, s.memsz]
                                 for s in dump.segments]

@@ -255,10 +255,7 @@ def test_resume_refuses_another_dump(tmp_path: Path) -> None:
         "done": 0, "errors": []}))
     with served(tmp_path, other.path) as sock:
         refused = run("fetch", "-o", str(copy), "--resume", "--socket", sock)
-        missing = run("fetch", "-o", str(tmp_path / "nothing"), "--resume", "--socket", sock)
     assert (refused.returncode, refused.stderr.decode()) == (2, (
         f"dumpd: {copy}.dumpd-fetch: the server serves a different dump now (size differs);"
         " fetch again without --resume\n"))
-    assert missing.stderr.decode() == (f"dumpd: {tmp_path / 'nothing'}.dumpd-fetch: no partial "
-                                       "copy to resume (fetch without --resume to start one)\n")
     assert os.path.exists(copy)

@@ -27,6 +27,7 @@ from dumpd.protocol import (
     encode_request,
 )
 from tests.conftest import GatedHook, client_of, serving, until
+from tests.daemon import source_identity
 from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
 from tests.views import balloon_file, expected_view, pfns_read, read_all, record_reads
 
@@ -59,7 +60,7 @@ async def test_elf_view_is_byte_exact(tmp_path: Path, elf_class: int, endian: st
             n = rng.randrange(1, 3 * PAGE)
             assert await client.read(off, n) == want[off : off + n]
         info = await client.info()
-    assert info["source"] == {"kind": "elf", "path": dump.path}
+    assert info["source"] == {"kind": "elf", "path": dump.path, **source_identity(dump.path)}
     assert info["size"] == dump.size
     assert info["segments"] == [[s.paddr, s.file_offset, s.filesz, s.memsz]
                                 for s in dump.segments]

@@ -4,6 +4,9 @@ Design rules:
 - The copy is the file view byte for byte at the same offsets: data is written with
   `pwrite` where it belongs, holes (non-RAM pages) are never written, so the copy
   stays sparse; an ELF vmcore stays a valid ELF core.
+- Nothing is touched before the request is known to be good: the range and the chunk
+  are checked against the server's `info`, then the output is checked and opened as
+  `output.py` says (never the served dump, never an existing file unless asked).
 - Progress is checkpointed every `CHECKPOINT_SECONDS`: the resume state
   (`fetch.state`) is replaced atomically, after the bytes it vouches for were
   written. If the fetch process dies, the kernel still writes out what it was given,
@@ -13,12 +16,18 @@ Design rules:
   `dd`, fetch does not sync unless asked).
 - Ranges the source could not read (`stream.error`) are recorded, listed at the end,
   retried by `--resume`, and make the exit status 1.
+- A failure of the output (ENOSPC, EIO, ...) is one line naming the file and the
+  reason (for a full disk: what is still needed and what is free); the checkpoint is
+  saved when it can be, so `--resume` continues. Exit status 1; refusals of the
+  request (StartupError) are 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -26,14 +35,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
-from dumpd.errors import StartupError
+from dumpd.errors import DumpdError, StartupError
+from dumpd.fetch import output as out_mod
+from dumpd.fetch.output import NO_SPACE, STDOUT, Output, OutputError, Served, look, os_error
 from dumpd.fetch.progress import Progress, size
 from dumpd.fetch.state import SUFFIX, FetchState
-from dumpd.receiver import StreamError, StreamHole, StreamWritten
+from dumpd.receiver import SinkError, StreamData, StreamError, StreamHole, StreamWritten
 
 CHECKPOINT_SECONDS = 5.0
 FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
-BLOCK = 1 << 20  # bytes per read (--verify) or zero-fill of the copy
+BLOCK = 1 << 20  # bytes per read of the copy (--verify)
+EXTENTS_STEP = 1 << 30  # the largest range `extents` answers at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,47 +61,52 @@ class FetchRequest:
     quiet: bool = False
     chunk: int | None = None
     fsync: bool = False
+    force: bool = False  # an existing output may be replaced (a block device written)
+
+
+@dataclass(slots=True)
+class _Job:
+    """The opened output and the state of its copy; `state_path` None: no resume state
+    (a stream or a device)."""
+
+    output: Output
+    state: FetchState
+    state_path: str | None
 
 
 def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) -> int:
     """Run the copy; 0 when complete (and verified if asked), 1 when not. `connect`
-    opens the connection (TCP, TLS) when not to `request.socket`."""
-    with connect() if connect else Client.connect(request.socket) as client:
+    opens a connection (TCP, TLS) when not to `request.socket`."""
+    opener = connect or (lambda: Client.connect(request.socket))
+    with opener() as client:
         info = client.info()
-        output = request.output or os.path.basename(info["source"]["path"]) or "vmcore"
-        state_path = output + SUFFIX
+        offset, end = _plan(request, info)
         identity = _identity(client, info)
-        if request.resume:
-            state = FetchState.load(state_path)
-            _check_same(state, identity, state_path)
-            fd = _reopen(output, state, info["size"])
-        else:
-            state = _new_state(request, identity, info["size"])
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.ftruncate(fd, info["size"])
-            state.save(state_path)
-        progress = Progress(sum(length for _, length in state.todo()), request.quiet)
-        sync = os.fdatasync if request.fsync else _no_sync
         try:
-            _copy(client, fd, state, state_path, progress, request.chunk, sync)
-        except (ConnectionError, OSError, RemoteError) as exc:
-            _checkpoint(fd, state, state_path, sync)
-            os.close(fd)
-            progress.finish()
-            print(f"dumpd: fetch stopped at {state.done:#x} of {state.end:#x}: {exc}; run the "
-                  "same command with --resume to continue", file=sys.stderr)
+            job = _start(request, info, identity, offset, end)
+            try:
+                return _run(client, opener, request, info, job)
+            finally:
+                job.output.close()
+        except OutputError as exc:
+            print(f"dumpd: fetch: {exc}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            _checkpoint(fd, state, state_path, sync)
-            os.close(fd)
-            progress.finish()
-            print(f"dumpd: fetch interrupted at {state.done:#x}; --resume continues",
-                  file=sys.stderr)
-            return 130
-        sync(fd)
-        os.close(fd)
-        seconds = progress.finish()
-        return _report(client, request, output, state, state_path, progress, seconds)
+
+
+def _plan(request: FetchRequest, info: dict[str, Any]) -> tuple[int, int]:
+    """`(offset, end)` of the range to copy; StartupError for a range or a chunk the
+    server would refuse (before any file is touched)."""
+    chunk, page, most = request.chunk, info["page_size"], info["max_read"]
+    if chunk is not None and not (page <= chunk <= most and chunk % page == 0):
+        raise StartupError(f"fetch: --chunk {chunk}: EINVAL: the server takes a multiple of "
+                           f"its page size {page} in [{page}, {most}]")
+    offset, length, view = request.offset, request.length, info["size"]
+    if length == 0:
+        raise StartupError(f"fetch: --range {offset:#x}:0: EINVAL: the range is empty")
+    if offset >= view:
+        raise StartupError(f"fetch: --range {offset:#x}:...: ERANGE: it starts at or past "
+                           f"the end of the view ({view:#x} bytes)")
+    return offset, view if length is None else min(view, offset + length)
 
 
 def _identity(client: Client, info: dict[str, Any]) -> dict[str, Any]:
@@ -115,64 +132,133 @@ def _check_same(state: FetchState, identity: dict[str, Any], path: str) -> None:
                                "differs); fetch again without --resume")
 
 
-def _new_state(request: FetchRequest, identity: dict[str, Any], view_size: int) -> FetchState:
-    offset = min(request.offset, view_size)
-    end = view_size if request.length is None else min(view_size, offset + request.length)
-    return FetchState(identity, offset, end - offset, done=offset)
+def _default_name(info: dict[str, Any]) -> str:
+    return os.path.basename(info["source"]["path"]) or "vmcore"
 
 
-def _reopen(output: str, state: FetchState, view_size: int) -> int:
-    """The partial copy, cut back to what the state vouches for (the rest is fetched
-    again, so it becomes a hole first: holes of the view must stay holes)."""
+def _start(request: FetchRequest, info: dict[str, Any], identity: dict[str, Any],
+           offset: int, end: int) -> _Job:
+    """Check and open the output (and its resume state) as the request says."""
+    served = Served.of(info)
+    name = request.output or _default_name(info)
+    st = None if name == STDOUT else look(name, served)
+    if st is not None and stat.S_ISDIR(st.st_mode):  # as cp: DIR/<the source's name>
+        name = os.path.join(name, _default_name(info))
+        st = look(name, served)
+    kind = out_mod.kind_of(name, st)
+    fresh = FetchState(identity, offset, end - offset, done=offset)
+    if kind != "file":
+        if request.resume:
+            shown = "stdout" if name == STDOUT else name
+            raise StartupError(f"fetch: --resume: {shown} is not a regular file: there is no "
+                               "partial copy to resume (fetch again without --resume)")
+        if kind == "stream":
+            return _Job(out_mod.stream(name, served, offset, request.verify), fresh, None)
+        if not request.force:
+            raise StartupError(f"fetch: {name} is a block device; --force writes the copy "
+                               "over its content")
+        return _Job(out_mod.device(name, served, end), fresh, None)
+    state_path = name + SUFFIX
+    look(state_path, served)
+    old = FetchState.find(state_path)
+    if request.resume and old is not None and st is not None:
+        _check_same(old, identity, state_path)
+        return _Job(out_mod.reopen(name, served, old.done, info["size"]), old, state_path)
+    if st is not None and not request.force:
+        if request.resume:
+            raise StartupError(f"fetch: {name} exists but {state_path} does not: it is no "
+                               "partial copy fetch can resume; --force replaces it")
+        raise StartupError(f"fetch: {name} exists; --force replaces it, --resume continues "
+                           "a partial copy")
+    if request.resume and not request.quiet:
+        print(f"fetch: no partial copy of {name} to resume: starting a new one",
+              file=sys.stderr)
+    if st is None:
+        output = out_mod.create(name, served, info["size"])
+    else:
+        output = out_mod.replace(name, served, info["size"])
     try:
-        fd = os.open(output, os.O_WRONLY | os.O_CLOEXEC)
+        fresh.save(state_path)
     except OSError as exc:
-        raise StartupError(f"{output}: cannot reopen the partial copy: {exc.strerror}") from exc
-    if state.done < state.end:
-        os.ftruncate(fd, state.done)
-    os.ftruncate(fd, view_size)
-    return fd
+        output.close()
+        output.remove_if_created()
+        raise os_error(state_path, "save the resume state", exc) from exc
+    return _Job(output, fresh, state_path)
 
 
-def _copy(client: Client, fd: int, state: FetchState, state_path: str, progress: Progress,
-          chunk: int | None, sync: Callable[[int], None]) -> None:
+def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
+         info: dict[str, Any], job: _Job) -> int:
+    out, state = job.output, job.state
+    progress = Progress(sum(length for _, length in state.todo()), request.quiet)
+    sync = os.fdatasync if request.fsync and out.kind != "stream" else _no_sync
+    try:
+        _copy(client, job, progress, request.chunk, sync)
+        sync(out.fd)
+    except SinkError as exc:
+        progress.finish()
+        print(f"dumpd: fetch: {exc.filename or out.name}: {exc.strerror}"
+              f"{_space(opener, job, exc)}; {_saved(job, sync)}", file=sys.stderr)
+        return 1
+    except (ConnectionError, OSError, RemoteError) as exc:
+        progress.finish()
+        print(f"dumpd: fetch stopped at {state.done:#x} of {state.end:#x}: {exc}; "
+              f"{_saved(job, sync)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.finish()
+        print(f"dumpd: fetch interrupted at {state.done:#x}; {_saved(job, sync)}",
+              file=sys.stderr)
+        return 130
+    seconds = progress.finish()
+    return _report(client, request, info, job, progress, seconds)
+
+
+def _copy(client: Client, job: _Job, progress: Progress, chunk: int | None,
+          sync: Callable[[int], None]) -> None:
+    state = job.state
     for entry in list(state.errors):  # ranges that failed before: try them again
         kept = list(state.errors)
         state.errors.remove(entry)
         try:
-            _fetch_range(client, fd, state, entry[0], entry[1], progress, chunk, sync, None)
+            _fetch_range(client, job, entry[0], entry[1], progress, chunk, sync, False)
         except BaseException:
             state.errors = kept  # not retried to the end: still owed
             raise
     if state.done < state.end:
-        _fetch_range(client, fd, state, state.done, state.end - state.done, progress, chunk,
-                     sync, state_path)
+        _fetch_range(client, job, state.done, state.end - state.done, progress, chunk, sync,
+                     True)
 
 
-def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length: int,
-                 progress: Progress, chunk: int | None, sync: Callable[[int], None],
-                 state_path: str | None) -> None:
-    """Copy one range; with `state_path`, it is the main range and `state.done`
-    advances (with checkpoints) as its pieces land."""
+def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: Progress,
+                 chunk: int | None, sync: Callable[[int], None], main: bool) -> None:
+    """Copy one range; when it is the `main` range, `state.done` advances (with
+    checkpoints) as its pieces land."""
+    out, state = job.output, job.state
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-    stream = client.stream(offset, length, chunk, sink=fd)
+    stream = client.stream(offset, length, chunk, sink=out.sink)
     for piece in stream:
         if isinstance(piece, StreamWritten):
             n = piece.length
             progress.add(data=n)
+        elif isinstance(piece, StreamData):
+            n = len(piece.data)
+            out.append(piece.offset, piece.data)
+            progress.add(data=n)
         elif isinstance(piece, StreamHole):
             n = piece.length
+            if out.kind != "file":  # only a file has holes that read as zeros
+                out.zeros(piece.offset, n)
             progress.add(holes=n)
         else:
             assert isinstance(piece, StreamError)
             n = piece.length
-            _write_zeros(fd, piece.offset, n)  # data sent before the failure is void
+            out.zeros(piece.offset, n)  # data sent before the failure is void
             state.errors.append([piece.offset, n, piece.code, piece.message])
             progress.add(errors=n)
-        if state_path is not None:
+        if main:
             state.done = piece.offset + n
-            if time.monotonic() >= checkpoint:
-                _checkpoint(fd, state, state_path, sync)
+            if job.state_path is not None and time.monotonic() >= checkpoint:
+                _checkpoint(out.fd, state, job.state_path, sync)
                 checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     summary = stream.summary or {}
     if summary.get("cancelled") or summary.get("bytes") != length:
@@ -180,60 +266,145 @@ def _fetch_range(client: Client, fd: int, state: FetchState, offset: int, length
                               f"{summary.get('bytes', 0):#x} bytes")
 
 
-def _write_zeros(fd: int, offset: int, length: int) -> None:
-    zeros = bytes(min(length, BLOCK))
-    while length:
-        n = os.pwrite(fd, zeros[:length], offset)
-        offset, length = offset + n, length - n
-
-
 def _checkpoint(fd: int, state: FetchState, state_path: str,
                 sync: Callable[[int], None]) -> None:
-    sync(fd)
-    state.save(state_path)
+    """Sync (with --fsync) and save the state; SinkError names the file that failed."""
+    try:
+        sync(fd)
+    except OSError as exc:
+        raise SinkError(exc.errno, exc.strerror) from exc
+    try:
+        state.save(state_path)
+    except OSError as exc:
+        raise SinkError(exc.errno, exc.strerror, state_path) from exc
 
 
 def _no_sync(fd: int) -> None:
     """Without --fsync: the kernel keeps what was written if the fetch process dies."""
 
 
-def _report(client: Client, request: FetchRequest, output: str, state: FetchState,
-            state_path: str, progress: Progress, seconds: float) -> int:
+def _saved(job: _Job, sync: Callable[[int], None]) -> str:
+    """Save the checkpoint if it can be; what the operator can do next."""
+    if job.state_path is None:
+        return "fetch again for a complete copy"
+    try:
+        _checkpoint(job.output.fd, job.state, job.state_path, sync)
+    except SinkError as exc:
+        return (f"{job.state_path} could not be updated ({exc.strerror}): --resume "
+                "continues from its last checkpoint")
+    return "run the same command with --resume to continue"
+
+
+def _space(opener: Callable[[], Client], job: _Job, exc: SinkError) -> str:
+    """For a full file system or quota: what is still needed, what is on disk, what is
+    free; else nothing."""
+    if exc.errno not in NO_SPACE:
+        return ""
+    out, state = job.output, job.state
+    free = out_mod.free_space(out.fd)
+    free_text = "unknown" if free is None else size(free)
+    if out.kind == "stream":
+        return (f" ({size(state.end - out.position)} still to write, "
+                f"{size(out.position - state.offset)} written, {free_text} free)")
+    ram = _ram_left(opener, state.todo())
+    need = (f"up to {size(sum(n for _, n in state.todo()))}" if ram is None else
+            f"{size(ram)} of RAM pages")
+    held = out_mod.allocated(out.fd)
+    return (f" ({need} still to write, {'unknown' if held is None else size(held)} on disk "
+            f"already, {free_text} free)")
+
+
+def _ram_left(opener: Callable[[], Client], todo: list[tuple[int, int]]) -> int | None:
+    """RAM bytes of the view in `todo`, asked of the server on a connection of its own
+    (the copy's is in the middle of a stream); None if it cannot say."""
+    total = 0
+    try:
+        with opener() as client:
+            for offset, length in todo:
+                for pos in range(offset, offset + length, EXTENTS_STEP):
+                    step = min(EXTENTS_STEP, offset + length - pos)
+                    total += sum(n for _, n, kind in client.extents(pos, step)
+                                 if kind == "data")
+    except (OSError, DumpdError):
+        return None
+    return total
+
+
+def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: _Job,
+            progress: Progress, seconds: float) -> int:
+    out, state = job.output, job.state
     if not request.quiet:
         rate = progress.done / seconds / 1e9 if seconds else 0.0
-        print(f"fetched {size(progress.done)} of {output} in {seconds:.1f} s ({rate:.2f} GB/s):"
-              f" data {size(progress.data)}, holes {size(progress.holes)}, errors "
-              f"{size(progress.errors)}", file=sys.stderr)
+        clipped = request.length is not None and state.offset + request.length > state.end
+        print(f"fetched {size(progress.done)} of {out.name} in {seconds:.1f} s ({rate:.2f} "
+              f"GB/s): data {size(progress.data)}, holes {size(progress.holes)}, errors "
+              f"{size(progress.errors)}"
+              f"{f' (the range ends at the end of the view, {state.end:#x})' if clipped else ''}",
+              file=sys.stderr)
     if state.errors:
-        state.save(state_path)
+        if job.state_path is not None:
+            try:
+                state.save(job.state_path)
+            except OSError as exc:
+                raise os_error(job.state_path, "save the resume state", exc) from exc
         print(f"dumpd: the copy is incomplete: {len(state.errors)} ranges could not be read "
               "(zeros in the copy):", file=sys.stderr)
         for offset, length, code, message in state.errors:
             print(f"  {offset:#x}+{length:#x} {code}: {message}", file=sys.stderr)
-        print("dumpd: --resume retries them", file=sys.stderr)
+        print("dumpd: --resume retries them" if job.state_path is not None else
+              "dumpd: fetch them again (--range OFFSET:LENGTH) into a file", file=sys.stderr)
         return 1
-    os.unlink(state_path)
+    if job.state_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(job.state_path)
     if request.verify:
-        return _verify(client, output, state, request.quiet)
+        return _verify(client, info, job, request.quiet)
     return 0
 
 
-def _verify(client: Client, output: str, state: FetchState, quiet: bool) -> int:
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """What of the served dump changed between two `info` replies (None: nothing):
+    its shape, or the source file itself (another file, or written: mtime_ns)."""
+    for key in ("size", "page_size", "segments"):
+        if before.get(key) != after.get(key):
+            return key
+    for key in ("kind", "device", "inode", "rdev", "mtime_ns"):
+        if before["source"].get(key) != after["source"].get(key):
+            return key
+    return None
+
+
+def _verify(client: Client, info: dict[str, Any], job: _Job, quiet: bool) -> int:
+    """The copy as it is on disk (for a stream: the bytes written) against the server's
+    digest of the view now, and the dump now against the dump the copy started from."""
+    out, state = job.output, job.state
+    changed = _changed(info, client.info())
+    if changed is not None:
+        print(f"dumpd: verify: the served dump changed during the copy ({changed} differs): "
+              f"{out.name} cannot equal it", file=sys.stderr)
+        return 1
     remote = client.call("digest", state.offset, state.length, "sha256")["digest"]
-    h = hashlib.sha256()
-    with open(output, "rb") as copy:
-        copy.seek(state.offset)
-        left = state.length
-        while left:
-            block = copy.read(min(BLOCK, left))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    if h.hexdigest() != remote:
-        print(f"dumpd: verify: {output} differs from the server's view (sha256 "
-              f"{h.hexdigest()} != {remote})", file=sys.stderr)
+    local = out.hash.hexdigest() if out.hash is not None else _digest_of(out, state)
+    if local != remote:
+        print(f"dumpd: verify: {out.name} differs from the server's view (sha256 "
+              f"{local} != {remote})", file=sys.stderr)
         return 1
     if not quiet:
         print(f"verify: sha256 {remote} matches", file=sys.stderr)
     return 0
+
+
+def _digest_of(out: Output, state: FetchState) -> str:
+    """sha256 of the copy's `[offset, end)`, read back through its descriptor."""
+    h = hashlib.sha256()
+    pos = state.offset
+    try:
+        while pos < state.end:
+            block = os.pread(out.fd, min(BLOCK, state.end - pos), pos)
+            if not block:
+                break
+            h.update(block)
+            pos += len(block)
+    except OSError as exc:
+        raise os_error(out.name, "read the copy back", exc) from exc
+    return h.hexdigest()

@@ -3,13 +3,17 @@
 Kept beside the copy as `COPY.dumpd-fetch` (JSON). It is written only after the bytes
 it vouches for were written to the copy (and synced, with --fsync), to a temporary
 file renamed over the old one, so a crash at any moment leaves a state that never
-claims more than the copy holds.
+claims more than the copy holds. A file there that is not a state fetch wrote is
+never overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,11 +46,37 @@ class FetchState:
         return ranges
 
     def save(self, path: str) -> None:
-        """Replace the state file at `path` atomically (after the data it describes)."""
-        temp = f"{path}.tmp"
-        with open(temp, "w", encoding="utf-8") as out:
-            json.dump({"version": VERSION, **asdict(self)}, out)
-        os.replace(temp, path)
+        """Replace the state file at `path` atomically (after the data it describes).
+
+        The temporary file has a name of its own (O_EXCL, mode 0600) beside `path` and
+        is removed again if anything fails; OSError says why.
+        """
+        fd, temp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.", suffix=".tmp",
+                                    dir=os.path.dirname(path) or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump({"version": VERSION, **asdict(self)}, out)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+    @classmethod
+    def find(cls, path: str) -> FetchState | None:
+        """The state at `path`, None when there is none; StartupError when something
+        else is there (it is not fetch's to overwrite)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StartupError(f"{path}: cannot look at the resume state: "
+                               f"{exc.strerror}") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"{path}: not a resume state (not a regular file); "
+                               "move it away")
+        return cls.load(path)
 
     @classmethod
     def load(cls, path: str) -> FetchState:
@@ -55,10 +85,10 @@ class FetchState:
             with open(path, encoding="utf-8") as src:
                 raw = json.load(src)
         except FileNotFoundError:
-            raise StartupError(f"{path}: no partial copy to resume (fetch without "
-                               "--resume to start one)") from None
+            raise StartupError(f"{path}: no partial copy to resume") from None
         except (OSError, ValueError) as exc:
-            raise StartupError(f"{path}: unreadable resume state: {exc}") from exc
+            raise StartupError(f"{path}: unreadable resume state ({exc}); move it "
+                               "away") from exc
         try:
             if raw.pop("version") != VERSION:
                 raise ValueError("unknown version")
@@ -67,5 +97,6 @@ class FetchState:
                     all(type(v) is int for v in (state.offset, state.length, state.done))):
                 raise ValueError("wrong field types")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise StartupError(f"{path}: unreadable resume state: {exc}") from exc
+            raise StartupError(f"{path}: unreadable resume state ({exc}); move it "
+                               "away") from exc
         return state

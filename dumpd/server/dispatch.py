@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd import PROTOCOL_VERSION, __version__
+from dumpd.bootid import boot_id
 from dumpd.engine import Engine
 from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
@@ -55,6 +56,7 @@ class Dispatcher:
         self.stream_window = stream_window
         self._live = live
         self._started = time.monotonic()
+        self._boot_id = boot_id()  # read once: it names this boot
         self._methods: dict[str, tuple[int, Handler]] = {
             "info": (0, self._info),
             "read": (2, self._read),
@@ -114,10 +116,16 @@ class Dispatcher:
 
     def _info_now(self) -> dict[str, Any]:
         source = self.engine.source
+        st = source.stat()
+        described: dict[str, Any] = {"kind": source.kind, "path": source.path,
+                                     "device": st.st_dev, "inode": st.st_ino,
+                                     "rdev": st.st_rdev, "mtime_ns": st.st_mtime_ns}
+        if self._boot_id is not None:
+            described["boot_id"] = self._boot_id
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
-            "source": {"kind": source.kind, "path": source.path},
+            "source": described,
             "size": source.size,
             "page_size": source.page_size,
             "segments": [[s.paddr, s.file_offset, s.filesz, s.memsz] for s in source.segments],

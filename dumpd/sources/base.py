@@ -153,6 +153,11 @@ class Source:
         # Regular files can be asked to answer from the page cache or not at all.
         self._nowait = hasattr(os, "RWF_NOWAIT") and stat.S_ISREG(os.fstat(fd).st_mode)
 
+    def stat(self) -> os.stat_result:
+        """`fstat` of the open source: which file it is (st_dev, st_ino, st_rdev) and
+        whether it changed (st_mtime_ns), whatever path it is known by now."""
+        return os.fstat(self._fd)
+
     def fileno(self) -> int:
         """The source's descriptor, for `os.sendfile` (file-view offsets are file
         offsets); it is only ever read from."""

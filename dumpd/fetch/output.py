@@ -1,0 +1,295 @@
+"""Where a fetch writes, opened so that no file is destroyed by mistake.
+
+Design rules:
+- Never the served dump: the output's `st_dev`/`st_ino` (and `st_rdev` for a device)
+  are compared with the source's identity from `info` (paths, hard links and symlinks
+  cannot fool it), before the output is opened and again on the opened descriptor,
+  before anything is written or truncated (it is opened without O_TRUNC).
+- Never an existing file unless the operator said so (--force, or --resume of fetch's
+  own partial copy). A new or replaced copy is mode 0600: a dump holds secrets.
+- The kind of output decides how the view is written: a regular file gets the sparse
+  copy at the view's offsets ("file"); a block device (only with --force) the view at
+  its offsets with holes written as zeros, so its old content cannot show through
+  ("device"); a pipe or socket the range's bytes in order, holes as zeros ("stream").
+  Anything else (a terminal, a character device) is refused.
+- Every failure of the OS on the output is one line naming the file (`OutputError`;
+  writes raise `SinkError`, as the stream receiver's own writes do).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from dumpd.bootid import boot_id
+from dumpd.errors import StartupError
+from dumpd.receiver import SinkError
+
+STDOUT = "-"
+STDOUT_FD = 1
+ZEROS = bytes(1 << 20)  # written for holes where the output cannot have holes
+
+
+class OutputError(Exception):
+    """The OS refused an operation on the output or its resume state."""
+
+
+def os_error(name: str, what: str, exc: OSError) -> OutputError:
+    """`NAME: cannot WHAT: REASON`."""
+    return OutputError(f"{name}: cannot {what}: {exc.strerror or exc}")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The served dump as `info` identifies it: a file of the machine whose boot is
+    `boot_id` (None: not said)."""
+
+    path: str
+    device: int | None
+    inode: int | None
+    rdev: int
+    boot_id: str | None
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> Served:
+        source = info["source"]
+        return cls(source["path"], source.get("device"), source.get("inode"),
+                   source.get("rdev", 0), source.get("boot_id"))
+
+    def is_file(self, st: os.stat_result) -> bool:
+        """Whether `st` is the served file. Unless the server is known to run on another
+        machine (both boot ids known and different), equal numbers count: refusing a
+        copy by mistake is better than overwriting the dump."""
+        mine = boot_id()
+        if self.boot_id is not None and mine is not None and self.boot_id != mine:
+            return False
+        if (st.st_dev, st.st_ino) == (self.device, self.inode):
+            return True
+        device = stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode)
+        return device and self.rdev != 0 and st.st_rdev == self.rdev
+
+    def refuse(self, name: str, st: os.stat_result | None) -> None:
+        """StartupError when `st` (of `name`) is the served dump."""
+        if st is not None and self.is_file(st):
+            raise StartupError(f"fetch: {name} and the served dump {self.path} are the same "
+                               "file")
+
+
+def look(path: str, served: Served) -> os.stat_result | None:
+    """`stat` of `path` (None: nothing there), refused when it is the served dump."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise os_error(path, "look at it", exc) from exc
+    served.refuse(path, st)
+    return st
+
+
+class Output:
+    """An opened output: `kind` is "file", "device" or "stream"; `created` when fetch
+    made the file (it is removed again if the copy cannot start)."""
+
+    def __init__(self, name: str, fd: int, kind: str, created: bool = False,
+                 position: int = 0, hashing: bool = False, owned: bool = True) -> None:
+        self.name = name
+        self.fd = fd
+        self.owned = owned  # fetch opened `fd` (standard output is not fetch's to close)
+        self.kind = kind
+        self.created = created
+        self.position = position  # a stream: the view offset of its next byte
+        self.hash = hashlib.sha256() if hashing else None  # a stream: of the bytes written
+
+    @property
+    def sink(self) -> int | None:
+        """The descriptor the receiver writes data into at its offsets (None: a stream,
+        which gets the data in order)."""
+        return None if self.kind == "stream" else self.fd
+
+    def append(self, offset: int, data: memoryview) -> None:
+        """A stream's data at view offset `offset` (bytes before `position` are out
+        already: a stream cannot take them back)."""
+        skip = max(0, self.position - offset)
+        self._write(data[skip:])
+
+    def zeros(self, offset: int, length: int) -> None:
+        """Zeros over `[offset, offset+length)` (a stream: from `position` on)."""
+        end = offset + length
+        if self.kind == "stream":
+            while self.position < end:
+                self._write(memoryview(ZEROS)[: end - self.position])
+            return
+        while offset < end:
+            n = min(len(ZEROS), end - offset)
+            try:
+                offset += os.pwrite(self.fd, memoryview(ZEROS)[:n], offset)
+            except OSError as exc:
+                raise SinkError(exc.errno, exc.strerror) from exc
+
+    def _write(self, data: memoryview) -> None:
+        while data:
+            try:
+                n = os.write(self.fd, data)
+            except OSError as exc:
+                raise SinkError(exc.errno, exc.strerror) from exc
+            if self.hash is not None:
+                self.hash.update(data[:n])
+            data = data[n:]
+            self.position += n
+
+    def remove_if_created(self) -> None:
+        """Undo the creation of a copy that never started."""
+        if self.created:
+            os.unlink(self.name)
+            self.created = False
+
+    def close(self) -> None:
+        """Close the descriptor if fetch opened it."""
+        if self.fd >= 0:
+            if self.owned:
+                os.close(self.fd)
+            self.fd = -1
+
+
+def _open(path: str, flags: int, served: Served, what: str) -> tuple[int, os.stat_result]:
+    """`os.open` and `fstat`, refused (and closed) when it is the served dump."""
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise os_error(path, what, exc) from exc
+    try:
+        st = os.fstat(fd)
+        served.refuse(path, st)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _sized(name: str, fd: int, size: int, created: bool) -> Output:
+    """A regular file of `size` bytes, holes all through, mode 0600."""
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        output = Output(name, fd, "file", created)
+        output.close()
+        output.remove_if_created()
+        raise os_error(name, f"make it a file of {size} bytes", exc) from exc
+    return Output(name, fd, "file", created)
+
+
+def create(path: str, served: Served, size: int) -> Output:
+    """A new copy (O_EXCL: a name that appeared meanwhile is not overwritten)."""
+    fd, _ = _open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, served, "create it")
+    return _sized(path, fd, size, True)
+
+
+def replace(path: str, served: Served, size: int) -> Output:
+    """An existing regular file replaced by a new copy (--force)."""
+    fd, st = _open(path, os.O_RDWR, served, "open it")
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise StartupError(f"fetch: {path} is no longer a regular file; not replaced")
+    return _sized(path, fd, size, False)
+
+
+def reopen(path: str, served: Served, keep: int, size: int) -> Output:
+    """fetch's partial copy, cut back to its first `keep` bytes (the rest is fetched
+    again, so it becomes a hole first: holes of the view must stay holes)."""
+    fd, st = _open(path, os.O_RDWR, served, "reopen the partial copy")
+    try:
+        if not stat.S_ISREG(st.st_mode):
+            raise StartupError(f"fetch: {path} is not a regular file; not resumed")
+        if keep < size:
+            os.ftruncate(fd, keep)
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        raise os_error(path, "reopen the partial copy", exc) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return Output(path, fd, "file")
+
+
+def device(path: str, served: Served, end: int) -> Output:
+    """A block device written at the view's offsets up to `end` (O_EXCL: not while it
+    is mounted)."""
+    fd, st = _open(path, os.O_RDWR | os.O_EXCL, served, "open the device")
+    try:
+        held = os.lseek(fd, 0, os.SEEK_END)
+    except OSError as exc:
+        os.close(fd)
+        raise os_error(path, "tell the device's size", exc) from exc
+    if not stat.S_ISBLK(st.st_mode) or held < end:
+        os.close(fd)
+        if not stat.S_ISBLK(st.st_mode):
+            raise StartupError(f"fetch: {path} is no longer a block device")
+        raise StartupError(f"fetch: {path}: the device holds {held} bytes, the copy needs "
+                           f"{end}")
+    return Output(path, fd, "device")
+
+
+def stream(path: str, served: Served, position: int, hashing: bool) -> Output:
+    """A pipe or socket (`-`: standard output) the range is written to in order."""
+    if path == STDOUT:
+        fd = STDOUT_FD
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise os_error("stdout", "look at it", exc) from exc
+        served.refuse("stdout", st)
+        if os.isatty(fd):
+            raise StartupError("fetch: stdout is a terminal: name a file with -o, or pipe "
+                               "the dump to a program")
+        return Output("stdout", fd, "stream", position=position, hashing=hashing, owned=False)
+    fd, st = _open(path, os.O_WRONLY, served, "open it")
+    if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+        os.close(fd)
+        raise StartupError(f"fetch: {path} is no longer a pipe")
+    return Output(path, fd, "stream", position=position, hashing=hashing)
+
+
+def kind_of(path: str, st: os.stat_result | None) -> str:
+    """How `path` is written: "file" (also when there is none yet), "device" or
+    "stream"; StartupError for outputs fetch does not write to."""
+    if path == STDOUT:
+        return "stream"
+    if st is None or stat.S_ISREG(st.st_mode):
+        return "file"
+    if stat.S_ISBLK(st.st_mode):
+        return "device"
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        return "stream"
+    what = ("a directory" if stat.S_ISDIR(st.st_mode) else
+            "a character device (a terminal?)" if stat.S_ISCHR(st.st_mode) else
+            "not a file fetch writes to")
+    raise StartupError(f"fetch: {path} is {what}; name a regular file, a block device "
+                       "(with --force), a pipe or - (stdout)")
+
+
+def free_space(fd: int) -> int | None:
+    """Bytes free for unprivileged users on the output's file system (None: unknown)."""
+    try:
+        vfs = os.fstatvfs(fd)
+    except OSError:
+        return None
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def allocated(fd: int) -> int | None:
+    """Bytes the output holds on disk (None: unknown)."""
+    try:
+        return os.fstat(fd).st_blocks * 512
+    except OSError:
+        return None
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
