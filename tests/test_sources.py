@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import shutil
@@ -635,26 +634,32 @@ def test_auto_says_when_it_takes_a_file_as_raw(tmp_path: Path) -> None:
                       'raw physical memory (kind = "raw")')
 
 
-def test_auto_on_a_character_device_is_raw_and_said(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_on_a_character_device_is_raw_and_said() -> None:
     """/dev/oldmem is a character device: memory, never sniffed for dump signatures."""
-    with caplog.at_level(logging.INFO, "dumpd.sources"), closing(
-            open_source("/dev/zero", size=0x1000)) as src:
-        assert src.kind == "raw"
-    assert caplog.messages == ['/dev/zero: a character device with no ELF header; serving '
-                               'it as raw physical memory (kind = "raw")']
+    with closing(open_source("/dev/zero", size=0x1000)) as src:
+        assert (src.kind, src.guess) == ("raw", "/dev/zero: a character device with no ELF "
+                                         'header; serving it as raw physical memory (kind = '
+                                         '"raw")')
 
 
-def test_explicit_kinds_and_elf_cores_log_no_guess(tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_explicit_kinds_and_elf_cores_make_no_guess(tmp_path: Path) -> None:
     raw = tmp_path / "oldmem.img"
     build_raw(raw, 0x1000)
     core = tmp_path / "vmcore"
     standard(core)
-    with caplog.at_level(logging.INFO, "dumpd.sources"):
-        for path, kind, size in ((raw, "raw", None), (core, "auto", None),
-                                 ("/dev/zero", "raw", 0x1000)):
-            open_source(str(path), kind, size=size).close()
-    assert caplog.messages == []
+    for path, kind, size in ((raw, "raw", None), (core, "auto", None),
+                             ("/dev/zero", "raw", 0x1000)):
+        with closing(open_source(str(path), kind, size=size)) as src:
+            assert src.guess is None
+
+
+def test_a_failed_start_prints_only_its_error(tmp_path: Path) -> None:
+    """The guess is logged once start-up succeeded, not above a start-up error."""
+    path = tmp_path / "oldmem.img"
+    build_raw(path, 0x1000)
+    failed = run("serve", "--source", str(path), "--hook", "nope",
+                 "--socket", str(tmp_path / "dumpd.sock"))
+    assert one_line_error(failed, 2).startswith("dumpd: [hook] unknown hook 'nope'; ")
 
 
 # --------------------------------------------------------------------------- cannot open

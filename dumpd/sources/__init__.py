@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 
@@ -16,8 +15,6 @@ from dumpd.sources.signatures import HEAD_BYTES, known_format
 __all__ = ["KINDS", "Segment", "Source", "open_source"]
 
 KINDS = ("auto", "elf", "raw")
-
-log = logging.getLogger("dumpd.sources")
 
 NOT_A_FILE = "not a regular file or a device"
 
@@ -84,8 +81,9 @@ def open_source(
     serve (kdump-compressed, gzip, ...: see `signatures`) is refused whatever the
     kind; character devices (/dev/oldmem) are memory and are not sniffed. "auto"
     takes an ELF core by its magic, and anything else as raw memory, saying so in
-    the log. `page_size` is used unless an ELF core's VMCOREINFO gives PAGESIZE;
-    `size` overrides the detected file size (needed for devices that report 0).
+    the source's `guess` (the server logs it once start-up succeeded). `page_size`
+    is used unless an ELF core's VMCOREINFO gives PAGESIZE; `size` overrides the
+    detected file size (needed for devices that report 0).
     """
     if kind not in KINDS:
         raise StartupError(f"{path}: unknown source kind {kind!r} (expected auto, elf or raw)")
@@ -106,5 +104,5 @@ def open_source(
     if kind == "auto":
         why = ("a character device with no ELF header" if memory_device
                else "no ELF or known dump signature")
-        log.info('%s: %s; serving it as raw physical memory (kind = "raw")', path, why)
+        source.guess = f'{path}: {why}; serving it as raw physical memory (kind = "raw")'
     return source
