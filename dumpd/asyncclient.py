@@ -162,9 +162,12 @@ class AsyncClient:
         stats: dict[str, Any] = _expect(await self.call("stats"), dict, "stats")
         return stats
 
-    async def hook_register(self, name: str, options: dict[str, Any] | None = None) -> Any:
-        """Install the is-RAM hook `name` with `options`; EBUSY when one is installed."""
-        return await self.call("hook.register", name, options or {})
+    async def hook_register(self, name: str, options: dict[str, Any] | None = None,
+                            distribution: str = "") -> Any:
+        """Install the is-RAM hook `name` with `options`, from `distribution` when several
+        declare `name`; EBUSY when one is installed."""
+        extra = (distribution,) if distribution else ()
+        return await self.call("hook.register", name, options or {}, *extra)
 
     async def hook_unregister(self) -> Any:
         """Remove the installed is-RAM hook."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 READ_CHUNK = 8 << 20
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
+DISTRIBUTION_HELP = "the distribution providing the hook, when several do (see `dumpd plugins`)"
 
 
 def _int(text: str) -> int:
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="is-RAM hook plugin to register (see `dumpd plugins`)")
     serve.add_argument("--hook-option", action="append", default=[], metavar="KEY=VALUE",
                        help=f"an option for the hook (repeatable); {OPTION_VALUES}")
+    serve.add_argument("--hook-distribution", dest="hook_distribution", metavar="DIST",
+                       help=DISTRIBUTION_HELP)
     serve.add_argument("--cache-mib", dest="engine_cache_mib", type=float)
     serve.add_argument("--loop", dest="server_loop", choices=["auto", "uvloop", "asyncio"])
     serve.add_argument("--log-level", dest="log_level",
@@ -131,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name", help="entry point name (see `dumpd plugins`)")
         p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help=f"an option for the hook (repeatable); {OPTION_VALUES}")
+        p.add_argument("--hook-distribution", metavar="DIST", default="",
+                       help=DISTRIBUTION_HELP)
     check.add_argument("--pfn-limit", type=_int, default=1 << 32,
                        help="draw random pfns below this (default 2**32)")
     actions.add_parser("unregister", help="empty the server's hook slot (all pfns are RAM)")
@@ -203,7 +208,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = config_mod.load(args.config)
     options = {**config.hook.options, **_options(args.hook_option, "--hook-option")}
     flags = {k: v for k, v in vars(args).items()
-             if k.startswith(("source_", "server_", "engine_", "hook_name", "log_level"))}
+             if k.startswith(("source_", "server_", "engine_", "hook_name", "hook_distribution",
+                              "log_level"))}
     config = config.with_overrides(**flags, hook_options=options)
     _log_to_stderr(config.log_level)
     return serve(config)
@@ -327,8 +333,13 @@ def _hexdump(data: bytes, base: int) -> None:
 def _plugins(args: argparse.Namespace) -> int:
     from dumpd.hooks.discovery import installed_plugins
 
-    for plugin in installed_plugins():
-        print(f"{plugin.name:<12} {plugin.distribution} {plugin.version}  ({plugin.target})")
+    plugins = installed_plugins()
+    for plugin in plugins:
+        others = [f"{p.distribution} {p.version}" for p in plugins
+                  if p.name == plugin.name and p is not plugin]
+        also = f"  also provided by {', '.join(others)}" if others else ""
+        print(f"{plugin.name:<12} {plugin.distribution} {plugin.version}  ({plugin.target})"
+              f"{also}")
     return 0
 
 
@@ -337,7 +348,8 @@ def _hook(args: argparse.Namespace) -> int:
         return _hook_check(args)
     with _client(args) as client:
         if args.action == "register":
-            client.hook_register(args.name, _options(args.option, "--option"))
+            client.hook_register(args.name, _options(args.option, "--option"),
+                                 args.hook_distribution)
             print(f"hook {args.name!r} registered")
         elif args.action == "unregister":
             name = client.hook_unregister()["hook"]
@@ -354,7 +366,7 @@ def _hook_check(args: argparse.Namespace) -> int:
 
     try:
         report = check_plugin(args.name, _options(args.option, "--option"),
-                              pfn_limit=args.pfn_limit)
+                              pfn_limit=args.pfn_limit, distribution=args.hook_distribution)
     except ConformanceError as exc:
         print(f"dumpd: conformance: {exc}", file=sys.stderr)
         return 1

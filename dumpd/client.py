@@ -204,9 +204,12 @@ class Client:
         stats: dict[str, Any] = _expect(self.call("stats"), dict, "stats")
         return stats
 
-    def hook_register(self, name: str, options: dict[str, Any] | None = None) -> Any:
-        """Install the is-RAM hook `name` with `options`; EBUSY when one is installed."""
-        return self.call("hook.register", name, options or {})
+    def hook_register(self, name: str, options: dict[str, Any] | None = None,
+                      distribution: str = "") -> Any:
+        """Install the is-RAM hook `name` with `options`, from `distribution` when several
+        declare `name`; EBUSY when one is installed."""
+        extra = (distribution,) if distribution else ()
+        return self.call("hook.register", name, options or {}, *extra)
 
     def hook_unregister(self) -> Any:
         """Remove the installed is-RAM hook."""

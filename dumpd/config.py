@@ -58,6 +58,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class HookConfig:
     name: str = ""
+    distribution: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
 

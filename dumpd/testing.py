@@ -40,12 +40,12 @@ import unittest
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from dumpd.hooks.contract import ENTRY_POINT_GROUP, HookConfigError, PfnIsRam
-from dumpd.hooks.discovery import load_hook
+from dumpd.hooks.discovery import find_plugin, load_hook
 from dumpd.hooks.pfnrange import PFN_LIMIT
 
 UNKNOWN_OPTION = "dumpd-conformance-unknown-option"
@@ -77,24 +77,35 @@ def _fail(name: str, check: str, detail: str) -> ConformanceError:
     return ConformanceError(f"hook {name!r}: {check}: {detail}")
 
 
-def load(name: str, options: Mapping[str, object]) -> PfnIsRam:
-    """The hook made by entry point `name` of an installed distribution."""
-    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
-    if not found:
+def entry_point(name: str, distribution: str = "") -> EntryPoint:
+    """Entry point `name` of an installed distribution (`distribution`, when several
+    declare it)."""
+    if not any(ep.name == name for ep in entry_points(group=ENTRY_POINT_GROUP)):
         raise _fail(name, "entry point", f"no entry point {name!r} in the group "
                     f"{ENTRY_POINT_GROUP!r}; is the plugin's distribution installed?")
-    if found[0].dist is None:
-        raise _fail(name, "entry point", "not declared by an installed distribution")
     try:
-        return load_hook(name, options)
+        ep, _ = find_plugin(name, distribution)
+    except HookConfigError as exc:
+        raise _fail(name, "entry point", str(exc)) from exc
+    if ep.dist is None:
+        raise _fail(name, "entry point", "not declared by an installed distribution")
+    return ep
+
+
+def load(name: str, options: Mapping[str, object], distribution: str = "") -> PfnIsRam:
+    """The hook made by entry point `name` of an installed distribution."""
+    entry_point(name, distribution)
+    try:
+        return load_hook(name, options, distribution)
     except HookConfigError as exc:
         raise _fail(name, "load", str(exc)) from exc
 
 
 @contextmanager
-def created(name: str, options: Mapping[str, object]) -> Iterator[PfnIsRam]:
+def created(name: str, options: Mapping[str, object], distribution: str = ""
+            ) -> Iterator[PfnIsRam]:
     """Hook `name` made through its entry point, closed (where it can be) on the way out."""
-    hook = load(name, options)
+    hook = load(name, options, distribution)
     try:
         yield hook
     finally:
@@ -103,9 +114,10 @@ def created(name: str, options: Mapping[str, object]) -> Iterator[PfnIsRam]:
             close()
 
 
-def check_unknown_option(name: str, options: Mapping[str, object]) -> None:
+def check_unknown_option(name: str, options: Mapping[str, object],
+                         distribution: str = "") -> None:
     """The factory refuses an option it does not know, with HookConfigError."""
-    factory = next(ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name).load()
+    factory = entry_point(name, distribution).load()
     try:
         hook = factory({**options, UNKNOWN_OPTION: 1})
     except HookConfigError:
@@ -287,20 +299,20 @@ def check_plugin(name: str, options: Mapping[str, object], *,
                  pfn_limit: int = 1 << 32, samples: int = 200, seed: int = 0,
                  change: Callable[[], Mapping[int, int] | None] | None = None,
                  corrupt: Callable[[], bool] | None = None,
-                 measure_seconds: float = 0.25) -> ConformanceReport:
+                 measure_seconds: float = 0.25, distribution: str = "") -> ConformanceReport:
     """Every check on hook `name` made with `options`; raises ConformanceError on the first
     failure. `expected` maps pfns to the verdict they must have (by meaning), `error_pfns`
     must give `< 0`; pfns are sampled below `pfn_limit`. `change` and `corrupt` (see
-    `check_reload`) act on the hook's data for the reload checks."""
+    `check_reload`) act on the hook's data for the reload checks. `distribution` picks
+    the provider when several distributions declare `name`."""
     expected = dict(expected or {})
     error_pfns = list(error_pfns)
     rng = random.Random(seed)
-    ep = next((e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == name), None)
-    hook = load(name, options)
-    report = ConformanceReport(name, ep.dist.name if ep and ep.dist else "?",
-                               ep.dist.version if ep and ep.dist else "?", ["entry point"])
+    hook = load(name, options, distribution)
+    _, info = find_plugin(name, distribution)
+    report = ConformanceReport(name, info.distribution, info.version, ["entry point"])
     try:
-        check_unknown_option(name, options)
+        check_unknown_option(name, options, distribution)
         report.checks.append("unknown option refused")
         around = [*expected, *error_pfns]
         pfns = sample_pfns(rng, pfn_limit, around, samples)
@@ -322,13 +334,15 @@ class HookConformance:
     """The kit as a pytest suite: subclass it, set `hook_name`, provide `hook_options`.
 
     Optional class attributes: `expected` (pfn -> verdict by meaning), `error_pfns`
-    (pfns whose verdict must be < 0), `pfn_limit` (where random pfns are drawn).
+    (pfns whose verdict must be < 0), `pfn_limit` (where random pfns are drawn),
+    `hook_distribution` (the provider, when several distributions declare the name).
     Optional methods, for the reload checks: `change_data(options)` rewrites the
     hook's data and returns the verdicts now expected; `corrupt_data(options)` makes
     the data bad and returns True.
     """
 
     hook_name: ClassVar[str] = ""
+    hook_distribution: ClassVar[str] = ""
     expected: ClassVar[Mapping[int, int]] = MappingProxyType({})
     error_pfns: ClassVar[Sequence[int]] = ()
     pfn_limit: ClassVar[int] = 1 << 32
@@ -342,15 +356,15 @@ class HookConformance:
     def _hook(self, options: Mapping[str, object]) -> AbstractContextManager[PfnIsRam]:
         if not self.hook_name:
             raise unittest.SkipTest("HookConformance subclasses set hook_name")
-        return created(self.hook_name, options)
+        return created(self.hook_name, options, self.hook_distribution)
 
     def test_loads_through_entry_point_and_closes_twice(self, hook_options: dict[str, Any]
                                                         ) -> None:
-        check_close(self.hook_name, load(self.hook_name, hook_options))
+        check_close(self.hook_name, load(self.hook_name, hook_options, self.hook_distribution))
 
     def test_refuses_unknown_option(self, hook_options: dict[str, Any]) -> None:
         with self._hook(hook_options):
-            check_unknown_option(self.hook_name, hook_options)
+            check_unknown_option(self.hook_name, hook_options, self.hook_distribution)
 
     def test_verdicts(self, hook_options: dict[str, Any]) -> None:
         with self._hook(hook_options) as hook:

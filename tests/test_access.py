@@ -650,6 +650,7 @@ def hostile_requests(base: Path, admin: bool) -> list[tuple[str, list[object]]]:
         requests.append((method, [0, PAGE, options][-arity:] if arity else [options]))
     requests += [(text, [text]) for text in strings]
     requests += [("hook.register", [text, options]) for text in strings]
+    requests += [("hook.register", ["none", {}, text]) for text in strings]  # distribution
     if not admin:
         requests += [("hook.register", [name, options]) for name in ("balloon", "xen")]
     return requests
@@ -739,8 +740,8 @@ def test_hostile_parameters_create_and_open_no_file(shared_dir: Path, figures: F
         before = snapshot(pid, shared_dir)
         codes = asyncio.run(send_hostile(sock, shared_dir))
         after = snapshot(pid, shared_dir)
-    # 209 requests as nobody, 207 as root (no plugin names); EACCES: hook.* as nobody
-    assert codes == {"EINVAL": 371, "EACCES": 31, "ENOSYS": 14}
+    # 216 requests as nobody, 214 as root (no plugin names); EACCES: hook.* as nobody
+    assert codes == {"EINVAL": 378, "EACCES": 38, "ENOSYS": 14}
     assert after[0] == before[0]  # no file made in its working directory
     assert after[1] <= before[1]  # no file left open
     assert not Path(f"/tmp/{MARK}").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
+from dumpd.hooks.pfnrange import parse_pfn_range
 from dumpd.testing import check_plugin
 from tests.docblocks import code_blocks
 from tests.plugindist import write_distribution
@@ -63,3 +64,21 @@ def test_the_guide_check_command(holes: Path) -> None:
     assert out[0] == shown[1]
     assert out[2] == shown[3]
     assert re.fullmatch(r"single lookups   [\d,]+/s", out[1])
+
+
+def test_the_guide_says_what_parse_pfn_range_returns() -> None:
+    """Each `parse_pfn_range("TEXT") == (START, END)` in the guide holds."""
+    text = (Path(__file__).parent.parent / "docs" / "plugins.md").read_text()
+    claims = re.findall(r'`parse_pfn_range\("([^"]+)"\) == \((\w+), (\w+)\)`', text)
+    assert len(claims) == 3
+    for item, start, end in claims:
+        assert parse_pfn_range(item) == (int(start, 0), int(end, 0)), item
+
+
+def test_the_docs_agree_on_the_stub_map_path() -> None:
+    """README.md and the xen plugin's README show one path for the stub's map file."""
+    root = Path(__file__).parent.parent
+    paths = {path for doc in ("README.md", "plugins/xen/README.md", "docs/configuration.md",
+                              "systemd/README.md")
+             for path in re.findall(r'map ?= ?"?(/[\w/.-]+)', (root / doc).read_text())}
+    assert paths == {"/etc/dumpd/xen-memtypes.txt"}

@@ -20,9 +20,11 @@ import pytest
 from dumpd.client import RemoteError
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
 from dumpd.sources.base import Segment
+from tests import daemon
 from tests.conftest import client_of, serving
-from tests.daemon import ok, run, served, server_pid, stats_json
+from tests.daemon import info_json, ok, one_line_error, run, served, server_pid, stats_json
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.plugindist import write_distribution
 from tests.views import PAGE, expected_view, pfns_read, read_all, record_reads
 
 BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
@@ -232,3 +234,148 @@ def test_sighup_and_the_hook_commands_on_a_real_daemon(tmp_path: Path) -> None:
     log = (tmp_path / "serve.log").read_text().splitlines()
     assert "dumpd: INFO: SIGHUP: reloading the hook's data" in log
     assert "dumpd: INFO: hook 'balloon' reloaded (generation 2)" in log
+
+
+# -- two distributions, one name ----------------------------------------------------------
+
+IMPOSTOR = '''
+class AllHoles:
+    """Calls every pfn not RAM: a read shows at once which plugin answered."""
+
+    def pfn_is_ram(self, pfn):
+        return 0
+
+
+def create(options):
+    return AllHoles()
+'''
+
+
+def real(name: str) -> str:
+    """`DIST VERSION (TARGET)` of the installed distribution dumpd-NAME."""
+    dist = distribution(f"dumpd-{name}")
+    (ep,) = (ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP)
+    return f"{dist.name} {dist.version} ({ep.value})"
+
+
+@pytest.fixture
+def impostor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The distribution `impostor` 1.0, declaring `balloon`, installed for the commands
+    (on their PYTHONPATH) and for this process; its `DIST VERSION (TARGET)`."""
+    site = write_distribution(tmp_path / "site", "impostor", "impostor_hooks", IMPOSTOR,
+                              {"balloon": "impostor_hooks:create"}, version="1.0")
+    monkeypatch.setitem(daemon.ENV, "PYTHONPATH", str(site))
+    monkeypatch.syspath_prepend(str(site))
+    return "impostor 1.0 (impostor_hooks:create)"
+
+
+def ambiguous(impostor: str) -> str:
+    return (f"hook 'balloon' is provided by 2 distributions: {real('balloon')}, {impostor}; "
+            "choose one with hook.distribution (--hook-distribution DIST)")
+
+
+def test_plugins_lists_both_providers_of_a_name(impostor: str) -> None:
+    balloon = distribution("dumpd-balloon")
+    rows = [line for line in ok("plugins").splitlines() if line.startswith("balloon ")]
+    assert rows == [
+        f"balloon      dumpd-balloon {balloon.version}  (dumpd_balloon:create)  also provided "
+        "by impostor 1.0",
+        f"balloon      impostor 1.0  (impostor_hooks:create)  also provided by dumpd-balloon "
+        f"{balloon.version}",
+    ]
+
+
+def test_serve_refuses_an_ambiguous_hook_until_the_distribution_is_named(
+        tmp_path: Path, impostor: str) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    hook = ["--hook", "balloon", "--hook-option", f"file={balloon_text(tmp_path)['file']}"]
+    refused = run("serve", "--source", path, "--socket", str(tmp_path / "s.sock"), *hook)
+    assert one_line_error(refused, 2) == f"dumpd: [hook] {ambiguous(impostor)}"
+    assert not (tmp_path / "s.sock").exists()
+    config = tmp_path / "dumpd.toml"
+    config.write_text('[hook]\ndistribution = "dumpd_Balloon"\n')  # as pip compares names
+    for how in (["--hook-distribution", "dumpd-balloon"], ["-c", str(config)]):
+        with served(tmp_path, path, *hook, *how) as sock:
+            held = run("read", str(0x20 * PAGE), str(3 * PAGE), "--socket", sock).stdout
+            hook_name = info_json(sock)["hook"]
+        # the real plugin: pfn 0x20 is RAM, 0x21 and 0x22 are ballooned
+        assert held == file_bytes(path, 0x20 * PAGE, PAGE) + bytes(2 * PAGE)
+        assert hook_name == "balloon"
+    with served(tmp_path, path, *hook, "--hook-distribution", "impostor") as sock:
+        assert run("read", str(0x20 * PAGE), str(PAGE), "--socket", sock).stdout == bytes(PAGE)
+
+
+def test_hook_register_of_an_ambiguous_name_over_the_socket(tmp_path: Path,
+                                                            impostor: str) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    option = ["--option", f"file={balloon_text(tmp_path)['file']}"]
+    with served(tmp_path, path) as sock:
+        refused = run("hook", "register", "balloon", *option, "--socket", sock)
+        wrong = run("hook", "register", "balloon", *option, "--hook-distribution", "dumpd-xen",
+                    "--socket", sock)
+        before = info_json(sock)
+        registered = ok("hook", "register", "balloon", *option,
+                        "--hook-distribution", "dumpd-balloon", "--socket", sock)
+        held = run("read", str(0x20 * PAGE), str(2 * PAGE), "--socket", sock).stdout
+    assert one_line_error(refused, 1) == f"dumpd: EINVAL: {ambiguous(impostor)}"
+    assert one_line_error(wrong, 1) == (
+        "dumpd: EINVAL: hook 'balloon' is not provided by distribution 'dumpd-xen'; it is "
+        f"provided by {real('balloon')}, {impostor}")
+    assert (before["hook"], before["hook_generation"]) == (None, 0)
+    assert registered == "hook 'balloon' registered\n"
+    assert held == file_bytes(path, 0x20 * PAGE, PAGE) + bytes(PAGE)
+
+
+async def test_hook_register_takes_an_optional_distribution(tmp_path: Path,
+                                                            impostor: str) -> None:
+    path, _, _ = build(tmp_path, "raw")
+    async with serving(tmp_path, path) as server, client_of(server) as client:
+        errors = []
+        for params in (["balloon", {}, 5], ["balloon", {}, "impostor", 1], ["balloon", {}]):
+            with pytest.raises(RemoteError) as bad:
+                await client.call("hook.register", *params)
+            errors.append((bad.value.code, bad.value.message))
+        assert await client.hook_register("balloon", {}, "impostor") == {"hook": "balloon"}
+        assert await client.read(0x20 * PAGE, 8) == bytes(8)
+    assert errors == [
+        ("EINVAL", "hook.register takes [name: str, options: map] or [name: str, options: "
+                   "map, distribution: str]"),
+        ("EINVAL", "hook.register takes 2 or 3 parameters, got 4"),
+        ("EINVAL", ambiguous(impostor)),
+    ]
+
+
+def test_hook_check_of_an_ambiguous_name(tmp_path: Path, impostor: str) -> None:
+    option = ["--option", f"file={balloon_text(tmp_path)['file']}"]
+    refused = run("hook", "check", "balloon", *option)
+    checked = ok("hook", "check", "balloon", *option, "--hook-distribution", "dumpd-balloon")
+    assert one_line_error(refused, 1) == (
+        f"dumpd: conformance: hook 'balloon': entry point: {ambiguous(impostor)}")
+    assert checked.splitlines()[0].startswith(
+        f"hook 'balloon' (dumpd-balloon {distribution('dumpd-balloon').version}) conforms: ")
+
+
+def test_one_distribution_twice_on_the_path_is_one_provider(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Two copies of one distribution (a stale copy further down the path) are not two
+    providers: the first is the one imports find, and the only one listed."""
+    dirs = [write_distribution(tmp_path / where, "dumpd-holes", "dumpd_holes", IMPOSTOR,
+                               {"holes": "dumpd_holes:create"}, version=version)
+            for where, version in (("first", "2.0"), ("stale", "1.0"))]
+    monkeypatch.setitem(daemon.ENV, "PYTHONPATH", os.pathsep.join(map(str, dirs)))
+    rows = [line for line in ok("plugins").splitlines() if line.startswith("holes ")]
+    assert rows == ["holes        dumpd-holes 2.0  (dumpd_holes:create)"]
+    path, _, _ = build(tmp_path, "raw")
+    with served(tmp_path, path, "--hook", "holes") as sock:
+        assert info_json(sock)["hook"] == "holes"
+
+
+def test_a_distribution_without_a_hook_name_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "dumpd.toml"
+    config.write_text('[hook]\ndistribution = "dumpd-balloon"\n')
+    path, _, _ = build(tmp_path, "raw")
+    failed = run("serve", "-c", str(config), "--source", path,
+                 "--socket", str(tmp_path / "dumpd.sock"))
+    assert one_line_error(failed, 2) == (
+        "dumpd: [hook] distribution 'dumpd-balloon' is set but no hook name (hook.name, --hook)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from dumpd.errors import DumpdError, StartupError
 from dumpd.sources import Segment, Source, open_source
 from dumpd.sources.base import MappedRun, PhysPiece, PhysRun
 from dumpd.sources.elf import ElfSource, parse_vmcoreinfo
+from tests.daemon import info_json, one_line_error, run, served
 from tests.dumps import (
     EM_386,
     ET_EXEC,
@@ -541,6 +544,124 @@ def test_close_releases_the_fd(tmp_path: Path) -> None:
     assert open_fds() == before
 
 
+# --------------------------------------------------------------------------- not memory
+
+KDUMP_ADVICE = ("dumpd cannot serve it, and makedumpfile cannot convert it to ELF; serve "
+                "/proc/vmcore itself, or an ELF copy saved with makedumpfile -E")
+
+
+def dump_header(magic: bytes, rest: bytes = b"") -> bytes:
+    """A page of a dump format's header: its signature at offset 0, then `rest`, zeros."""
+    return (magic + rest).ljust(PAGE_4K, b"\0") + pattern(0, PAGE_4K)
+
+
+def compressed(tmp_path: Path, tool: str) -> bytes:
+    """A raw image compressed by the real `tool` (its default, framed format)."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    image = tmp_path / "image"
+    image.write_bytes(pattern(0, 0x3000))
+    return subprocess.run([tool, "-c", str(image)], capture_output=True, check=True).stdout
+
+
+PAGE_4K = 4096
+FORMATS: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    # diskdump_mod.h: struct disk_dump_header, signature "KDUMP   ", header_version 6
+    "kdump": (lambda _: dump_header(b"KDUMP   ", (6).to_bytes(4, "little")),
+              "a kdump-compressed dump (makedumpfile output without -E), not {expected}: "
+              + KDUMP_ADVICE),
+    "diskdump": (lambda _: dump_header(b"DISKDUMP", (1).to_bytes(4, "little")),
+                 "a diskdump dump (the diskdump format), not {expected}: dumpd cannot serve "
+                 "it; read it with crash"),
+    # makedumpfile.h: struct makedumpfile_header, char signature[16], type and version
+    # (TYPE_FLAT_HEADER 1, VERSION_FLAT_HEADER 1) as big-endian int64
+    "flattened": (lambda _: dump_header(b"makedumpfile\0\0\0\0", (1).to_bytes(8, "big") * 2),
+                  "a flattened makedumpfile dump (makedumpfile -F output), not {expected}: "
+                  "rearrange it with makedumpfile -R OUTPUT < {path}, and serve OUTPUT if it "
+                  "is an ELF core (it is when the dump was made with -E)"),
+    # sadump_mod.h: struct sadump_part_header, signature1 "sadu", signature2 "mp\0\0"
+    "sadump": (lambda _: dump_header((0x75646173).to_bytes(4, "little")
+                                     + (0x0000706D).to_bytes(4, "little")),
+               "an sadump dump, not {expected}: dumpd cannot serve it, and makedumpfile "
+               "cannot convert it to ELF; read it with crash"),
+    "gzip": (lambda tmp: compressed(tmp, "gzip"), "a gzip-compressed file, not {expected}: "
+             "decompress it first (gunzip -k {path}) and serve the result"),
+    "xz": (lambda tmp: compressed(tmp, "xz"), "an xz-compressed file, not {expected}: "
+           "decompress it first (unxz -k {path}) and serve the result"),
+    "zstd": (lambda tmp: compressed(tmp, "zstd"), "a zstd-compressed file, not {expected}: "
+             "decompress it first (unzstd {path}) and serve the result"),
+    "bzip2": (lambda tmp: compressed(tmp, "bzip2"), "a bzip2-compressed file, not {expected}: "
+              "decompress it first (bunzip2 -k {path}) and serve the result"),
+    "lz4": (lambda tmp: compressed(tmp, "lz4"), "an lz4-compressed file, not {expected}: "
+            "decompress it first (unlz4 {path}) and serve the result"),
+}
+EXPECTED = {"auto": "an ELF core or raw memory", "raw": 'raw memory as kind = "raw" says',
+            "elf": 'an ELF core as kind = "elf" says'}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_dumps_and_compressed_files_are_refused_by_name(tmp_path: Path, fmt: str,
+                                                        kind: str) -> None:
+    """Never served as memory, whatever the kind: clients would get compressed bytes."""
+    make, message = FORMATS[fmt]
+    path = tmp_path / f"dump.{fmt}"
+    path.write_bytes(make(tmp_path))
+    assert startup_error(path, kind=kind) == f"{path}: " + message.format(
+        expected=EXPECTED[kind], path=path)
+
+
+@pytest.mark.parametrize("kind", ["auto", "raw"])
+def test_serve_refuses_a_kdump_file_in_one_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "vmcore.kdump"
+    path.write_bytes(dump_header(b"KDUMP   "))
+    error = one_line_error(run("serve", "--source", str(path), "--kind", kind,
+                               "--socket", str(tmp_path / "dumpd.sock")), 2)
+    assert error == (f"dumpd: {path}: a kdump-compressed dump (makedumpfile output without "
+                     f"-E), not {EXPECTED[kind]}: {KDUMP_ADVICE}")
+    assert not (tmp_path / "dumpd.sock").exists()
+
+
+def test_auto_says_when_it_takes_a_file_as_raw(tmp_path: Path) -> None:
+    path = tmp_path / "random.img"
+    path.write_bytes(random.Random(7).randbytes(0x3000))
+    with served(tmp_path, str(path)) as sock:
+        info = info_json(sock)
+        data = run("read", "0", "0x3000", "--socket", sock).stdout
+    assert (info["source"]["kind"], data) == ("raw", path.read_bytes())
+    log = (tmp_path / "serve.log").read_text().splitlines()
+    assert log[0] == (f'dumpd: INFO: {path}: no ELF or known dump signature; serving it as '
+                      'raw physical memory (kind = "raw")')
+
+
+def test_auto_on_a_character_device_is_raw_and_said() -> None:
+    """/dev/oldmem is a character device: memory, never sniffed for dump signatures."""
+    with closing(open_source("/dev/zero", size=0x1000)) as src:
+        assert (src.kind, src.guess) == ("raw", "/dev/zero: a character device with no ELF "
+                                         'header; serving it as raw physical memory (kind = '
+                                         '"raw")')
+
+
+def test_explicit_kinds_and_elf_cores_make_no_guess(tmp_path: Path) -> None:
+    raw = tmp_path / "oldmem.img"
+    build_raw(raw, 0x1000)
+    core = tmp_path / "vmcore"
+    standard(core)
+    for path, kind, size in ((raw, "raw", None), (core, "auto", None),
+                             ("/dev/zero", "raw", 0x1000)):
+        with closing(open_source(str(path), kind, size=size)) as src:
+            assert src.guess is None
+
+
+def test_a_failed_start_prints_only_its_error(tmp_path: Path) -> None:
+    """The guess is logged once start-up succeeded, not above a start-up error."""
+    path = tmp_path / "oldmem.img"
+    build_raw(path, 0x1000)
+    failed = run("serve", "--source", str(path), "--hook", "nope",
+                 "--socket", str(tmp_path / "dumpd.sock"))
+    assert one_line_error(failed, 2).startswith("dumpd: [hook] unknown hook 'nope'; ")
+
+
 # --------------------------------------------------------------------------- cannot open
 
 
@@ -552,6 +673,10 @@ def test_open_errors(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert startup_error(fifo) == f"{fifo}: cannot open: not a regular file or a device"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(tmp_path / "sock"))
+        assert startup_error(tmp_path / "sock") == (
+            f"{tmp_path / 'sock'}: cannot open: not a regular file or a device")
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert startup_error(empty) == f"{empty}: the file is empty"

@@ -1,11 +1,16 @@
 """Finding hook plugins through entry points (group `dumpd.pfn_is_ram`) and loading one.
 
 The built-in `none` hook is found the same way as third-party ones, through
-dumpd's own entry point.
+dumpd's own entry point. Two distributions may declare the same name: neither
+silently wins. They are both listed, and loading that name needs the
+distribution named (`hook.distribution`). One distribution found twice on the
+path (an egg-link beside site-packages, say) counts once: `importlib.metadata`
+keeps the first copy of each distribution name, as imports do.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -23,34 +28,66 @@ class PluginInfo:
     version: str
     target: str
 
+    def __str__(self) -> str:
+        return f"{self.distribution} {self.version} ({self.target})"
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+def _normalized(distribution: str) -> str:
+    """A distribution name as packaging compares it (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _info(ep: EntryPoint) -> PluginInfo:
+    dist = ep.dist
+    return PluginInfo(ep.name, dist.name if dist else "?", dist.version if dist else "?",
+                      ep.value)
+
+
+def _providers() -> dict[str, list[tuple[EntryPoint, PluginInfo]]]:
+    """Every entry point of the group by name, sorted by name then distribution."""
+    found: dict[str, list[tuple[EntryPoint, PluginInfo]]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, []).append((ep, _info(ep)))
+    return {name: sorted(found[name], key=lambda p: _normalized(p[1].distribution))
+            for name in sorted(found)}
 
 
 def installed_plugins() -> list[PluginInfo]:
-    """Every hook plugin installed in this environment, sorted by name."""
-    out = []
-    for name, ep in sorted(_entry_points().items()):
-        dist = ep.dist
-        out.append(
-            PluginInfo(
-                name=name,
-                distribution=dist.name if dist else "?",
-                version=dist.version if dist else "?",
-                target=ep.value,
-            )
-        )
-    return out
+    """Every hook plugin installed in this environment, by name then distribution;
+    a name two distributions declare appears once for each."""
+    return [info for providers in _providers().values() for _, info in providers]
 
 
-def load_hook(name: str, options: Mapping[str, object]) -> PfnIsRam:
-    """Create hook `name` with `options`; HookConfigError says what is wrong in one line."""
-    eps = _entry_points()
-    ep = eps.get(name)
-    if ep is None:
-        installed = ", ".join(sorted(eps)) or "none"
+def find_plugin(name: str, distribution: str = "") -> tuple[EntryPoint, PluginInfo]:
+    """The entry point `name`, from `distribution` when one is named.
+
+    HookConfigError when no distribution declares `name`, when `distribution` does
+    not, or when several do and none is named.
+    """
+    everything = _providers()
+    providers = everything.get(name)
+    if providers is None:
+        installed = ", ".join(sorted(everything)) or "none"
         raise HookConfigError(f"unknown hook {name!r}; installed: {installed}")
+    listed = ", ".join(str(info) for _, info in providers)
+    if distribution:
+        chosen = [p for p in providers
+                  if _normalized(p[1].distribution) == _normalized(distribution)]
+        if not chosen:
+            raise HookConfigError(f"hook {name!r} is not provided by distribution "
+                                  f"{distribution!r}; it is provided by {listed}")
+        return chosen[0]
+    if len(providers) > 1:
+        raise HookConfigError(f"hook {name!r} is provided by {len(providers)} distributions: "
+                              f"{listed}; choose one with hook.distribution "
+                              "(--hook-distribution DIST)")
+    return providers[0]
+
+
+def load_hook(name: str, options: Mapping[str, object], distribution: str = "") -> PfnIsRam:
+    """Create hook `name` (from `distribution`, if named) with `options`;
+    HookConfigError says what is wrong in one line."""
+    ep, _ = find_plugin(name, distribution)
     try:
         factory = ep.load()
     except Exception as exc:  # a broken plugin must not take the daemon down

@@ -74,12 +74,15 @@ class Server:
     async def start(self) -> None:
         """Open the source, register the configured hook and start listening."""
         cfg = self.config
+        if cfg.hook.distribution and not cfg.hook.name:
+            raise StartupError(f"[hook] distribution {cfg.hook.distribution!r} is set but no "
+                               "hook name (hook.name, --hook)")
         self.source = open_source(cfg.source.path, cfg.source.kind, cfg.source.page_size,
                                   cfg.source.size or None)
         self.engine = Engine(self.source, cfg.engine)
         if cfg.hook.name:
             try:
-                hook = load_hook(cfg.hook.name, cfg.hook.options)
+                hook = load_hook(cfg.hook.name, cfg.hook.options, cfg.hook.distribution)
             except HookConfigError as exc:
                 raise StartupError(f"[hook] {exc}") from exc
             self.engine.register_hook(cfg.hook.name, hook)
@@ -111,6 +114,8 @@ class Server:
         tls = " (TLS)" if self._tls else ""
         where = " and ".join(_address(sock) + ("" if sock.family == socket.AF_UNIX else tls)
                              for sock in sockets)
+        if self.source.guess:
+            log.info("%s", self.source.guess)
         log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
                  self.source.path, self.source.kind, self.source.size, self.source.page_size,
                  where, cfg.hook.name or "none")

@@ -27,6 +27,7 @@ NOT_READY = object()  # `call_now` cannot answer without waiting
 MAX_EXTENTS_LENGTH = 1 << 30
 EXTENT_ENTRY_BYTES = 24
 STREAM_CHUNK = 1 << 20  # bytes per stream.data frame unless the client asks otherwise
+OPTIONAL_PARAMS = {"hook.register": 1}  # trailing parameters a caller may leave out
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +90,10 @@ class Dispatcher:
         if entry is None:
             raise DumpdError("ENOSYS", f"no method {method!r}")
         arity, handler = entry
-        if len(params) != arity:
-            raise DumpdError("EINVAL", f"{method} takes {arity} parameters, got {len(params)}")
+        optional = OPTIONAL_PARAMS.get(method, 0)
+        if not arity <= len(params) <= arity + optional:
+            takes = f"{arity} or {arity + optional}" if optional else str(arity)
+            raise DumpdError("EINVAL", f"{method} takes {takes} parameters, got {len(params)}")
         return await handler(peer, params)
 
     def call_now(self, peer: Peer, method: str, params: Sequence[Any]) -> Any:
@@ -190,14 +193,16 @@ class Dispatcher:
 
     async def _register(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         self._require_admin(peer, "hook.register")
-        name, options = params
-        if not isinstance(name, str) or not isinstance(options, dict):
-            raise DumpdError("EINVAL", "hook.register takes [name: str, options: map]")
+        name, options, distribution = (*params, "")[:3]
+        if not (isinstance(name, str) and isinstance(options, dict)
+                and isinstance(distribution, str)):
+            raise DumpdError("EINVAL", "hook.register takes [name: str, options: map] or "
+                             "[name: str, options: map, distribution: str]")
         if self.engine.hook_name is not None:  # fail fast, before loading anything
             raise DumpdError(
                 "EBUSY", f"hook {self.engine.hook_name!r} is registered; unregister it first")
         try:
-            hook = await asyncio.to_thread(load_hook, name, options)
+            hook = await asyncio.to_thread(load_hook, name, options, distribution)
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
         try:

@@ -10,10 +10,20 @@ from dumpd.errors import StartupError
 from dumpd.sources.base import Segment, Source
 from dumpd.sources.elf import ELF_MAGIC, is_valid_page_size, open_elf
 from dumpd.sources.raw import open_raw
+from dumpd.sources.signatures import HEAD_BYTES, known_format
 
 __all__ = ["KINDS", "Segment", "Source", "open_source"]
 
 KINDS = ("auto", "elf", "raw")
+
+NOT_A_FILE = "not a regular file or a device"
+
+
+def _mode(path: str) -> int:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return 0
 
 
 def _open_fd(path: str) -> int:
@@ -25,13 +35,16 @@ def _open_fd(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise StartupError(f"{path}: cannot open: {exc.strerror}") from exc
+        why = exc.strerror
+        if exc.errno == errno.ENXIO and stat.S_ISSOCK(_mode(path)):
+            why = NOT_A_FILE  # open(2) of a socket says "No such device or address"
+        raise StartupError(f"{path}: cannot open: {why}") from exc
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise StartupError(f"{path}: cannot open: {os.strerror(errno.EISDIR)}")
         if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode) or stat.S_ISCHR(mode)):
-            raise StartupError(f"{path}: cannot open: not a regular file or a device")
+            raise StartupError(f"{path}: cannot open: {NOT_A_FILE}")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -39,20 +52,38 @@ def _open_fd(path: str) -> int:
     return fd
 
 
-def _looks_like_elf(path: str, fd: int) -> bool:
+def _head(path: str, fd: int) -> bytes:
+    """The file's first bytes, enough for every signature (fewer if the file is shorter)."""
     try:
-        return os.pread(fd, len(ELF_MAGIC), 0) == ELF_MAGIC
+        return os.pread(fd, HEAD_BYTES, 0)
     except OSError as exc:
         raise StartupError(f"{path}: cannot read: {exc.strerror}") from exc
+
+
+def _refuse_known_format(path: str, kind: str, head: bytes) -> None:
+    """StartupError when `head` is the signature of a format dumpd does not serve."""
+    fmt = known_format(head)
+    if fmt is None:
+        return
+    expected = {"auto": "an ELF core or raw memory",
+                "elf": 'an ELF core as kind = "elf" says',
+                "raw": 'raw memory as kind = "raw" says'}[kind]
+    raise StartupError(f"{path}: {fmt.what}, not {expected}: "
+                       f"{fmt.advice.replace('{path}', path)}")
 
 
 def open_source(
     path: str, kind: str = "auto", page_size: int = 4096, size: int | None = None
 ) -> Source:
-    """Open `path` as a source of kind "elf", "raw", or "auto" (ELF if it starts with \\x7fELF).
+    """Open `path` as a source of kind "elf", "raw" or "auto".
 
-    `page_size` is used unless an ELF core's VMCOREINFO gives PAGESIZE; `size` overrides
-    the detected file size (needed for devices that report 0).
+    A regular file or block device with the signature of a format dumpd does not
+    serve (kdump-compressed, gzip, ...: see `signatures`) is refused whatever the
+    kind; character devices (/dev/oldmem) are memory and are not sniffed. "auto"
+    takes an ELF core by its magic, and anything else as raw memory, saying so in
+    the source's `guess` (the server logs it once start-up succeeded). `page_size`
+    is used unless an ELF core's VMCOREINFO gives PAGESIZE; `size` overrides the
+    detected file size (needed for devices that report 0).
     """
     if kind not in KINDS:
         raise StartupError(f"{path}: unknown source kind {kind!r} (expected auto, elf or raw)")
@@ -60,9 +91,18 @@ def open_source(
         raise StartupError(f"{path}: page_size {page_size} is not a power of two >= 512")
     fd = _open_fd(path)
     try:
-        if kind == "elf" or (kind == "auto" and _looks_like_elf(path, fd)):
+        memory_device = stat.S_ISCHR(os.fstat(fd).st_mode)
+        head = b"" if memory_device and kind != "auto" else _head(path, fd)
+        if not memory_device:
+            _refuse_known_format(path, kind, head)
+        if kind == "elf" or (kind == "auto" and head.startswith(ELF_MAGIC)):
             return open_elf(path, fd, page_size, size)
-        return open_raw(path, fd, page_size, size)
+        source = open_raw(path, fd, page_size, size)
     except BaseException:
         os.close(fd)
         raise
+    if kind == "auto":
+        why = ("a character device with no ELF header" if memory_device
+               else "no ELF or known dump signature")
+        source.guess = f'{path}: {why}; serving it as raw physical memory (kind = "raw")'
+    return source
