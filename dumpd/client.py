@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from dumpd.errors import DumpdError
+from dumpd.hostport import join_host_port
 from dumpd.protocol import (
     DEFAULT_CLIENT_MAX_FRAME_SIZE,
     MAX_MSGID,
@@ -189,7 +190,7 @@ class Client:
         """Connect to a dumpd TCP listener; over TLS with `tls` (see
         `dumpd.tls.client_context`), whose server certificate must name `host`.
         Raises `ServerUnreachable` when it cannot be reached (or the handshake fails)."""
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        address = join_host_port(host, port)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
