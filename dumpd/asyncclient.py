@@ -11,11 +11,14 @@ from typing import Any, Self, cast
 from dumpd.client import (
     NotificationCallback,
     RemoteError,
+    ServerUnreachable,
     _closing_error,
     _expect,
     _extents,
     _result,
+    unreachable,
 )
+from dumpd.hostport import join_host_port
 from dumpd.protocol import (
     DEFAULT_CLIENT_MAX_FRAME_SIZE,
     MAX_MSGID,
@@ -26,6 +29,7 @@ from dumpd.protocol import (
     Response,
     encode_request,
 )
+from dumpd.unixpath import too_long
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -85,9 +89,16 @@ class AsyncClient:
         on_notification: NotificationCallback | None = None,
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> Self:
-        """Connect to a dumpd Unix socket at `path`."""
+        """Connect to a dumpd Unix socket at `path`; `ServerUnreachable` when nothing
+        listens there (or may not be reached)."""
+        problem = too_long(path)
+        if problem:
+            raise ServerUnreachable(path, problem)
         client = cls(on_notification=on_notification, max_frame_size=max_frame_size)
-        await client._loop.create_unix_connection(lambda: _ClientProtocol(client), path)
+        try:
+            await client._loop.create_unix_connection(lambda: _ClientProtocol(client), path)
+        except OSError as exc:
+            raise unreachable(path, exc, path) from exc
         return client
 
     @classmethod
@@ -101,10 +112,14 @@ class AsyncClient:
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> Self:
         """Connect to a dumpd TCP listener; over TLS with `tls` (see
-        `dumpd.tls.client_context`), whose server certificate must name `host`."""
+        `dumpd.tls.client_context`), whose server certificate must name `host`;
+        `ServerUnreachable` when it cannot be reached (or the handshake fails)."""
         client = cls(on_notification=on_notification, max_frame_size=max_frame_size)
-        await client._loop.create_connection(lambda: _ClientProtocol(client), host, port,
-                                             ssl=tls)
+        try:
+            await client._loop.create_connection(lambda: _ClientProtocol(client), host, port,
+                                                 ssl=tls)
+        except OSError as exc:
+            raise unreachable(join_host_port(host, port), exc) from exc
         return client
 
     # -- calls -----------------------------------------------------------------------

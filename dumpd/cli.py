@@ -7,19 +7,19 @@ non-zero; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
 
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hostport import split_host_port
-
-if TYPE_CHECKING:
-    import ssl
 
 READ_CHUNK = 8 << 20
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
@@ -153,36 +153,53 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(COMMANDS[args.command](args))
+        status = int(COMMANDS[args.command](args))
+        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
+        return status
     except (StartupError, DumpdError) as exc:
         print(f"dumpd: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, StartupError) else 1
+    except BrokenPipeError:  # stdout's reader is gone (`| head`): stop quietly, like `cat`
+        _drop_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as exc:
-        why = _talk_error(exc)
-        if why is None:
-            raise
-        print(f"dumpd: cannot talk to {_where(args)}: {why}", file=sys.stderr)
+        print(f"dumpd: {_os_error(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _talk_error(exc: OSError) -> str | None:
-    """One line for a failure to reach or talk to the server (refused, gone, unknown
-    host, TLS); None for other errors (bugs: their traceback is wanted)."""
-    if type(exc).__module__ == "ssl":  # ssl.SSLError, without importing ssl here
-        from dumpd.tls import describe
+def _os_error(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for an OSError: the server not reached or lost (`ServerUnreachable`,
+    with what to do about it), or the file the operator named and what is wrong with it."""
+    from dumpd.client import ServerUnreachable
 
-        return f"TLS: {describe(cast('ssl.SSLError', exc))}"
-    gone = ConnectionError | FileNotFoundError | PermissionError | TimeoutError
-    if isinstance(exc, gone) or type(exc).__module__ == "socket":  # socket.gaierror
-        return str(exc.strerror or exc)
-    return None
+    if isinstance(exc, ServerUnreachable):
+        if not exc.lost and exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            return f"no server is listening at {exc.address} ({_start_hint(args)})"
+        if not exc.lost and exc.errno == errno.EACCES:
+            return (f"{exc.address}: permission denied (connecting needs write permission "
+                    "on the socket; dumpd creates it mode 0600, for its own user)")
+        return str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{args.command}: {exc.strerror or exc}"
 
 
-def _where(args: argparse.Namespace) -> str:
-    tcp = getattr(args, "tcp", None)
-    return f"{tcp[0]}:{tcp[1]}" if tcp else str(getattr(args, "socket", ""))
+def _start_hint(args: argparse.Namespace) -> str:
+    if getattr(args, "tcp", None):
+        return "start one with `dumpd serve --tcp HOST:PORT`, or point elsewhere with --tcp"
+    where = "" if args.socket == DEFAULT_SOCKET else f" --socket {args.socket}"
+    return (f"start one with `dumpd serve --source /proc/vmcore{where}`, or point elsewhere "
+            "with --socket or $DUMPD_SOCKET")
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail
+    again on the closed pipe (what the `signal` module's documentation recommends)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
@@ -295,13 +312,14 @@ def _read(args: argparse.Namespace) -> int:
     with _client(args) as client:
         chunk = min(READ_CHUNK, client.info().get("max_read", READ_CHUNK))
         method = client.read_phys if args.phys else client.read
-        out = open(args.output, "wb") if args.output else None  # noqa: SIM115
+        out = _open_output(args.output) if args.output else None
         try:
             for pos in range(args.offset, args.offset + args.length, chunk):
                 want = min(chunk, args.offset + args.length - pos)
                 data = method(pos, want)
                 if out is not None:
-                    out.write(data)
+                    with _naming(args.output):
+                        out.write(data)
                 elif sys.stdout.isatty():
                     _hexdump(data, pos)
                 else:
@@ -310,8 +328,26 @@ def _read(args: argparse.Namespace) -> int:
                     break
         finally:
             if out is not None:
-                out.close()
+                with _naming(args.output):
+                    out.close()
     return 0
+
+
+def _open_output(path: str) -> IO[bytes]:
+    """The file `read -o` names, opened once the server answered (no empty leftover when
+    it does not); created mode 0600: it holds dump bytes."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                             0o600), "wb")
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """A failed write or close (ENOSPC, EIO) names the file, as a failed open does."""
+    try:
+        yield
+    except OSError as exc:
+        exc.filename = exc.filename or path
+        raise
 
 
 def _fetch(args: argparse.Namespace) -> int:

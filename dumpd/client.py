@@ -9,12 +9,16 @@ imported from here on first use, so blocking users (`dumpd fetch`) never load as
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
+import stat
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from dumpd.errors import DumpdError
+from dumpd.hostport import join_host_port
 from dumpd.protocol import (
     DEFAULT_CLIENT_MAX_FRAME_SIZE,
     MAX_MSGID,
@@ -26,6 +30,7 @@ from dumpd.protocol import (
     encode_request,
 )
 from dumpd.receiver import StreamPiece, StreamReceiver
+from dumpd.unixpath import too_long
 
 if TYPE_CHECKING:
     import ssl
@@ -46,6 +51,48 @@ class RemoteError(DumpdError):
         Exception.__init__(self, f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class ServerUnreachable(ConnectionError):
+    """The client cannot reach the server at `address`, or (`lost`) lost its connection.
+
+    `errno` is the failed socket call's (ENOENT, ECONNREFUSED, EACCES, ...), ENOTSOCK when
+    the path is not a socket, or None (the server closed the connection, TLS, a path too
+    long). Timeouts of calls are not this: they stay `TimeoutError`, the connection usable.
+    """
+
+    def __init__(self, address: str, reason: str, *, errno: int | None = None,
+                 lost: bool = False) -> None:
+        super().__init__(f"{'lost the connection to' if lost else 'cannot connect to'} "
+                         f"{address}: {reason}")
+        self.address = address
+        self.reason = reason
+        self.errno = errno
+        self.lost = lost
+
+
+def _reason(exc: OSError) -> str:
+    """One line for a socket error, TLS ones included."""
+    if type(exc).__module__ == "ssl":  # ssl.SSLError: ssl is loaded when TLS is in use
+        import ssl
+
+        from dumpd.tls import describe
+
+        return f"TLS: {describe(cast(ssl.SSLError, exc))}"
+    return exc.strerror or str(exc)
+
+
+def unreachable(address: str, exc: OSError, path: str | None = None) -> ServerUnreachable:
+    """`exc`, raised while connecting to `address` (the Unix socket `path`), as
+    `ServerUnreachable`; a refused connection to a file that is no socket says so."""
+    code = exc.errno
+    if path is not None and code == errno.ECONNREFUSED:
+        try:
+            if not stat.S_ISSOCK(os.stat(path).st_mode):
+                return ServerUnreachable(address, "not a socket", errno=errno.ENOTSOCK)
+        except OSError:
+            pass
+    return ServerUnreachable(address, _reason(exc), errno=code)
 
 
 def _result(response: Response) -> Any:
@@ -91,8 +138,10 @@ class Client:
         *,
         on_notification: NotificationCallback | None = None,
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
+        address: str = "dumpd",
     ) -> None:
         self._sock = sock
+        self.address = address  # in errors: the socket path or HOST:PORT
         self._max_frame = max_frame_size
         self._decoder = FrameDecoder("client", Limits(max_frame_size))
         self._abandoned: set[int] = set()  # msgids of calls given up (timeout, interrupt)
@@ -109,15 +158,23 @@ class Client:
         on_notification: NotificationCallback | None = None,
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> Self:
-        """Connect to a dumpd Unix socket; `timeout` applies to every later call too."""
+        """Connect to a dumpd Unix socket; `timeout` applies to every later call too.
+        Raises `ServerUnreachable` when nothing listens there (or may not be reached)."""
+        problem = too_long(path)
+        if problem:
+            raise ServerUnreachable(path, problem)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
             sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise unreachable(path, exc, path) from exc
         except BaseException:
             sock.close()
             raise
-        return cls(sock, on_notification=on_notification, max_frame_size=max_frame_size)
+        return cls(sock, on_notification=on_notification, max_frame_size=max_frame_size,
+                   address=path)
 
     @classmethod
     def connect_tcp(
@@ -131,23 +188,32 @@ class Client:
         max_frame_size: int = DEFAULT_CLIENT_MAX_FRAME_SIZE,
     ) -> Self:
         """Connect to a dumpd TCP listener; over TLS with `tls` (see
-        `dumpd.tls.client_context`), whose server certificate must name `host`."""
-        sock = socket.create_connection((host, port), timeout=timeout)
+        `dumpd.tls.client_context`), whose server certificate must name `host`.
+        Raises `ServerUnreachable` when it cannot be reached (or the handshake fails)."""
+        address = join_host_port(host, port)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise unreachable(address, exc) from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls is not None:
                 sock = tls.wrap_socket(sock, server_hostname=host)
+        except OSError as exc:
+            sock.close()
+            raise unreachable(address, exc) from exc
         except BaseException:
             sock.close()
             raise
-        return cls(sock, on_notification=on_notification, max_frame_size=max_frame_size)
+        return cls(sock, on_notification=on_notification, max_frame_size=max_frame_size,
+                   address=address)
 
     def call(self, method: str, *params: Any) -> Any:
         """Send one request and block for its result; raises `RemoteError` on an error reply."""
         msgid = self._next_msgid
         self._next_msgid = (msgid + 1) & MAX_MSGID
         self._abandoned.discard(msgid)
-        self._sock.sendall(encode_request(msgid, method, params))
+        self._send(encode_request(msgid, method, params))
         try:
             response = self._wait(msgid)
         except BaseException:
@@ -155,15 +221,34 @@ class Client:
             raise
         return _result(response)
 
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: OSError | None) -> ServerUnreachable:
+        """The connection is gone: reset, broken, or (`exc` None) closed by the server,
+        with the reason it sent if it sent one."""
+        if exc is not None:
+            return ServerUnreachable(self.address, _reason(exc), errno=exc.errno, lost=True)
+        why = self._server_error
+        return ServerUnreachable(self.address, f"the server closed it{f': {why}' if why else ''}",
+                                 lost=True)
+
     def _wait(self, msgid: int) -> Response:
         response: Response | None = None
         while response is None:
-            data = self._sock.recv(RECV_SIZE)
+            try:
+                data = self._sock.recv(RECV_SIZE)
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise self._lost(exc) from exc
             if not data:
-                reason = self._server_error
-                raise ConnectionError(
-                    f"connection to dumpd closed{f': {reason}' if reason else ''}"
-                ) from reason
+                raise self._lost(None) from self._server_error
             for event in self._decoder.feed(data):
                 if isinstance(event, Response):
                     if event.msgid == msgid:
@@ -229,7 +314,7 @@ class Client:
         msgid = self._next_msgid
         self._next_msgid = (msgid + 1) & MAX_MSGID
         options = {} if chunk is None else {"chunk": chunk}
-        self._sock.sendall(encode_request(msgid, "stream", [offset, length, options]))
+        self._send(encode_request(msgid, "stream", [offset, length, options]))
         return Stream(self, msgid, sink)
 
     def close(self) -> None:
@@ -278,7 +363,7 @@ class Stream:
         msgid = client._next_msgid
         client._next_msgid = (msgid + 1) & MAX_MSGID
         client._abandoned.add(msgid)  # its reply arrives among the pieces
-        client._sock.sendall(encode_request(msgid, "stream.cancel", [self.msgid]))
+        client._send(encode_request(msgid, "stream.cancel", [self.msgid]))
 
     def _on_reply(self, msgid: int, error: Any, result: Any) -> None:
         if msgid not in self._client._abandoned:

@@ -6,6 +6,8 @@ Mistakes are `StartupError`s naming the file, the key and what is wrong.
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -210,5 +212,39 @@ def _typed(path: str, key: str, value: Any, typ: type) -> Any:
         return value
     if typ is bool and isinstance(value, bool):
         return value
-    raise StartupError(
-        f"{path}: {key}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    raise StartupError(f"{path}: {key}: expected {_expected(key, typ)}, got {_toml(value)}")
+
+
+# What an option's name says its number counts, by the end of the name.
+UNITS = (("_mib", "MiB"), ("_kib", "KiB"), ("timeout", "seconds"), ("size", "bytes"),
+         ("_uids", "uids"), ("_gids", "gids"))
+
+
+def _expected(key: str, typ: type) -> str:
+    """What option `key`, declared `typ`, takes, in the file's terms (`a number of MiB`)."""
+    unit = next((u for end, u in UNITS if key.endswith(end)), None)
+    if typ is tuple:
+        return f"a list of {unit or 'values'} (integers)"
+    if typ in (int, float):
+        number = "a whole number" if typ is int else "a number"
+        return f"{number} of {unit}" if unit else ("an integer" if typ is int else "a number")
+    return {str: "a string", bool: "true or false", dict: "a table"}[typ]
+
+
+BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml(value: Any) -> str:
+    """`value` as the TOML file spells it (`["bob"]`, `true`, `"x"`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return f"[{', '.join(map(_toml, value))}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k if BARE_KEY.fullmatch(k) else _toml(k)} = {_toml(v)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, int | float):
+        return repr(value)
+    return str(value.isoformat())  # dates and times

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import random
+import shutil
 import tempfile
 import time
 from bisect import bisect_right
@@ -34,6 +35,7 @@ MiB = 1 << 20
 BALLOON_FILL = b"\xbb" * PAGE  # what a ballooned page would hold if anyone read it
 DEBUG_PAGES = 16
 COPY_CHUNK = 8 * MiB
+MIN_SIZE_MIB = 24  # the kernel text's PT_LOAD (16-24 MiB) lies inside the guest
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,25 @@ class Guest:
         return bytes(data)
 
 
+def check_guest(size_mib: int, balloon_percent: int, crash_mib: int | None = None,
+                crash_at_mib: int | None = None) -> tuple[int, int]:
+    """The crash kernel's reservation `(start, end)` in bytes of a guest `make_guest` can
+    build; ValueError (one line, in the demo's terms) for one it cannot."""
+    size = size_mib * MiB
+    crash_lo = size // 4 if crash_at_mib is None else crash_at_mib * MiB
+    crash_hi = crash_lo + (size // 8 if crash_mib is None else crash_mib * MiB)
+    if size_mib < MIN_SIZE_MIB:
+        raise ValueError(f"a guest of {size_mib} MiB is too small: the model needs at least "
+                         f"{MIN_SIZE_MIB} MiB (its kernel text is at 16-24 MiB)")
+    if not MiB < crash_lo < crash_hi < size:
+        raise ValueError(f"the crash kernel's reservation {crash_lo / MiB:g}-{crash_hi / MiB:g}"
+                         f" MiB must lie between 1 MiB and the guest's {size_mib} MiB")
+    if not 0 <= balloon_percent <= 100:
+        raise ValueError(f"a balloon of {balloon_percent}% is impossible: it takes 0 to 100% "
+                         "of the guest's RAM outside the crash kernel's reservation")
+    return crash_lo, crash_hi
+
+
 def make_guest(size_mib: int, balloon_percent: int, seed: int = 2011, *,
                crash_mib: int | None = None, crash_at_mib: int | None = None) -> Guest:
     """A guest of `size_mib` MiB: page 0 and the crash kernel's reservation missing, text
@@ -68,10 +89,11 @@ def make_guest(size_mib: int, balloon_percent: int, seed: int = 2011, *,
 
     The reservation (`crashkernel=X@Y`) is `crash_mib` MiB at `crash_at_mib` MiB, by
     default 1/8 of the memory at 1/4 of it; it belongs clear of the kernel text (16-24 MiB).
+    The balloon takes `balloon_percent` of the RAM outside the reservation: at most all of
+    it (more could never be chosen). ValueError for a guest `check_guest` refuses.
     """
     size = size_mib * MiB
-    crash_lo = size // 4 if crash_at_mib is None else crash_at_mib * MiB
-    crash_hi = crash_lo + (size // 8 if crash_mib is None else crash_mib * MiB)
+    crash_lo, crash_hi = check_guest(size_mib, balloon_percent, crash_mib, crash_at_mib)
     loads = (
         LoadSpec(paddr=PAGE, memsz=0x9F000 - PAGE),  # low memory, page 0 is a hole
         LoadSpec(paddr=16 * MiB, memsz=8 * MiB),  # kernel text, inside the direct map below
@@ -101,15 +123,29 @@ def run_demo(size_mib: int, balloon_percent: int, workdir: str | None) -> int:
     if "balloon" not in {p.name for p in installed_plugins()}:
         raise StartupError("demo: the `balloon` hook plugin is not installed "
                            "(pip install ./plugins/balloon)")
+    try:
+        check_guest(size_mib, balloon_percent)
+    except ValueError as exc:
+        raise StartupError(f"demo: {exc}") from None
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
-        return _run_in(workdir, size_mib, balloon_percent)
+    _check_room(workdir or tempfile.gettempdir(), size_mib)
+    guest = make_guest(size_mib, balloon_percent)  # before the temporary directory exists
+    if workdir is not None:
+        return _run_in(workdir, guest)
     with tempfile.TemporaryDirectory(prefix="dumpd-demo-") as tmp:
-        return _run_in(tmp, size_mib, balloon_percent)
+        return _run_in(tmp, guest)
 
 
-def _run_in(workdir: str, size_mib: int, balloon_percent: int) -> int:
-    guest = make_guest(size_mib, balloon_percent)
+def _check_room(workdir: str, size_mib: int) -> None:
+    """The vmcore (at most the guest's size) fits in `workdir`'s file system."""
+    free = shutil.disk_usage(workdir).free
+    if free < size_mib * MiB:
+        raise StartupError(f"demo: {workdir}: {free // MiB} MiB free, the vmcore of a "
+                           f"{size_mib} MiB guest needs up to {size_mib} MiB (--size-mib, --dir)")
+
+
+def _run_in(workdir: str, guest: Guest) -> int:
     vmcore = os.path.join(workdir, "vmcore")
     started = time.perf_counter()
     layout = write_elf_core(vmcore, guest.loads, notes=[vmcoreinfo_note(PAGE)], fill=guest.fill)

@@ -10,3 +10,8 @@ def split_host_port(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"not HOST:PORT: {text!r}")
     return host.strip("[]"), int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """`HOST:PORT` text for `(host, port)`, an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

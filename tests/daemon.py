@@ -57,6 +57,7 @@ def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
     On the way out: exit status 0, the socket file removed, no traceback in the log.
     """
     sock = tmp_path / "run" / "dumpd.sock"
+    sock.parent.mkdir(mode=0o700, exist_ok=True)  # dumpd creates only its default's directory
     log_path = tmp_path / "serve.log"
     args = ["serve", "--socket", str(sock), *extra]
     if source is not None:

@@ -548,8 +548,9 @@ def test_cli_reads_and_fetches_over_tls(tmp_path: Path, pki: Pki) -> None:
     assert (raw.returncode, raw.stderr, raw.stdout) == (0, b"", file_bytes(dump.path, 0x2000, 300))
     assert (fetched.returncode, fetched.stderr) == (0, b""), fetched.stderr
     assert copy.read_bytes() == file_bytes(dump.path)
-    assert one_line_error(refused, 1).startswith(f"dumpd: cannot talk to 127.0.0.1:{port}: ")
-    assert one_line_error(strange, 1) == (f"dumpd: cannot talk to 127.0.0.1:{port}: TLS: "
+    assert one_line_error(refused, 1) == (f"dumpd: lost the connection to 127.0.0.1:{port}: "
+                                          "the server closed it")
+    assert one_line_error(strange, 1) == (f"dumpd: cannot connect to 127.0.0.1:{port}: TLS: "
                                           "certificate verify failed: self-signed "
                                           "certificate in certificate chain")
     assert one_line_error(mixed, 2) == ("dumpd: TLS needs --tcp and all of --tls-cert, "

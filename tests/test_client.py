@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from dumpd.client import AsyncClient, Client, RemoteError
+from dumpd.client import AsyncClient, Client, RemoteError, ServerUnreachable
 from dumpd.errors import DumpdError
 from dumpd.protocol import Notification, ProtocolViolation
 
@@ -355,10 +356,34 @@ async def test_sync_client_skips_the_late_response_of_an_abandoned_call(
 
 
 def _sync_drop(path: str) -> None:
-    with Client.connect(path, timeout=10) as client, pytest.raises(ConnectionError):
+    with Client.connect(path, timeout=10) as client, pytest.raises(ServerUnreachable) as err:
         client.call("drop")
+    assert (str(err.value), err.value.lost) == (
+        f"lost the connection to {path}: the server closed it", True)
 
 
 async def test_sync_client_connection_loss(fake: tuple[FakeServer, str]) -> None:
     _, path = fake
     await asyncio.to_thread(_sync_drop, path)
+
+
+async def test_both_clients_say_why_they_cannot_connect(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(stale))
+    long = tmp_path / ("x" * (108 - len(str(tmp_path)) - 1))
+    cases = [
+        (tmp_path / "none.sock", errno.ENOENT, "No such file or directory"),
+        (stale, errno.ECONNREFUSED, "Connection refused"),
+        (tmp_path, errno.ENOTSOCK, "not a socket"),
+        (long, None, "socket path is 108 bytes, the limit is 107"),
+    ]
+    for path, code, reason in cases:
+        for connect in (Client.connect, AsyncClient.connect):
+            with pytest.raises(ServerUnreachable) as err:
+                client = connect(str(path))
+                if asyncio.iscoroutine(client):
+                    await client
+            assert (str(err.value), err.value.errno, err.value.lost) == (
+                f"cannot connect to {path}: {reason}", code, False)
+            assert isinstance(err.value, ConnectionError)  # what callers caught before

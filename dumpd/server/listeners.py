@@ -11,26 +11,31 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from dumpd import DEFAULT_SOCKET
 from dumpd.errors import StartupError
 from dumpd.hostport import split_host_port
+from dumpd.unixpath import too_long
+
+# The default socket's directory, the one directory dumpd creates (mode 0700, as the
+# unit's RuntimeDirectory= would); any other socket's directory must exist.
+DEFAULT_DIR = os.path.dirname(DEFAULT_SOCKET)
 
 
 def bind_unix(path: str, backlog: int) -> socket.socket:
     """A listening Unix socket at `path`, created with mode 0600; `backlog` connections
     may wait to be accepted (beyond it a client's connect fails with EAGAIN)."""
+    problem = too_long(path)
+    if problem:
+        raise StartupError(f"{path}: {problem}")
     _remove_stale(path)
-    parent = os.path.dirname(path) or "."
-    try:
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-    except OSError as exc:
-        raise StartupError(f"{path}: cannot create directory {parent}: {exc.strerror}") from exc
+    _check_directory(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # no window in which the socket is wider than 0600
     try:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise StartupError(f"{path}: cannot bind: {exc.strerror}") from exc
+        raise StartupError(f"{path}: cannot bind: {_why(exc)}") from exc
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
@@ -39,13 +44,39 @@ def bind_unix(path: str, backlog: int) -> socket.socket:
     return sock
 
 
+def _check_directory(path: str) -> None:
+    """The socket's directory exists (the default's is created: nothing else is)."""
+    parent = os.path.dirname(path) or "."
+    if os.path.normpath(os.path.abspath(parent)) == DEFAULT_DIR:
+        try:
+            os.mkdir(parent, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StartupError(f"{path}: cannot create directory {parent}: {_why(exc)}"
+                               ) from exc
+        return
+    try:
+        os.stat(parent)
+    except FileNotFoundError:
+        raise StartupError(f"{path}: directory {parent} does not exist (dumpd creates only "
+                           f"{DEFAULT_DIR}, for its default socket)") from None
+    except OSError:
+        pass  # binding says what is wrong
+
+
+def _why(exc: OSError) -> str:
+    """An OSError's reason; some (a path too long, a bad address) have no strerror."""
+    return exc.strerror or str(exc)
+
+
 def _remove_stale(path: str) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise StartupError(f"{path}: {exc.strerror}") from exc
+        raise StartupError(f"{path}: {_why(exc)}") from exc
     if not stat.S_ISSOCK(mode):
         raise StartupError(f"{path}: exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -56,7 +87,7 @@ def _remove_stale(path: str) -> None:
             os.unlink(path)  # stale: left by a server that is gone
         return
     except OSError as exc:
-        raise StartupError(f"{path}: cannot probe existing socket: {exc.strerror}") from exc
+        raise StartupError(f"{path}: cannot probe existing socket: {_why(exc)}") from exc
     finally:
         probe.close()
     raise StartupError(f"{path}: another server is listening on it")
@@ -73,7 +104,7 @@ def bind_tcp(address: str, backlog: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"tcp {address}: cannot bind: {exc.strerror}") from exc
+        raise StartupError(f"tcp {address}: cannot bind: {_why(exc)}") from exc
     sock.listen(backlog)
     sock.setblocking(False)
     return sock

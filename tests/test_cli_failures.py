@@ -1,0 +1,354 @@
+"""Every `dumpd` command against what goes wrong around it: no server, a socket path that
+is a file, a directory, too long or not permitted, a server that hangs up, bad
+arguments, a closed stdout, an unwritable output, a missing or bad config file.
+
+Whatever it is: no traceback, one `dumpd: ...` line that blames the right thing (its
+exact text), a non-zero exit status. A closed stdout alone ends quietly, with the status
+of a tool killed by SIGPIPE (141), as `cmd | head` expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dumpd import DEFAULT_SOCKET
+from dumpd.cli import main
+from tests.daemon import DUMPD, ENV, one_line_error, run, served
+from tests.dumps import build_raw
+
+PAGE = 4096
+NOBODY = 65534
+SIGPIPE_STATUS = 128 + signal.SIGPIPE
+HINT = "or point elsewhere with --socket or $DUMPD_SOCKET)"
+
+# Every command that talks to a server, as the operator types it (fetch writes into the
+# current directory, here the test's own).
+CLIENTS = {
+    "info": ["info"],
+    "stats": ["stats", "--json"],
+    "read": ["read", "0", "16"],
+    "fetch": ["fetch", "-q", "-o", "copy"],
+    "hook-register": ["hook", "register", "none"],
+    "hook-unregister": ["hook", "unregister"],
+    "hook-reload": ["hook", "reload"],
+}
+
+
+def no_server(path: Path) -> str:
+    return (f"dumpd: no server is listening at {path} (start one with "
+            f"`dumpd serve --source /proc/vmcore --socket {path}`, {HINT}")
+
+
+def _stale(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # a socket file nothing listens on
+
+
+def _long(tmp_path: Path) -> Path:
+    return tmp_path / ("x" * (120 - len(str(tmp_path)) - 1))
+
+
+# name: (make the socket path under tmp_path, the one line every client command prints)
+SOCKETS: dict[str, tuple[Callable[[Path], Path], Callable[[Path], str]]] = {
+    "missing": (lambda t: t / "none.sock", no_server),
+    "missing-directory": (lambda t: t / "nodir" / "dumpd.sock", no_server),
+    "stale": (lambda t: (p := t / "stale.sock", _stale(p))[0], no_server),
+    "regular-file": (lambda t: (p := t / "file", p.write_text("x"))[0],
+                     lambda p: f"dumpd: cannot connect to {p}: not a socket"),
+    "directory": (lambda t: (p := t / "dir", p.mkdir())[0],
+                  lambda p: f"dumpd: cannot connect to {p}: not a socket"),
+    "parent-is-a-file": (lambda t: ((t / "f").write_text(""), t / "f" / "dumpd.sock")[1],
+                         lambda p: f"dumpd: cannot connect to {p}: Not a directory"),
+    "too-long": (_long, lambda p: f"dumpd: cannot connect to {p}: socket path is 120 bytes, "
+                                  "the limit is 107"),
+}
+
+
+@pytest.mark.parametrize("kind", SOCKETS)
+@pytest.mark.parametrize("command", CLIENTS)
+def test_clients_blame_the_socket(tmp_path: Path, command: str, kind: str) -> None:
+    make, expect = SOCKETS[kind]
+    path = make(tmp_path)
+    result = run(*CLIENTS[command], "--socket", str(path), cwd=tmp_path)
+    assert one_line_error(result, 1) == expect(path)
+    assert not (tmp_path / "copy").exists()  # nothing made for a server never reached
+
+
+def test_the_default_socket_hint() -> None:
+    with socket.socket(socket.AF_UNIX) as probe, contextlib.suppress(OSError):
+        probe.connect(DEFAULT_SOCKET)
+        pytest.skip(f"a server listens at {DEFAULT_SOCKET}")
+    assert one_line_error(run("info"), 1) == (
+        f"dumpd: no server is listening at {DEFAULT_SOCKET} (start one with "
+        f"`dumpd serve --source /proc/vmcore`, {HINT}")
+
+
+@contextlib.contextmanager
+def hanging_up(path: Path) -> Iterator[None]:
+    """A listener at `path` that closes each connection once its first request came
+    (read first, so the close is an EOF, not a reset)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen()
+
+    def loop() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn = listener.accept()[0]
+                conn.recv(1 << 16)
+                conn.close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("command", CLIENTS)
+def test_a_server_that_hangs_up(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "rude.sock"
+    with hanging_up(path):
+        result = run(*CLIENTS[command], "--socket", str(path), cwd=tmp_path)
+    line = one_line_error(result, 1)
+    if command == "fetch":  # fetch may be told before or after it opened its copy
+        assert line.startswith("dumpd: ") and f"{path}" in line, line
+    else:
+        assert line == f"dumpd: lost the connection to {path}: the server closed it"
+
+
+# -- serve: where it is told to listen --------------------------------------------------
+
+
+@pytest.mark.parametrize("kind,expect", [
+    ("regular-file", "{p}: exists and is not a socket; refusing to replace it"),
+    ("directory", "{p}: exists and is not a socket; refusing to replace it"),
+    ("parent-is-a-file", "{p}: Not a directory"),
+    ("too-long", "{p}: socket path is 120 bytes, the limit is 107"),
+    ("missing-directory", "{p}: directory {p.parent} does not exist (dumpd creates only "
+                          "/run/dumpd, for its default socket)"),
+])
+def test_serve_blames_the_socket_path(tmp_path: Path, kind: str, expect: str) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    path = SOCKETS[kind][0](tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    line = one_line_error(run("serve", "--source", dump.path, "--socket", str(path)), 2)
+    assert line == "dumpd: " + expect.format(p=path)
+    assert sorted(tmp_path.rglob("*")) == before  # no directory made, nothing replaced
+
+
+@pytest.mark.parametrize("text,expect", [
+    (None, "{c}: cannot read: No such file or directory"),
+    ('[server]\nallow_uids = ["bob"]\n',
+     '{c}: server.allow_uids: expected a list of uids (integers), got ["bob"]'),
+    ('[engine]\ncache_mib = "x"\n', '{c}: engine.cache_mib: expected a number of MiB, got "x"'),
+    ("[server\n", "{c}: not valid TOML: Expected ']' at the end of a table declaration "
+                  "(at line 1, column 8)"),
+], ids=["missing", "uids", "mib", "syntax"])
+def test_serve_blames_the_config_file(tmp_path: Path, text: str | None, expect: str) -> None:
+    config = tmp_path / "dumpd.toml"
+    if text is not None:
+        config.write_text(text)
+    assert one_line_error(run("serve", "-c", str(config)), 2) == "dumpd: " + expect.format(
+        c=config)
+
+
+# -- as a user the socket does not admit -------------------------------------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may traverse, so only the socket's own mode decides."""
+    with tempfile.TemporaryDirectory(prefix="dumpd-failures-") as tmp:
+        os.chmod(tmp, 0o755)
+        yield Path(tmp)
+
+
+def main_as_nobody(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """`dumpd ARGV` run by `cli.main` in a forked child that became nobody (the venv's
+    interpreter may be where nobody cannot execute it)."""
+    if os.getuid() != 0:
+        pytest.skip("needs root to become nobody")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 70
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            status = main(argv)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+        stdout, stderr = out.read(), err.read()
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return subprocess.CompletedProcess(argv, status, stdout, stderr)
+
+
+@pytest.mark.parametrize("command", CLIENTS)
+def test_permission_denied(shared_dir: Path, command: str) -> None:
+    path = shared_dir / "root.sock"
+    _stale(path)
+    os.chmod(path, 0o600)
+    os.chmod(shared_dir, 0o777)  # fetch may write its copy here
+    result = main_as_nobody([*CLIENTS[command], "--socket", str(path)], shared_dir)
+    assert one_line_error(result, 1) == (
+        f"dumpd: {path}: permission denied (connecting needs write permission on the "
+        "socket; dumpd creates it mode 0600, for its own user)")
+
+
+def test_serve_where_it_may_not_bind(shared_dir: Path) -> None:
+    dump = build_raw(shared_dir / "oldmem", 4 * PAGE)
+    os.chmod(dump.path, 0o644)
+    path = shared_dir / "dumpd.sock"
+    result = main_as_nobody(["serve", "--source", dump.path, "--socket", str(path)],
+                            shared_dir)
+    assert one_line_error(result, 2) == f"dumpd: {path}: cannot bind: Permission denied"
+
+
+# -- against a real server: closed stdout, unwritable output ----------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="dumpd-failures-") as tmp:
+        base = Path(tmp)
+        dump = build_raw(base / "oldmem", 64 * PAGE)
+        with served(base, dump.path) as sock:
+            yield sock
+
+
+def closed_stdout(*args: str, env: dict[str, str] | None = None,
+                  timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+    """`dumpd ARGS` with stdout a pipe whose reader is gone (`dumpd ... | head -c0`)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([*DUMPD, *args], stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=env or ENV, timeout=timeout,
+                              check=False)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args", [
+    ["info"], ["info", "--json"], ["stats"], ["read", "0", str(64 * PAGE)],
+    ["hook", "unregister"],
+], ids=["info", "info-json", "stats", "read", "hook-unregister"])
+def test_closed_stdout_ends_quietly(server: str, args: list[str]) -> None:
+    result = closed_stdout(*args, "--socket", server)
+    assert (result.returncode, result.stderr) == (SIGPIPE_STATUS, b"")
+
+
+def test_closed_stdout_without_a_server(tmp_path: Path) -> None:
+    for args in (["plugins"], ["hook", "check", "none", "--pfn-limit", "4096"]):
+        result = closed_stdout(*args)
+        assert (result.returncode, result.stderr) == (SIGPIPE_STATUS, b""), args
+    work = tmp_path / "tmp"
+    work.mkdir()
+    result = closed_stdout("demo", "--size-mib", "24", env={**ENV, "TMPDIR": str(work)},
+                           timeout=60)
+    assert (result.returncode, result.stderr) == (SIGPIPE_STATUS, b"")
+    assert list(work.iterdir()) == []  # its temporary directory is gone
+
+
+@pytest.mark.parametrize("output,reason", [
+    ("{tmp}", "Is a directory"),
+    ("/proc/nonexistent/x", "No such file or directory"),
+    ("{tmp}/no/such/dir/x", "No such file or directory"),
+    ("/dev/full", "No space left on device"),  # the write fails, not the open
+])
+def test_read_blames_its_output(server: str, tmp_path: Path, output: str, reason: str) -> None:
+    output = output.format(tmp=tmp_path)
+    result = run("read", "0", "16", "-o", output, "--socket", server)
+    assert one_line_error(result, 1) == f"dumpd: {output}: {reason}"
+
+
+def test_read_output_is_private_and_only_made_once_the_server_answers(
+        server: str, tmp_path: Path) -> None:
+    out = tmp_path / "out.bin"
+    one_line_error(run("read", "0", "16", "-o", str(out), "--socket", str(tmp_path / "no")), 1)
+    assert not out.exists()
+    assert run("read", "0", "16", "-o", str(out), "--socket", server).returncode == 0
+    assert (out.stat().st_mode & 0o777, out.stat().st_size) == (0o600, 16)
+    mine = tmp_path / "mine.bin"
+    mine.write_bytes(b"old contents, longer than 16 bytes")
+    mine.chmod(0o640)
+    assert run("read", "0", "16", "-o", str(mine), "--socket", server).returncode == 0
+    assert (mine.stat().st_mode & 0o777, mine.stat().st_size) == (0o640, 16)  # named: replaced
+
+
+def test_fetch_blames_its_output(server: str, tmp_path: Path) -> None:
+    line = one_line_error(run("fetch", "-q", "-o", str(tmp_path), "--socket", server), 1)
+    assert line.startswith(f"dumpd: {tmp_path}"), line
+
+
+# -- bad arguments and impossible demos --------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    [], ["bogus"], ["serve", "--page-size", "x"], ["serve", "--kind", "zip"],
+    ["info", "--tcp", "nohost"], ["stats", "extra"], ["read", "x", "16"], ["read", "0"],
+    ["read", "0", "-1"], ["fetch", "--range", "5"], ["fetch", "--chunk", "x"],
+    ["plugins", "extra"], ["hook"], ["hook", "register"], ["hook", "check", "none",
+    "--pfn-limit", "-1"], ["demo", "--size-mib", "x"], ["demo", "--balloon-percent", "-5"],
+], ids=lambda args: "-".join(args) or "nothing")
+def test_bad_arguments(args: list[str]) -> None:
+    result = run(*args)
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    assert (result.returncode, result.stdout) == (2, b"")
+    assert stderr.startswith("usage: dumpd")
+    assert ": error: " in stderr.splitlines()[-1], stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--size-mib", "0"], "a guest of 0 MiB is too small: the model needs at least 24 MiB "
+                          "(its kernel text is at 16-24 MiB)"),
+    (["--size-mib", "23"], "a guest of 23 MiB is too small: the model needs at least 24 MiB "
+                           "(its kernel text is at 16-24 MiB)"),
+    (["--balloon-percent", "150"], "a balloon of 150% is impossible: it takes 0 to 100% of "
+                                   "the guest's RAM outside the crash kernel's reservation"),
+], ids=["size-0", "size-23", "balloon-150"])
+def test_impossible_demos(tmp_path: Path, args: list[str], expect: str) -> None:
+    result = run("demo", *args, timeout=10, env={**ENV, "TMPDIR": str(tmp_path)})
+    assert one_line_error(result, 2) == f"dumpd: demo: {expect}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_demo_too_large_for_the_disk(tmp_path: Path) -> None:
+    result = run("demo", "--size-mib", str(1 << 40), timeout=10,
+                 env={**ENV, "TMPDIR": str(tmp_path)})
+    line = one_line_error(result, 2)
+    assert line.startswith(f"dumpd: demo: {tmp_path}: ")
+    assert line.endswith(f" MiB free, the vmcore of a {1 << 40} MiB guest needs up to "
+                         f"{1 << 40} MiB (--size-mib, --dir)")
+    assert list(tmp_path.iterdir()) == []
