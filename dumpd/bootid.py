@@ -10,7 +10,7 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 def boot_id(path: str = BOOT_ID) -> str | None:
     """The boot id, None when it cannot be read."""
     try:
-        with open(path, encoding="ascii") as src:
-            return src.read().strip() or None
+        with open(path, "rb") as src:
+            return src.read().decode("ascii").strip() or None
     except (OSError, ValueError):
         return None

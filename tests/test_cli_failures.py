@@ -307,8 +307,10 @@ def test_read_output_is_private_and_only_made_once_the_server_answers(
 
 
 def test_fetch_blames_its_output(server: str, tmp_path: Path) -> None:
-    line = one_line_error(run("fetch", "-q", "-o", str(tmp_path), "--socket", server), 1)
-    assert line.startswith(f"dumpd: {tmp_path}"), line
+    missing = tmp_path / "missing" / "vmcore"
+    line = one_line_error(run("fetch", "-q", "-o", str(missing), "--socket", server), 1)
+    assert line == f"dumpd: fetch: {missing}: cannot create it: No such file or directory"
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- bad arguments and impossible demos --------------------------------------------------
