@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -19,6 +20,8 @@ import pytest
 
 DUMPD = [sys.executable, "-m", "dumpd"]
 ENV = {k: v for k, v in os.environ.items() if k != "DUMPD_SOCKET"}
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z dumpd\[(\d+)\]: (.*)")
+"""A line of `dumpd serve`'s log on a stderr that is not the journal: UTC time, pid."""
 
 
 def run(*args: str, timeout: float = 30, env: dict[str, str] | None = None,
@@ -50,7 +53,8 @@ def one_line_error(result: subprocess.CompletedProcess[bytes], status: int) -> s
 def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
     """`dumpd serve` on tmp_path/run/dumpd.sock until SIGTERM; yields the socket path.
 
-    On the way out: exit status 0, the socket file removed, no traceback in the log.
+    On the way out: exit status 0, the socket file removed, no traceback in the log,
+    every line of it stamped (`log_lines`).
     """
     sock = tmp_path / "run" / "dumpd.sock"
     log_path = tmp_path / "serve.log"
@@ -62,7 +66,7 @@ def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
                                 stdin=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 15
-        while b"dumpd: INFO: serving " not in log_path.read_bytes():
+        while b": INFO: serving " not in log_path.read_bytes():
             if proc.poll() is not None:
                 pytest.fail(f"dumpd serve exited with {proc.returncode}: "
                             f"{log_path.read_text()}")
@@ -84,7 +88,18 @@ def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
     assert status == 0, output
     assert not sock.exists()
     assert "Traceback" not in output, output
-    assert "dumpd: INFO: SIGTERM: shutting down" in output.splitlines()
+    assert "INFO: SIGTERM: shutting down" in log_lines(log_path, proc.pid)
+
+
+def log_lines(path: Path, pid: int) -> list[str]:
+    """The lines of the log at `path` as `LEVEL: message`, each checked to carry a time
+    stamp and `pid` first."""
+    lines = []
+    for line in path.read_text().splitlines():
+        match = LOG_LINE.fullmatch(line)
+        assert match is not None and int(match[1]) == pid, line
+        lines.append(match[2])
+    return lines
 
 
 def info_json(sock: str) -> dict[str, Any]:
