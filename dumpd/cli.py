@@ -207,7 +207,10 @@ def _serve(args: argparse.Namespace) -> int:
     from dumpd.runner import serve
 
     config = config_mod.load(args.config)
-    options = {**config.hook.options, **_options(args.hook_option, "--hook-option")}
+    given = _options(args.hook_option, "--hook-option")
+    name = config.hook.name if args.hook_name is None else args.hook_name
+    # The file's options are for the file's hook: `--hook ""` (no hook) drops them.
+    options = {**config.hook.options, **given} if name else given
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "log_level"))}
     config = config.with_overrides(**flags, hook_options=options)

@@ -102,6 +102,11 @@ def test_hook_options_without_a_hook(tmp_path: Path) -> None:
     assert serve_error("-c", str(config), "--source", dump.path) == (
         f"dumpd: {config}: hook.options: given, but no hook is named to take them "
         "(--hook NAME or hook.name)")
+    named = tmp_path / "named.toml"
+    named.write_text('[hook]\nname = "balloon"\n[hook.options]\nfile = "/no/such/file"\n')
+    with served(tmp_path, dump.path, "-c", str(named), "--hook", "") as sock:
+        hook = info_json(sock)["hook"]  # `--hook ""`: no hook, and the file's options go
+    assert hook is None
 
 
 def test_page_size_must_agree_with_vmcoreinfo(tmp_path: Path) -> None:
