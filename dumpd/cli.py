@@ -14,16 +14,21 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.errors import DumpdError, StartupError
+from dumpd.hooks.slot import hook_label
 from dumpd.hostport import split_host_port
 
 READ_CHUNK = 8 << 20
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
 DISTRIBUTION_HELP = "the distribution providing the hook, when several do (see `dumpd plugins`)"
+RELATIVE_PATHS = ("; a string VALUE that names an existing file or directory relative to "
+                  "the current directory is sent as an absolute path (the server's "
+                  "directory is another)")
 
 
 def _int(text: str) -> int:
@@ -77,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--source", dest="source_path", metavar="PATH",
                        help="dump to serve (/proc/vmcore, a vmcore file, /dev/oldmem)")
     serve.add_argument("--kind", dest="source_kind", choices=["auto", "elf", "raw"])
-    serve.add_argument("--page-size", dest="source_page_size", type=_int)
+    serve.add_argument("--page-size", dest="source_page_size", type=_int, metavar="BYTES",
+                       help="the dump's page size: the default without VMCOREINFO PAGESIZE=, "
+                            "an error when VMCOREINFO says otherwise")
     serve.add_argument("--socket", dest="server_socket", metavar="PATH")
     serve.add_argument("--tcp", dest="server_tcp", metavar="HOST:PORT")
     serve.add_argument("--hook", dest="hook_name", metavar="NAME",
@@ -132,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = actions.add_parser("check", help="run the plugin conformance kit on a hook here")
     for p in (register, check):
         p.add_argument("name", help="entry point name (see `dumpd plugins`)")
-        p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help=f"an option for the hook (repeatable); {OPTION_VALUES}")
+        p.add_argument("--hook-option", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"an option for the hook (repeatable); {OPTION_VALUES}"
+                            + (RELATIVE_PATHS if p is register else ""))
         p.add_argument("--hook-distribution", metavar="DIST", default="",
                        help=DISTRIBUTION_HELP)
     check.add_argument("--pfn-limit", type=_int, default=1 << 32,
@@ -211,6 +219,8 @@ def _options(items: Sequence[str], flag: str) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise StartupError(f"{flag} {item!r}: expected KEY=VALUE")
+        if key in options:
+            raise StartupError(f"{flag} {key!r} is given twice: give each key once")
         try:
             options[key] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
@@ -223,13 +233,16 @@ def _serve(args: argparse.Namespace) -> int:
     from dumpd.runner import serve
 
     config = config_mod.load(args.config)
-    options = {**config.hook.options, **_options(args.hook_option, "--hook-option")}
+    given = _options(args.hook_option, "--hook-option")
+    name = config.hook.name if args.hook_name is None else args.hook_name
+    # The file's options are for the file's hook: `--hook ""` (no hook) drops them.
+    options = {**config.hook.options, **given} if name else given
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "hook_distribution",
                               "log_level"))}
     config = config.with_overrides(**flags, hook_options=options)
     _log_to_stderr(config.log_level)
-    return serve(config)
+    return serve(config, given_page_size=args.source_page_size)
 
 
 SYSLOG_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
@@ -242,14 +255,26 @@ class _JournalFormatter(logging.Formatter):
         return f"<{SYSLOG_PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
 
 
+class _StampedFormatter(logging.Formatter):
+    """`2026-12-01T18:30:00.123Z dumpd[PID]: LEVEL: message`, the time in UTC."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s dumpd[%(process)d]: %(levelname)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
 def _log_to_stderr(level: str) -> None:
-    """One line per event on stderr; with syslog priority prefixes when stderr is the
-    journal (systemd sets JOURNAL_STREAM to its device:inode)."""
+    """One line per event on stderr, stamped with the time; with syslog priority
+    prefixes instead when stderr is the journal (systemd sets JOURNAL_STREAM to its
+    device:inode; journald adds its own time)."""
     handler = logging.StreamHandler(sys.stderr)
     if _stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("dumpd: %(levelname)s: %(message)s"))
+        handler.setFormatter(_StampedFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
@@ -289,7 +314,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"dumpd {info['version']} (protocol {info['protocol']})")
     print(f"source   {info['source']['path']} ({info['source']['kind']})")
     print(f"size     {info['size']} bytes, page size {info['page_size']}")
-    print(f"hook     {info['hook'] or '(none registered)'}")
+    print(f"hook     {hook_label(info['hook'])}")
     print(f"segments {len(info['segments'])}")
     for paddr, offset, filesz, memsz in info["segments"]:
         print(f"  paddr {paddr:#014x}  offset {offset:#012x}  filesz {filesz:#x}  memsz {memsz:#x}")
@@ -304,7 +329,7 @@ def _stats(args: argparse.Namespace) -> int:
     else:
         width = max(map(len, stats))
         for key, value in stats.items():
-            print(f"{key:<{width}}  {value}")
+            print(f"{key:<{width}}  {hook_label(value) if key == 'hook' else value}")
     return 0
 
 
@@ -382,10 +407,11 @@ def _plugins(args: argparse.Namespace) -> int:
 def _hook(args: argparse.Namespace) -> int:
     if args.action == "check":
         return _hook_check(args)
+    if args.action == "register":  # a mistake in them is found before connecting
+        options = _absolute_paths(_options(args.hook_option, "--hook-option"))
     with _client(args) as client:
         if args.action == "register":
-            client.hook_register(args.name, _options(args.option, "--option"),
-                                 args.hook_distribution)
+            client.hook_register(args.name, options, args.hook_distribution)
             print(f"hook {args.name!r} registered")
         elif args.action == "unregister":
             name = client.hook_unregister()["hook"]
@@ -397,11 +423,21 @@ def _hook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _absolute_paths(options: dict[str, Any]) -> dict[str, Any]:
+    """`options` with each string value that names an existing path relative to our
+    directory made absolute: the server resolves relative paths in its own directory.
+    Which options are paths only the plugin knows; an existing path is taken for one."""
+    return {key: os.path.abspath(value)
+            if isinstance(value, str) and value and not os.path.isabs(value)
+            and os.path.exists(value) else value
+            for key, value in options.items()}
+
+
 def _hook_check(args: argparse.Namespace) -> int:
     from dumpd.testing import ConformanceError, check_plugin
 
     try:
-        report = check_plugin(args.name, _options(args.option, "--option"),
+        report = check_plugin(args.name, _options(args.hook_option, "--hook-option"),
                               pfn_limit=args.pfn_limit, distribution=args.hook_distribution)
     except ConformanceError as exc:
         print(f"dumpd: conformance: {exc}", file=sys.stderr)

@@ -141,6 +141,9 @@ class Config:
                 raise bad(f"engine.{key}", f"must be positive, not {getattr(eng, key)}")
         if eng.buffer_pool_mib < 0:
             raise bad("engine.buffer_pool_mib", f"must not be negative, not {eng.buffer_pool_mib}")
+        if self.hook.options and not self.hook.name:
+            raise bad("hook.options", "given, but no hook is named to take them "
+                      "(--hook NAME or hook.name)")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", f"must be debug, info, warning or error, not {self.log_level!r}")
 

@@ -27,16 +27,18 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def serve(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT (a second one forces the exit); SIGHUP reloads the hook."""
+def serve(config: Config, given_page_size: int | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (a second one forces the exit); SIGHUP reloads the hook.
+    `given_page_size`: the page size the operator named (`--page-size`), which the dump
+    must not contradict."""
     with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:
-        return runner.run(_serve(config))
+        return runner.run(_serve(config, given_page_size))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, given_page_size: int | None) -> int:
     from dumpd.server import Server
 
-    server = Server(config)
+    server = Server(config, given_page_size)
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -52,7 +54,6 @@ async def _serve(config: Config) -> int:
     reloads: set[asyncio.Task[None]] = set()
 
     def on_hangup() -> None:
-        log.info("SIGHUP: reloading the hook's data")
         task = loop.create_task(server.reload_hook())
         reloads.add(task)
         task.add_done_callback(reloads.discard)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -23,6 +24,8 @@ ROOT = str(Path(__file__).resolve().parent.parent)
 # `python -m dumpd` would otherwise import the copy installed in the environment).
 ENV = {**{k: v for k, v in os.environ.items() if k != "DUMPD_SOCKET"},
        "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z dumpd\[(\d+)\]: (.*)")
+"""A line of `dumpd serve`'s log on a stderr that is not the journal: UTC time, pid."""
 
 
 def run(*args: str, timeout: float = 30, env: dict[str, str] | None = None,
@@ -54,7 +57,8 @@ def one_line_error(result: subprocess.CompletedProcess[bytes], status: int) -> s
 def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
     """`dumpd serve` on tmp_path/run/dumpd.sock until SIGTERM; yields the socket path.
 
-    On the way out: exit status 0, the socket file removed, no traceback in the log.
+    On the way out: exit status 0, the socket file removed, no traceback in the log,
+    every line of it stamped (`log_lines`).
     """
     sock = tmp_path / "run" / "dumpd.sock"
     sock.parent.mkdir(mode=0o700, exist_ok=True)  # dumpd creates only its default's directory
@@ -67,7 +71,7 @@ def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
                                 stdin=subprocess.DEVNULL, env=ENV, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 15
-        while b"dumpd: INFO: serving " not in log_path.read_bytes():
+        while b": INFO: serving " not in log_path.read_bytes():
             if proc.poll() is not None:
                 pytest.fail(f"dumpd serve exited with {proc.returncode}: "
                             f"{log_path.read_text()}")
@@ -89,7 +93,18 @@ def served(tmp_path: Path, source: str | None, *extra: str) -> Iterator[str]:
     assert status == 0, output
     assert not sock.exists()
     assert "Traceback" not in output, output
-    assert "dumpd: INFO: SIGTERM: shutting down" in output.splitlines()
+    assert "INFO: SIGTERM: shutting down" in log_lines(log_path, proc.pid)
+
+
+def log_lines(path: Path, pid: int) -> list[str]:
+    """The lines of the log at `path` as `LEVEL: message`, each checked to carry a time
+    stamp and `pid` first."""
+    lines = []
+    for line in path.read_text().splitlines():
+        match = LOG_LINE.fullmatch(line)
+        assert match is not None and int(match[1]) == pid, line
+        lines.append(match[2])
+    return lines
 
 
 def source_identity(path: str) -> dict[str, Any]:

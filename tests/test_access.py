@@ -616,7 +616,7 @@ def test_an_activated_non_loopback_socket_serves_with_tls(tmp_path: Path, pki: P
         activator.send_signal(signal.SIGTERM)
         activator.wait(10)
     assert data == file_bytes(dump.path, PAGE, 32)
-    assert f"on 0.0.0.0:{port} (TLS), hook none" in log.read_text()
+    assert f"on 0.0.0.0:{port} (TLS), hook (none registered)" in log.read_text()
     assert not (tmp_path / "own.sock").exists()
 
 

@@ -91,6 +91,51 @@ def test_hook_option_without_equals(tmp_path: Path) -> None:
     assert line == "dumpd: --hook-option 'file': expected KEY=VALUE"
 
 
+@pytest.mark.parametrize("command", [
+    ["serve", "--hook", "balloon"],
+    ["hook", "register", "balloon", "--socket", "/nonexistent"],  # found before connecting
+    ["hook", "check", "balloon"],
+], ids=["serve", "register", "check"])
+def test_a_hook_option_given_twice(command: list[str]) -> None:
+    result = run(*command, "--hook-option", "file=a.txt", "--hook-option", "file=b.txt")
+    assert one_line_error(result, 2) == (
+        "dumpd: --hook-option 'file' is given twice: give each key once")
+
+
+def test_hook_options_without_a_hook(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    config = tmp_path / "dumpd.toml"
+    config.write_text('[hook.options]\nfile = "x"\n')
+    assert serve_error("--source", dump.path, "--hook-option", "file=x") == (
+        "dumpd: command line: hook.options: given, but no hook is named to take them "
+        "(--hook NAME or hook.name)")
+    assert serve_error("-c", str(config), "--source", dump.path) == (
+        f"dumpd: {config}: hook.options: given, but no hook is named to take them "
+        "(--hook NAME or hook.name)")
+    named = tmp_path / "named.toml"
+    named.write_text('[hook]\nname = "balloon"\n[hook.options]\nfile = "/no/such/file"\n')
+    with served(tmp_path, dump.path, "-c", str(named), "--hook", "") as sock:
+        hook = info_json(sock)["hook"]  # `--hook ""`: no hook, and the file's options go
+    assert hook is None
+
+
+def test_page_size_must_agree_with_vmcoreinfo(tmp_path: Path) -> None:
+    dump = build_elf(tmp_path / "vmcore", [SegSpec(paddr=0x10000, memsz=0x10000)],
+                     page_size_note=8192)
+    raw = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    sock = tmp_path / "dumpd.sock"
+    assert serve_error("--source", dump.path, "--socket", str(sock), "--page-size", "4096") == (
+        f"dumpd: {dump.path}: --page-size 4096, but its VMCOREINFO says PAGESIZE=8192: "
+        "give --page-size 8192 or none")
+    assert not sock.exists()
+    with served(tmp_path, dump.path, "--page-size", "8192") as path:
+        agreed = info_json(path)["page_size"]
+    (tmp_path / "raw").mkdir()
+    with served(tmp_path / "raw", raw.path, "--page-size", "8192") as path:
+        chosen = info_json(path)["page_size"]
+    assert (agreed, chosen) == (8192, 8192)
+
+
 @pytest.mark.parametrize("text,problem", [
     ("[source\npath = 'x'\n", "not valid TOML: "),
     ("[source]\npath = 'x'\ncolour = 1\n", "[source] unknown key 'colour' (known: "),
@@ -256,7 +301,7 @@ def test_stats_counters(tmp_path: Path) -> None:
     lines = human.splitlines()
     width = max(map(len, stats))
     assert f"{'cache_misses':<{width}}  4" in lines
-    assert f"{'hook':<{width}}  None" in lines
+    assert f"{'hook':<{width}}  (none registered)" in lines
     assert len(lines) == len(stats)
 
 
@@ -367,6 +412,38 @@ def test_serve_from_a_config_file_with_flag_overrides(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere.sock").exists()
     assert (info["hook"], info["source"]["path"]) == ("balloon", dump.path)
     assert data == file_bytes(dump.path, 0, 2 * PAGE) + bytes(2 * PAGE)
+
+
+def test_register_sends_relative_paths_made_absolute(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
+    here = tmp_path / "client"  # the command's directory; the server's is tmp_path
+    here.mkdir()
+    (here / "good.txt").write_text("2-3\n")
+    with served(tmp_path, dump.path) as sock:
+        registered = run("hook", "register", "balloon", "--hook-option", "file=good.txt",
+                         "--socket", sock, cwd=here)
+        data = run("read", "0", str(4 * PAGE), "--socket", sock).stdout
+        ok("hook", "unregister", "--socket", sock)
+        missing = run("hook", "register", "balloon", "--hook-option", "file=gone.txt",
+                      "--socket", sock, cwd=here)
+    assert (registered.returncode, registered.stderr) == (0, b"")
+    assert data == file_bytes(dump.path, 0, 2 * PAGE) + bytes(2 * PAGE)
+    log = (tmp_path / "serve.log").read_text()
+    assert f": INFO: hook balloon registered with options {{'file': '{here / 'good.txt'}'}}" in log
+    assert one_line_error(missing, 1) == (  # not here: sent as given, tried by the server
+        f"dumpd: EINVAL: balloon: {tmp_path / 'gone.txt'}: cannot read: "
+        "No such file or directory")
+
+
+@pytest.mark.parametrize("hook", ["balloon", "xen"])
+def test_a_relative_path_at_start_up_names_the_absolute_path_tried(tmp_path: Path,
+                                                                   hook: str) -> None:
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    options = ["file=gone.txt"] if hook == "balloon" else ["transport=stub", "map=gone.txt"]
+    result = run("serve", "--source", dump.path, "--socket", str(tmp_path / "dumpd.sock"),
+                 "--hook", hook, *[f"--hook-option={o}" for o in options], cwd=tmp_path)
+    assert one_line_error(result, 2) == (
+        f"dumpd: [hook] {hook}: {tmp_path / 'gone.txt'}: cannot read: No such file or directory")
 
 
 def test_demo(tmp_path: Path) -> None:

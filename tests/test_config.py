@@ -280,9 +280,12 @@ def test_overrides_none_means_not_given(tmp_path: Path) -> None:
     assert config.with_overrides(**flags) == config
     assert config.with_overrides() == config
     # falsy values that are given do override
-    assert config.with_overrides(server_tcp="", hook_name="").server.tcp == ""
-    assert config.with_overrides(hook_name="").hook == HookConfig(
-        name="", options={"file": "/etc/dumpd/balloon.txt"})
+    assert config.with_overrides(server_tcp="", hook_name="", hook_options={}).server.tcp == ""
+    assert config.with_overrides(hook_name="", hook_options={}).hook == HookConfig()
+    with pytest.raises(StartupError) as caught:  # options for no hook: said, not ignored
+        config.with_overrides(hook_name="")
+    assert str(caught.value) == ("command line: hook.options: given, but no hook is named "
+                                 "to take them (--hook NAME or hook.name)")
 
 
 def test_overrides_are_validated(tmp_path: Path) -> None:

@@ -78,11 +78,13 @@ def test_ready_status_watchdog_stopping(tmp_path: Path, abstract: bool) -> None:
         assert proc.wait(10) == 0
     lines = ready[-1].split("\n")
     assert lines[0] == "READY=1"
-    assert lines[1] == f"STATUS=serving {dump.path}: 0 clients, 0 bytes served, hook none"
+    assert lines[1] == (f"STATUS=serving {dump.path}: 0 clients, 0 bytes served, "
+                        "hook (none registered)")
     assert lines[2] == f"MAINPID={proc.pid}"
     statuses = [line for message in pings for line in message.split("\n")
                 if line.startswith("STATUS=")]
-    assert f"STATUS=serving {dump.path}: 0 clients, 8 bytes served, hook none" in statuses
+    assert (f"STATUS=serving {dump.path}: 0 clients, 8 bytes served, "
+            "hook (none registered)") in statuses
     assert stopping[-1] == "STOPPING=1\nSTATUS=stopping: finishing running requests"
 
 
@@ -131,7 +133,7 @@ def test_socket_activation(tmp_path: Path) -> None:
         activator.send_signal(signal.SIGTERM)
         activator.wait(10)
     assert data == file_bytes(dump.path, PAGE, 16) and size == dump.size
-    assert f"on {activated}, hook none" in log.read_text()
+    assert f"on {activated}, hook (none registered)" in log.read_text()
 
 
 @pytest.mark.parametrize(("timeout", "finished"), [(30.0, True), (0.3, False)],

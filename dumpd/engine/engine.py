@@ -40,8 +40,6 @@ from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
 from dumpd.sources.base import ReadError, Source
 
-log = logging.getLogger("dumpd.engine")
-
 MiB = 1 << 20
 INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
 
@@ -110,11 +108,11 @@ class Engine:
         return current.name if current else None
 
     def register_hook(self, name: str, hook: PfnIsRam) -> None:
-        """Register `hook`; EBUSY if the slot is taken. Cached verdicts and pages are dropped."""
+        """Register `hook`; EBUSY if the slot is taken. Cached verdicts and pages are dropped.
+        The engine logs no changes of the slot: whoever asked for one does, naming who."""
         registration = self.slot.register(name, hook)
         caller = HookCaller(name, hook, self.config.hook_timeout, self.counters, self._ratelog)
         self._state = _State(registration.generation, caller, self.config, self.page_size)
-        log.info("hook %r registered", name)
 
     async def reload_hook(self) -> int:
         """Have the hook reload its data, then drop cached verdicts and pages.
@@ -139,7 +137,6 @@ class Engine:
             return self.slot.generation
         registration = self.slot.reloaded()
         self._state = _State(registration.generation, state.caller, self.config, self.page_size)
-        log.info("hook %r reloaded its data", registration.name)
         return registration.generation
 
     def unregister_hook(self) -> str | None:
@@ -151,7 +148,6 @@ class Engine:
         self._state = _State(self.slot.generation, None, self.config, self.page_size)
         if old.caller is not None:
             old.caller.close()
-        log.info("hook %r unregistered", previous.name)
         return previous.name
 
     # -- reads -----------------------------------------------------------------

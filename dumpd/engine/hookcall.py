@@ -12,7 +12,6 @@ answered with errors at once instead of queueing behind it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Iterable
@@ -24,8 +23,6 @@ from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.engine.verdicts import ERROR, RAM, code_of
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError, PfnIsRam
-
-log = logging.getLogger("dumpd.hook")
 
 Answer = tuple[int, int, int]
 """`(first_pfn, end_pfn, code)` as the hook answered it."""
@@ -88,7 +85,8 @@ class HookCaller:
                                                          f"{self._timeout}s")
 
     async def reload(self, timeout: float) -> None:
-        """Run the hook's `reload()` on its thread; DumpdError says why it failed."""
+        """Run the hook's `reload()` on its thread; DumpdError says why it failed (the
+        caller logs the outcome, once)."""
         reload = getattr(self._hook, "reload", None)
         if not callable(reload):
             raise DumpdError("ENOSYS", f"hook {self.name!r} has no data to reload")
@@ -104,11 +102,8 @@ class HookCaller:
             raise DumpdError("EIO", f"hook {self.name!r} reload gave no answer within "
                              f"{timeout}s; it keeps running") from None
         except HookConfigError as exc:
-            log.error("hook %r: reload failed, keeping the old data: %s", self.name, exc)
             raise DumpdError("EINVAL", f"reload failed, old data kept: {exc}") from exc
         except Exception as exc:
-            log.error("hook %r: reload failed, keeping the old data: %s: %s",
-                      self.name, type(exc).__name__, exc)
             raise DumpdError("EIO", f"reload failed, old data kept: "
                              f"{type(exc).__name__}: {exc}") from exc
 

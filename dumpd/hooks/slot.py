@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
 
+NO_HOOK = "(none registered)"
+"""How an empty slot reads in the log and in `dumpd info` and `dumpd stats` (JSON: null).
+Not "none": that is the name of a plugin, which may be registered."""
+
+
+def hook_label(name: str | None) -> str:
+    """The registered hook's name, or `NO_HOOK` for an empty slot."""
+    return NO_HOOK if name is None else name
+
 
 @dataclass(frozen=True, slots=True)
 class Registration:

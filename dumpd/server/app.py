@@ -22,8 +22,9 @@ from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
+from dumpd.hooks.slot import hook_label
 from dumpd.server.connection import ConnectionLimits, RpcConnection, Shared
-from dumpd.server.dispatch import Dispatcher, Peer
+from dumpd.server.dispatch import Dispatcher, Peer, reload_hook
 from dumpd.server.listeners import (
     Credentials,
     bind_tcp,
@@ -53,8 +54,11 @@ def _address(sock: socket.socket) -> str:
 class Server:
     """One served dump: its source, engine, listeners and live connections."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, given_page_size: int | None = None) -> None:
+        """`given_page_size`: a page size the operator named (`--page-size`); a dump whose
+        VMCOREINFO says another stops start-up (the pfns a hook is asked would differ)."""
         self.config = config
+        self._given_page_size = given_page_size
         self.source: Source | None = None
         self.engine: Engine | None = None
         self.shared = Shared(config.server.max_connections,
@@ -79,6 +83,10 @@ class Server:
                                "hook name (hook.name, --hook)")
         self.source = open_source(cfg.source.path, cfg.source.kind, cfg.source.page_size,
                                   cfg.source.size or None)
+        given, found = self._given_page_size, self.source.page_size
+        if given is not None and given != found:
+            raise StartupError(f"{self.source.path}: --page-size {given}, but its VMCOREINFO "
+                               f"says PAGESIZE={found}: give --page-size {found} or none")
         self.engine = Engine(self.source, cfg.engine)
         if cfg.hook.name:
             try:
@@ -118,7 +126,7 @@ class Server:
             log.info("%s", self.source.guess)
         log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
                  self.source.path, self.source.kind, self.source.size, self.source.page_size,
-                 where, cfg.hook.name or "none")
+                 where, hook_label(cfg.hook.name or None))
         self.notifier.send("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
 
     def _activated(self) -> list[socket.socket]:
@@ -165,7 +173,7 @@ class Server:
         hook = engine.hook_name if engine else None
         path = self.source.path if self.source else "-"
         return (f"serving {path}: {len(self.connections)} clients, {served} bytes served, "
-                f"hook {hook or 'none'}")
+                f"hook {hook_label(hook)}")
 
     def _authorize(self, transport: asyncio.BaseTransport) -> Peer | str:
         """Who may read: on a Unix socket, by SO_PEERCRED; over TCP, whoever reached the
@@ -173,17 +181,18 @@ class Server:
         sock = transport.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
         if creds is None:
+            peer = address(transport.get_extra_info("peername"))
             cert = transport.get_extra_info("peercert")
             if cert:
-                log.info("TLS client %s from %s", subject(cert),
-                         address(transport.get_extra_info("peername")))
-            return Peer(uid=None, admin=False)
+                log.info("TLS client %s from %s", subject(cert), peer)
+            return Peer(uid=None, admin=False, who=f"tcp {peer}")
         if not self._allowed(creds):
             self.refused += 1
             self._refusals.warning(f"uid {creds.uid}", f"refused connection from uid "
                                    f"{creds.uid} (gid {creds.gid}, pid {creds.pid})")
             return f"uid {creds.uid} is not allowed to read this dump"
-        return Peer(uid=creds.uid, admin=creds.uid in self._admin_uids)
+        return Peer(uid=creds.uid, admin=creds.uid in self._admin_uids,
+                    who=f"uid {creds.uid} pid {creds.pid}")
 
     def _allowed(self, creds: Credentials) -> bool:
         """The uid is allowed, or the primary or a supplementary group (the latter read
@@ -203,15 +212,9 @@ class Server:
 
     async def reload_hook(self) -> None:
         """SIGHUP: have the registered hook reload its data; the outcome is logged."""
-        if self.engine is None or self.engine.hook_name is None:
-            log.info("reload: no hook is registered, nothing to reload")
-            return
-        try:
-            generation = await self.engine.reload_hook()
-        except DumpdError as exc:
-            log.error("reload of hook %r failed: %s", self.engine.hook_name, exc)
-        else:
-            log.info("hook %r reloaded (generation %d)", self.engine.hook_name, generation)
+        if self.engine is not None:
+            with contextlib.suppress(DumpdError):  # logged by reload_hook: nobody to tell
+                await reload_hook(self.engine, "SIGHUP")
 
     def stop(self) -> None:
         """Ask `serve_until_stopped` to return (safe from a signal handler)."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import reprlib
@@ -110,6 +111,7 @@ class Shared:
         self.send_timeouts = 0
         self.notifications_ignored = 0
         self.log = RateLimitedLog(log)
+        self.ids = itertools.count(1)  # connection ids, for the log
 
     def admit(self, conn: RpcConnection) -> bool:
         """Serve `conn` if a slot is free; False (counted, logged) if none is."""
@@ -168,7 +170,9 @@ class RpcConnection(asyncio.Protocol):
         self._written = 0  # bytes handed to the transport, to tell whether output moves
         self._moved = -1  # bytes the transport had sent at the timer's last look (-1: none)
         self._stalled_at = 0.0  # when the timer last saw them move
+        self._closed_why = ""  # the error notification this side closed with, if any
         self.peer: Peer | None = None
+        self.id = 0
 
     @property
     def busy(self) -> bool:
@@ -180,6 +184,7 @@ class RpcConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.id = next(self._shared.ids)
         verdict = self._authorize(transport)
         if isinstance(verdict, str):
             self._close_with("EACCES", verdict)
@@ -189,6 +194,7 @@ class RpcConnection(asyncio.Protocol):
                              f"{self._shared.max_connections})")
             return
         self.peer = verdict
+        log.debug("connection %d (%s) opened", self.id, verdict.who)
         self._active_at = self._loop.time()
         if self._limits.idle_timeout:
             self._arm(self._active_at + self._limits.idle_timeout)
@@ -220,6 +226,9 @@ class RpcConnection(asyncio.Protocol):
         self._unread.clear()
         self._drained.set()
         self._shared.open.discard(self)
+        if self.peer is not None:  # served: opened in the log (the others were refused)
+            why = f": {self._closed_why}" if self._closed_why else ""
+            log.debug("connection %d (%s) closed%s", self.id, self.peer.who, why)
 
     def pause_writing(self) -> None:
         # Called from inside transport.write: only stop reading here, never re-enter _pump.
@@ -296,7 +305,7 @@ class RpcConnection(asyncio.Protocol):
                 return False
             frames = _frames(event.msgid, result)
         except Exception as exc:
-            frames = _error_frames(event, exc)
+            frames = self._error_frames(event, exc)
         self._corked.extend(frames)
         self._corked_bytes += sum(map(len, frames))
         if self._corked_bytes >= WRITE_SLICE:
@@ -382,7 +391,6 @@ class RpcConnection(asyncio.Protocol):
     def _idle_out(self) -> None:
         self._shared.idle_timeouts += 1
         idle = self._limits.idle_timeout
-        log.debug("closing connection: idle for %g s", idle)
         self._close_with("ETIMEDOUT", f"idle for {idle:g} s")
 
     def _send_timed_out(self) -> None:
@@ -397,11 +405,12 @@ class RpcConnection(asyncio.Protocol):
 
     async def _serve(self, event: Request | InvalidRequest) -> None:
         if isinstance(event, InvalidRequest):
-            await self._send([encode_error(event.msgid, event.code, event.message)])
+            await self._send(self._refusal(event.msgid, "a request", event.code, event.message))
             return
         msgid = event.msgid
         if msgid in self._msgids:
-            await self._send([encode_error(msgid, "EINVAL", f"msgid {msgid} is already in use")])
+            await self._send(self._refusal(msgid, event.method, "EINVAL",
+                                           f"msgid {msgid} is already in use"))
             return
         assert self.peer is not None
         self._msgids.add(msgid)
@@ -441,7 +450,7 @@ class RpcConnection(asyncio.Protocol):
                 result = await self._dispatcher.call(self.peer, event.method, event.params)
             return _frames(event.msgid, result)
         except Exception as exc:
-            return _error_frames(event, exc)
+            return self._error_frames(event, exc)
 
     async def _stream(self, event: Request) -> None:
         """Send the pieces of a `stream` request as notifications, then its summary."""
@@ -453,7 +462,7 @@ class RpcConnection(asyncio.Protocol):
             sock = self._sendfile_socket()
             reader = self._dispatcher.open_stream(event.params, spans=sock is not None)
         except DumpdError as exc:
-            await self._send(_error_frames(event, exc))
+            await self._send(self._error_frames(event, exc))
             return
         stream = self._streams[msgid] = _Stream()
         writer = None
@@ -473,7 +482,7 @@ class RpcConnection(asyncio.Protocol):
             summary = {**stream.counts, "cancelled": stream.cancelled}
             frames = [encode_response(msgid, summary)]
         except DumpdError as exc:
-            frames = _error_frames(event, exc)
+            frames = self._error_frames(event, exc)
         except SendTimeout:  # the sendfile thread gave up on a client that does not read
             self._send_timed_out()
             return
@@ -565,13 +574,29 @@ class RpcConnection(asyncio.Protocol):
                     self._write(transport, view[pos : pos + WRITE_SLICE])
                     await self._drained.wait()
 
+    def _error_frames(self, event: Request, exc: Exception) -> list[Any]:
+        if isinstance(exc, DumpdError):
+            return self._refusal(event.msgid, event.method, exc.code, exc.message)
+        log.error("%s failed", event.method, exc_info=exc)  # a bug of ours, not the client's
+        return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]
+
+    def _refusal(self, msgid: int, method: str, code: str, message: str) -> list[Any]:
+        """The error reply to a request, logged at debug: the client's mistake or a limit."""
+        assert self.peer is not None  # requests are read from served connections only
+        shown = method if method.isprintable() else repr(method)  # one line, whatever it is
+        log.debug("connection %d (%s): %s refused: %s: %s", self.id, self.peer.who, shown,
+                  code, message)
+        return [encode_error(msgid, code, message)]
+
     def _violation(self, exc: ProtocolViolation) -> None:
-        log.info("closing connection: %s", exc.message)
+        assert self.peer is not None
+        log.info("connection %d (%s): closing it: %s", self.id, self.peer.who, exc.message)
         self._close_with(exc.code, exc.message)
 
     def _close_with(self, code: str, message: str) -> None:
         """Send the error notification that says why, then close."""
         assert self._transport is not None
+        self._closed_why = f"{code}: {message}"
         self._write(self._transport, encode_notification("error", [code, message]))
         self._transport.close()
 
@@ -645,10 +670,3 @@ def _frames(msgid: int, result: Any) -> list[Any]:
     if isinstance(result, bytes | memoryview):
         return [encode_bin_response_head(msgid, len(result)), result]
     return [encode_response(msgid, result)]
-
-
-def _error_frames(event: Request, exc: Exception) -> list[Any]:
-    if isinstance(exc, DumpdError):
-        return [encode_error(event.msgid, exc.code, exc.message)]
-    log.error("%s failed", event.method, exc_info=exc)  # a bug of ours, not the client's
-    return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]

@@ -8,6 +8,7 @@ reply bytes before doing the work.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
 from dumpd.protocol import as_map, as_str, as_uint, integral
 
+log = logging.getLogger("dumpd.server")
+
 SMALL_REPLY = 64 * 1024
 NOT_READY = object()  # `call_now` cannot answer without waiting
 MAX_EXTENTS_LENGTH = 1 << 30
@@ -32,10 +35,12 @@ OPTIONAL_PARAMS = {"hook.register": 1}  # trailing parameters a caller may leave
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Who sent a request: uid from SO_PEERCRED (None over TCP) and admin rights."""
+    """Who sent a request: uid from SO_PEERCRED (None over TCP), admin rights, and how
+    the log names the peer (`uid 0 pid 1234`, `tcp 127.0.0.1:5000`)."""
 
     uid: int | None
     admin: bool
+    who: str
 
 
 Handler = Callable[[Peer, Sequence[Any]], Awaitable[Any]]
@@ -212,18 +217,43 @@ class Dispatcher:
             if callable(closer):
                 closer()
             raise
+        log.info("hook %s registered with options %r, asked by %s", name, options, peer.who)
         return {"hook": name}
 
     async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         self._require_admin(peer, "hook.unregister")
-        return {"hook": self.engine.unregister_hook()}
+        name = self.engine.unregister_hook()
+        if name is None:
+            log.info("no hook is registered: nothing to unregister, asked by %s", peer.who)
+        else:
+            log.info("hook %s unregistered, asked by %s", name, peer.who)
+        return {"hook": name}
 
     async def _reload(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
         self._require_admin(peer, "hook.reload")
-        generation = await self.engine.reload_hook()
+        generation = await reload_hook(self.engine, peer.who)
         return {"hook": self.engine.hook_name, "hook_generation": generation}
 
     @staticmethod
     def _require_admin(peer: Peer, method: str) -> None:
         if not peer.admin:
             raise DumpdError("EACCES", f"{method} is for administrators only")
+
+
+async def reload_hook(engine: Engine, who: str) -> int:
+    """Have the registered hook reload its data (`hook.reload`, SIGHUP); returns the new
+    generation. The outcome is logged in one line naming `who` asked: an error only
+    when a reload failed (no data to reload, or no hook, is not one)."""
+    name = engine.hook_name
+    try:
+        generation = await engine.reload_hook()
+    except DumpdError as exc:
+        if name is None:
+            log.info("no hook is registered: nothing to reload, asked by %s", who)
+        elif exc.code == "ENOSYS":
+            log.info("hook %s has no data to reload, asked by %s", name, who)
+        else:
+            log.error("hook %s: %s, asked by %s", name, exc.message, who)
+        raise
+    log.info("hook %s reloaded its data (generation %d), asked by %s", name, generation, who)
+    return generation

@@ -147,14 +147,15 @@ class BalloonHook:
 
 
 def _path_option(options: Mapping[str, object]) -> str:
-    """The `file` option as a non-empty path string."""
+    """The `file` option as a non-empty path string, made absolute (in this process's
+    directory) when relative, so messages and reloads name the file actually read."""
     if "file" not in options:
         raise HookConfigError("balloon: missing required option 'file' (path to the balloon list)")
     value = options["file"]
     path = os.fspath(value) if isinstance(value, str | os.PathLike) else None
     if not isinstance(path, str) or not path:
         raise HookConfigError(f"balloon: option 'file' must be a non-empty path, got {value!r}")
-    return path
+    return path if os.path.isabs(path) else os.path.abspath(path)
 
 
 def create(options: Mapping[str, object]) -> BalloonHook:

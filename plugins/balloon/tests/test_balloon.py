@@ -222,12 +222,15 @@ def test_parse_line_reasons(line: str, reason: str) -> None:
     assert str(caught.value) == reason
 
 
-def test_relative_path_is_named_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_path_is_named_as_the_absolute_path_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(tmp_path, "5\n5\n5\n5\n5\n5\n0x20-0x10\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(HookConfigError) as caught:
         dumpd_balloon.create({"file": "balloon.txt"})
-    assert str(caught.value) == "balloon: balloon.txt:7: END 0x10 is below START 0x20"
+    assert str(caught.value) == (
+        f"balloon: {tmp_path / 'balloon.txt'}:7: END 0x10 is below START 0x20")
 
 
 def test_first_bad_line_is_reported(tmp_path: Path) -> None:

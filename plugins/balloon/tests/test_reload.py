@@ -174,14 +174,19 @@ def test_a_hook_without_a_file_cannot_reload() -> None:
     assert hook.pfn_is_ram(10) == NOT_RAM  # closing heap ranges releases nothing
 
 
-def test_reload_reads_the_path_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reload_reads_the_file_a_relative_path_named_at_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     text_file(tmp_path / "balloon.txt", "10-19\n")
     hook = dumpd_balloon.create({"file": "balloon.txt"})
     text_file(tmp_path / "balloon.txt", "0x20-0x10\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the same file, whatever the directory now
     with pytest.raises(HookConfigError) as caught:
         hook.reload()
-    assert str(caught.value) == "balloon: balloon.txt:1: END 0x10 is below START 0x20"
+    assert str(caught.value) == (
+        f"balloon: {tmp_path / 'balloon.txt'}:1: END 0x10 is below START 0x20")
 
 
 def test_a_mapped_bitmap_survives_being_renamed_over(tmp_path: Path) -> None:

@@ -69,10 +69,12 @@ def _domid(value: object) -> int:
 
 
 def _path(name: str, value: object) -> str:
+    """A non-empty path, made absolute (in this process's directory) when relative, so
+    messages and reloads name the file actually read."""
     path = os.fspath(value) if isinstance(value, str | os.PathLike) else None
     if not isinstance(path, str) or not path:
         raise _error(name, "a non-empty path", value)
-    return path
+    return path if os.path.isabs(path) else os.path.abspath(path)
 
 
 def _delay(value: object) -> float:

@@ -576,14 +576,15 @@ def test_map_is_a_directory(tmp_path: Path) -> None:
     assert str(caught.value) == f"xen: {tmp_path}: cannot read: Is a directory"
 
 
-def test_relative_map_path_is_named_as_given(
+def test_relative_map_path_is_named_as_the_absolute_path_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write(tmp_path, "5 bogus\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(HookConfigError) as caught:
         dumpd_xen.create({"transport": "stub", "map": "map.txt"})
-    assert str(caught.value) == f"xen: map.txt:1: unknown memory type 'bogus' (want {KNOWN})"
+    assert str(caught.value) == (
+        f"xen: {tmp_path / 'map.txt'}:1: unknown memory type 'bogus' (want {KNOWN})")
 
 
 def test_map_accepts_a_path_object(tmp_path: Path) -> None:
