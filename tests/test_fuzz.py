@@ -324,7 +324,7 @@ def test_an_integral_float_gets_the_reply_its_int_gets_in_every_method(tmp_path:
     source = open_source(dump.path)
     engine = Engine(source, EngineConfig())
     dispatcher = Dispatcher(engine, MiB, lambda: {"connections": 1})
-    peer = Peer(uid=0, admin=True)
+    peer = Peer(uid=0, admin=True, who="uid 0 pid 1")
     outcomes: Counter[str] = Counter()
     converted = [0]  # calls where some int param went as a float
 

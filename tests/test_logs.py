@@ -22,6 +22,10 @@ PAGE = 4096
 UID = os.getuid()
 
 
+GUESSED_RAW = 'raw physical memory: no ELF or known dump signature, as kind = "raw"'
+"""How the start-up line names a raw dump served by `kind = "auto"` (the test dumps)."""
+
+
 def command(*args: str, cwd: Path | None = None) -> tuple[int, int, str, str]:
     """A `dumpd` command: its pid (which the server's log names), exit status, stdout
     and stderr."""
@@ -51,8 +55,8 @@ def test_the_empty_slot_reads_the_same_in_the_log_info_and_stats(tmp_path: Path)
                     stats_json(sock)["hook"])
         name = "none" if hook else "(none registered)"
         assert log_lines(where / "serve.log", pid)[0] == (
-            f"INFO: serving {dump.path} (raw, {dump.size} bytes, page size 4096) on {sock}, "
-            f"hook {name}")
+            f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) "
+            f"on {sock}, hook {name}")
         assert f"hook     {name}" in info.splitlines()
         assert re.search(rf"^hook +{re.escape(name)}$", stats, re.MULTILINE), stats
         assert wire == (("none", "none") if hook else (None, None))
@@ -104,7 +108,7 @@ def test_hook_changes_name_who_asked_and_connections_show_at_debug(tmp_path: Pat
         return f"asked by uid {UID} pid {pids[n]}"
 
     assert lines == [
-        f"INFO: serving {dump.path} (raw, {dump.size} bytes, page size 4096) on {sock}, "
+        f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) on {sock}, "
         "hook (none registered)",
         f"DEBUG: connection 1 (uid {UID} pid {os.getpid()}) opened",
         f"DEBUG: connection 1 (uid {UID} pid {os.getpid()}) closed",
@@ -182,7 +186,7 @@ def test_sighup_logs_one_line_for_each_outcome(tmp_path: Path) -> None:
         reloads, generation = stats_json(sock)["hook_reloads"], info_json(sock)["hook_generation"]
     assert (reloads, generation) == (1, 4)
     assert log_lines(log, server) == [
-        f"INFO: serving {dump.path} (raw, {dump.size} bytes, page size 4096) on {sock}, "
+        f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) on {sock}, "
         "hook balloon",
         "INFO: hook balloon reloaded its data (generation 2), asked by SIGHUP",
         f"ERROR: hook balloon: reload failed, old data kept: balloon: {balloon}:1: "

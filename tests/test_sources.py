@@ -21,7 +21,7 @@ from dumpd.errors import DumpdError, StartupError
 from dumpd.sources import Segment, Source, open_source
 from dumpd.sources.base import MappedRun, PhysPiece, PhysRun
 from dumpd.sources.elf import ElfSource, parse_vmcoreinfo
-from tests.daemon import info_json, one_line_error, run, served
+from tests.daemon import info_json, log_lines, one_line_error, run, served, server_pid
 from tests.dumps import (
     EM_386,
     ET_EXEC,
@@ -628,18 +628,18 @@ def test_auto_says_when_it_takes_a_file_as_raw(tmp_path: Path) -> None:
     with served(tmp_path, str(path)) as sock:
         info = info_json(sock)
         data = run("read", "0", "0x3000", "--socket", sock).stdout
+        pid = server_pid(sock)
     assert (info["source"]["kind"], data) == ("raw", path.read_bytes())
-    log = (tmp_path / "serve.log").read_text().splitlines()
-    assert log[0] == (f'dumpd: INFO: {path}: no ELF or known dump signature; serving it as '
-                      'raw physical memory (kind = "raw")')
+    sock_path = tmp_path / "run" / "dumpd.sock"
+    assert log_lines(tmp_path / "serve.log", pid)[0] == (
+        f'INFO: serving {path} (raw physical memory: no ELF or known dump signature, as '
+        f'kind = "raw", 12288 bytes, page size 4096) on {sock_path}, hook (none registered)')
 
 
 def test_auto_on_a_character_device_is_raw_and_said() -> None:
     """/dev/oldmem is a character device: memory, never sniffed for dump signatures."""
     with closing(open_source("/dev/zero", size=0x1000)) as src:
-        assert (src.kind, src.guess) == ("raw", "/dev/zero: a character device with no ELF "
-                                         'header; serving it as raw physical memory (kind = '
-                                         '"raw")')
+        assert (src.kind, src.guess) == ("raw", "a character device with no ELF header")
 
 
 def test_explicit_kinds_and_elf_cores_make_no_guess(tmp_path: Path) -> None:

@@ -177,7 +177,8 @@ def test_log_lines_carry_syslog_priorities_for_the_journal(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     lines = log.read_text().splitlines()
-    assert lines[0].startswith(f"<6>serving {dump.path} (raw, {dump.size} bytes")
+    assert lines[0].startswith(f"<6>serving {dump.path} (raw physical memory: no ELF or known "
+                               f'dump signature, as kind = "raw", {dump.size} bytes')
     assert "<6>SIGTERM: shutting down" in lines
     plain = run("serve", "--source", str(tmp_path / "missing"), "--socket",
                 str(tmp_path / "x.sock"))

@@ -122,10 +122,11 @@ class Server:
         tls = " (TLS)" if self._tls else ""
         where = " and ".join(_address(sock) + ("" if sock.family == socket.AF_UNIX else tls)
                              for sock in sockets)
-        if self.source.guess:
-            log.info("%s", self.source.guess)
+        kind = self.source.kind
+        if self.source.guess:  # one line says what is served and on what evidence
+            kind = f'{kind} physical memory: {self.source.guess}, as kind = "raw"'
         log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
-                 self.source.path, self.source.kind, self.source.size, self.source.page_size,
+                 self.source.path, kind, self.source.size, self.source.page_size,
                  where, hook_label(cfg.hook.name or None))
         self.notifier.send("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
 

@@ -102,7 +102,6 @@ def open_source(
         os.close(fd)
         raise
     if kind == "auto":
-        why = ("a character device with no ELF header" if memory_device
-               else "no ELF or known dump signature")
-        source.guess = f'{path}: {why}; serving it as raw physical memory (kind = "raw")'
+        source.guess = ("a character device with no ELF header" if memory_device
+                        else "no ELF or known dump signature")
     return source

@@ -147,7 +147,7 @@ class Source:
         self.size = size
         self.page_size = page_size
         self.segments = tuple(segments)
-        self.guess: str | None = None  # what `kind = "auto"` decided on no evidence
+        self.guess: str | None = None  # why `kind = "auto"` took it as raw, on no evidence
         self.file_map = build_file_map(self.segments, size)
         self.phys_map = build_phys_map(self.segments)
         self._phys_starts = [run.start for run in self.phys_map]
