@@ -16,12 +16,15 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
 from dumpd import DEFAULT_SOCKET, __version__
-from dumpd.errors import DumpdError, StartupError
+from dumpd.errors import DumpdError, Refused, StartupError
 from dumpd.hooks.slot import hook_label
 from dumpd.hostport import split_host_port
+
+if TYPE_CHECKING:
+    from dumpd.fetch.output import Output
 
 READ_CHUNK = 8 << 20
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
@@ -107,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("offset", type=_int, help="file offset (or physical address with --phys)")
     read.add_argument("length", type=_int)
     read.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
-    read.add_argument("-o", "--output", help="write raw bytes to this file")
+    read.add_argument("-o", "--output", help="write raw bytes to this file (new, mode 0600)")
+    read.add_argument("--force", action="store_true",
+                      help="replace an existing FILE (or write over a block device)")
     _socket_arg(read)
 
     fetch = sub.add_parser("fetch", help="copy the dump: sparse, resumable, verifiable")
@@ -165,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe is still ours to handle
         return status
     except (StartupError, DumpdError) as exc:
-        print(f"dumpd: {exc}", file=sys.stderr)
+        command = f"{args.command}: " if isinstance(exc, Refused) else ""
+        print(f"dumpd: {command}{exc}", file=sys.stderr)
         return 2 if isinstance(exc, StartupError) else 1
     except BrokenPipeError:  # stdout's reader is gone (`| head`): stop quietly, like `cat`
         _drop_stdout()
@@ -334,16 +340,23 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
+    from dumpd.fetch.output import OutputError
+
     with _client(args) as client:
-        chunk = min(READ_CHUNK, client.info().get("max_read", READ_CHUNK))
+        info = client.info()
+        chunk = min(READ_CHUNK, info.get("max_read", READ_CHUNK))
         method = client.read_phys if args.phys else client.read
-        out = _open_output(args.output) if args.output else None
+        try:
+            out = _open_output(args, info) if args.output else None
+        except OutputError as exc:
+            print(f"dumpd: read: {exc}", file=sys.stderr)
+            return 1
         try:
             for pos in range(args.offset, args.offset + args.length, chunk):
                 want = min(chunk, args.offset + args.length - pos)
                 data = method(pos, want)
                 if out is not None:
-                    with _naming(args.output):
+                    with _naming(out.name):
                         out.write(data)
                 elif sys.stdout.isatty():
                     _hexdump(data, pos)
@@ -353,16 +366,18 @@ def _read(args: argparse.Namespace) -> int:
                     break
         finally:
             if out is not None:
-                with _naming(args.output):
+                with _naming(out.name):
                     out.close()
     return 0
 
 
-def _open_output(path: str) -> IO[bytes]:
-    """The file `read -o` names, opened once the server answered (no empty leftover when
-    it does not); created mode 0600: it holds dump bytes."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                             0o600), "wb")
+def _open_output(args: argparse.Namespace, info: dict[str, Any]) -> Output:
+    """The output `read -o` names, opened once the server answered (no empty leftover
+    when it does not) as fetch opens its own: never the served dump, an existing file
+    only with --force, mode 0600 (it holds dump bytes)."""
+    from dumpd.fetch.output import Served, for_bytes
+
+    return for_bytes(args.output, Served.of(info), args.length, args.force)
 
 
 @contextlib.contextmanager

@@ -25,3 +25,8 @@ class DumpdError(Exception):
 
 class StartupError(Exception):
     """dumpd cannot start; the message names the file or option and what is wrong."""
+
+
+class Refused(StartupError):
+    """A command refuses what it was asked to write to (the served dump, a file it may
+    not replace); the message names the output, the CLI puts the command before it."""

@@ -280,16 +280,22 @@ def test_closed_stdout_without_a_server(tmp_path: Path) -> None:
     assert list(work.iterdir()) == []  # its temporary directory is gone
 
 
-@pytest.mark.parametrize("output,reason", [
-    ("{tmp}", "Is a directory"),
-    ("/proc/nonexistent/x", "No such file or directory"),
-    ("{tmp}/no/such/dir/x", "No such file or directory"),
-    ("/dev/full", "No space left on device"),  # the write fails, not the open
+WRITES_TO = "name a regular file, a block device (with --force), a pipe or - (stdout)"
+
+
+@pytest.mark.parametrize("output,status,reason", [
+    ("{tmp}", 2, f"{{tmp}} is a directory; {WRITES_TO}"),
+    ("/proc/nonexistent/x", 1, "/proc/nonexistent/x: cannot create it: No such file or "
+                               "directory"),
+    ("{tmp}/no/such/dir/x", 1, "{tmp}/no/such/dir/x: cannot create it: No such file or "
+                               "directory"),
+    ("/dev/full", 2, f"/dev/full is a character device (a terminal?); {WRITES_TO}"),
 ])
-def test_read_blames_its_output(server: str, tmp_path: Path, output: str, reason: str) -> None:
+def test_read_blames_its_output(server: str, tmp_path: Path, output: str, status: int,
+                                reason: str) -> None:
     output = output.format(tmp=tmp_path)
     result = run("read", "0", "16", "-o", output, "--socket", server)
-    assert one_line_error(result, 1) == f"dumpd: {output}: {reason}"
+    assert one_line_error(result, status) == f"dumpd: read: {reason.format(tmp=tmp_path)}"
 
 
 def test_read_output_is_private_and_only_made_once_the_server_answers(
@@ -301,9 +307,13 @@ def test_read_output_is_private_and_only_made_once_the_server_answers(
     assert (out.stat().st_mode & 0o777, out.stat().st_size) == (0o600, 16)
     mine = tmp_path / "mine.bin"
     mine.write_bytes(b"old contents, longer than 16 bytes")
-    mine.chmod(0o640)
-    assert run("read", "0", "16", "-o", str(mine), "--socket", server).returncode == 0
-    assert (mine.stat().st_mode & 0o777, mine.stat().st_size) == (0o640, 16)  # named: replaced
+    mine.chmod(0o644)
+    refused = run("read", "0", "16", "-o", str(mine), "--socket", server)
+    assert one_line_error(refused, 2) == f"dumpd: read: {mine} exists; --force writes over it"
+    assert mine.read_bytes() == b"old contents, longer than 16 bytes"
+    assert run("read", "0", "16", "-o", str(mine), "--force", "--socket", server
+               ).returncode == 0
+    assert (mine.stat().st_mode & 0o777, mine.read_bytes()) == (0o600, out.read_bytes())
 
 
 def test_fetch_blames_its_output(server: str, tmp_path: Path) -> None:

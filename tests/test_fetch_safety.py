@@ -76,6 +76,25 @@ def test_fetch_refuses_the_served_dump_by_any_name(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.dumpd-fetch*"))
 
 
+def test_read_output_refuses_the_served_dump_by_any_name(tmp_path: Path) -> None:
+    """`read -o` opens its output as fetch does: it once truncated the served dump."""
+    dump = build_raw(tmp_path / "oldmem", MiB)
+    before = sha(dump.path)
+    os.link(dump.path, tmp_path / "hardlink")
+    os.symlink(dump.path, tmp_path / "symlink")
+    names = [dump.path, str(tmp_path / "hardlink"), str(tmp_path / "symlink"),
+             "/proc/self/fd/0"]  # stdin is the dump
+    with served(tmp_path, dump.path) as sock, open(dump.path, "rb") as stdin:
+        for name in names:
+            for flags in ([], ["--force"]):
+                refused = subprocess.run([*DUMPD, "read", "0", "16", "-o", name, *flags,
+                                          "--socket", sock], capture_output=True, env=ENV,
+                                         stdin=stdin, check=False)
+                assert one_line_error(refused, 2) == (
+                    f"dumpd: read: {name} and the served dump {dump.path} are the same file")
+    assert sha(dump.path) == before
+
+
 def test_the_resume_state_may_not_be_the_served_dump_either(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "copy.dumpd-fetch", MiB)
     before = sha(dump.path)

@@ -1,4 +1,4 @@
-"""Where a fetch writes, opened so that no file is destroyed by mistake.
+"""Where `fetch` (and `read -o`) write, opened so that no file is destroyed by mistake.
 
 Design rules:
 - Never the served dump: the output's `st_dev`/`st_ino` (and `st_rdev` for a device)
@@ -13,7 +13,8 @@ Design rules:
   ("device"); a pipe or socket the range's bytes in order, holes as zeros ("stream").
   Anything else (a terminal, a character device) is refused.
 - Every failure of the OS on the output is one line naming the file (`OutputError`;
-  writes raise `SinkError`, as the stream receiver's own writes do).
+  writes raise `SinkError`, as the stream receiver's own writes do); a refusal is
+  `Refused`, whose line the CLI starts with the command that refused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.bootid import boot_id
-from dumpd.errors import StartupError
+from dumpd.errors import Refused
 from dumpd.receiver import SinkError
 
 STDOUT = "-"
@@ -73,9 +74,9 @@ class Served:
         return device and self.rdev != 0 and st.st_rdev == self.rdev
 
     def refuse(self, name: str, st: os.stat_result | None) -> None:
-        """StartupError when `st` (of `name`) is the served dump."""
+        """Refused when `st` (of `name`) is the served dump."""
         if st is not None and self.is_file(st):
-            raise StartupError(f"fetch: {name} and the served dump {self.path} are the same "
+            raise Refused(f"{name} and the served dump {self.path} are the same "
                                "file")
 
 
@@ -131,10 +132,16 @@ class Output:
             except OSError as exc:
                 raise SinkError(exc.errno, exc.strerror) from exc
 
+    def write(self, data: bytes) -> None:
+        """`data` after what was written so far (`read -o`; a file or a device: from its
+        offset 0)."""
+        self._write(memoryview(data))
+
     def _write(self, data: memoryview) -> None:
         while data:
             try:
-                n = os.write(self.fd, data)
+                n = (os.write(self.fd, data) if self.kind == "stream" else
+                     os.pwrite(self.fd, data, self.position))
             except OSError as exc:
                 raise SinkError(exc.errno, exc.strerror) from exc
             if self.hash is not None:
@@ -196,7 +203,7 @@ def replace(path: str, served: Served, size: int) -> Output:
     fd, st = _open(path, os.O_RDWR, served, "open it")
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise StartupError(f"fetch: {path} is no longer a regular file; not replaced")
+        raise Refused(f"{path} is no longer a regular file; not replaced")
     return _sized(path, fd, size, False)
 
 
@@ -206,7 +213,7 @@ def reopen(path: str, served: Served, keep: int, size: int) -> Output:
     fd, st = _open(path, os.O_RDWR, served, "reopen the partial copy")
     try:
         if not stat.S_ISREG(st.st_mode):
-            raise StartupError(f"fetch: {path} is not a regular file; not resumed")
+            raise Refused(f"{path} is not a regular file; not resumed")
         if keep < size:
             os.ftruncate(fd, keep)
         os.ftruncate(fd, size)
@@ -231,8 +238,8 @@ def device(path: str, served: Served, end: int) -> Output:
     if not stat.S_ISBLK(st.st_mode) or held < end:
         os.close(fd)
         if not stat.S_ISBLK(st.st_mode):
-            raise StartupError(f"fetch: {path} is no longer a block device")
-        raise StartupError(f"fetch: {path}: the device holds {held} bytes, the copy needs "
+            raise Refused(f"{path} is no longer a block device")
+        raise Refused(f"{path}: the device holds {held} bytes, the copy needs "
                            f"{end}")
     return Output(path, fd, "device")
 
@@ -247,19 +254,19 @@ def stream(path: str, served: Served, position: int, hashing: bool) -> Output:
             raise os_error("stdout", "look at it", exc) from exc
         served.refuse("stdout", st)
         if os.isatty(fd):
-            raise StartupError("fetch: stdout is a terminal: name a file with -o, or pipe "
+            raise Refused("stdout is a terminal: name a file with -o, or pipe "
                                "the dump to a program")
         return Output("stdout", fd, "stream", position=position, hashing=hashing, owned=False)
     fd, st = _open(path, os.O_WRONLY, served, "open it")
     if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
         os.close(fd)
-        raise StartupError(f"fetch: {path} is no longer a pipe")
+        raise Refused(f"{path} is no longer a pipe")
     return Output(path, fd, "stream", position=position, hashing=hashing)
 
 
 def kind_of(path: str, st: os.stat_result | None) -> str:
     """How `path` is written: "file" (also when there is none yet), "device" or
-    "stream"; StartupError for outputs fetch does not write to."""
+    "stream"; Refused for outputs fetch does not write to."""
     if path == STDOUT:
         return "stream"
     if st is None or stat.S_ISREG(st.st_mode):
@@ -271,8 +278,23 @@ def kind_of(path: str, st: os.stat_result | None) -> str:
     what = ("a directory" if stat.S_ISDIR(st.st_mode) else
             "a character device (a terminal?)" if stat.S_ISCHR(st.st_mode) else
             "not a file fetch writes to")
-    raise StartupError(f"fetch: {path} is {what}; name a regular file, a block device "
+    raise Refused(f"{path} is {what}; name a regular file, a block device "
                        "(with --force), a pipe or - (stdout)")
+
+
+def for_bytes(path: str, served: Served, length: int, force: bool) -> Output:
+    """Where `read -o` writes `length` bytes in order: the rules of a fetch without
+    resume (never the dump, no existing file or a block device without --force)."""
+    st = look(path, served)
+    kind = kind_of(path, st)
+    if kind == "stream":
+        return stream(path, served, 0, False)
+    if st is not None and not force:
+        what = "exists" if kind == "file" else "is a block device"
+        raise Refused(f"{path} {what}; --force writes over it")
+    if kind == "device":
+        return device(path, served, length)
+    return create(path, served, 0) if st is None else replace(path, served, 0)
 
 
 def free_space(fd: int) -> int | None:
