@@ -22,6 +22,7 @@ from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.errors import DumpdError, Refused, StartupError
 from dumpd.hooks.slot import hook_label
 from dumpd.hostport import split_host_port
+from dumpd.stdio import reopen_closed
 
 if TYPE_CHECKING:
     from dumpd.fetch.output import Output
@@ -164,11 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    reopen_closed()
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, a usage error: printed already
+        return _flushed(int(exc.code or 0))
     try:
         status = int(COMMANDS[args.command](args))
-        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
-        return status
+        return _flushed(status)  # here, where a closed pipe is still ours to handle
     except (StartupError, DumpdError) as exc:
         command = f"{args.command}: " if isinstance(exc, Refused) else ""
         print(f"dumpd: {command}{exc}", file=sys.stderr)
@@ -178,9 +182,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except OSError as exc:
         print(f"dumpd: {_os_error(exc, args)}", file=sys.stderr)
+        if exc.filename == "stdout":
+            _drop_stdout()
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _flushed(status: int) -> int:
+    """`status`, once what is buffered for stdout is out; a closed pipe ends quietly
+    (141), another failure (`>&-`: EBADF) is one line and status 1."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        return 128 + signal.SIGPIPE
+    except OSError as exc:
+        print(f"dumpd: stdout: {exc.strerror or exc}", file=sys.stderr)
+        _drop_stdout()
+        return 1
+    return status
 
 
 def _os_error(exc: OSError, args: argparse.Namespace) -> str:
@@ -361,7 +382,8 @@ def _read(args: argparse.Namespace) -> int:
                 elif sys.stdout.isatty():
                     _hexdump(data, pos)
                 else:
-                    sys.stdout.buffer.write(data)
+                    with _naming("stdout"):
+                        sys.stdout.buffer.write(data)
                 if len(data) < want:
                     break
         finally:

@@ -4,7 +4,8 @@ arguments, a closed stdout, an unwritable output, a missing or bad config file.
 
 Whatever it is: no traceback, one `dumpd: ...` line that blames the right thing (its
 exact text), a non-zero exit status. A closed stdout alone ends quietly, with the status
-of a tool killed by SIGPIPE (141), as `cmd | head` expects.
+of a tool killed by SIGPIPE (141), as `cmd | head` expects; a closed stdout descriptor
+(`>&-`) is a failed write (`dumpd: stdout: Bad file descriptor`).
 """
 
 from __future__ import annotations
@@ -281,6 +282,37 @@ def test_closed_stdout_without_a_server(tmp_path: Path) -> None:
 
 
 WRITES_TO = "name a regular file, a block device (with --force), a pipe or - (stdout)"
+
+
+def closed_fds(*args: str, fds: str = ">&-") -> subprocess.CompletedProcess[bytes]:
+    """`dumpd ARGS >&-`: standard descriptors closed (`fds`: shell redirections)."""
+    return subprocess.run(["sh", "-c", f'exec "$@" {fds}', "sh", *DUMPD, *args],
+                          capture_output=True, env=ENV, timeout=30, check=False)
+
+
+@pytest.mark.parametrize("args", [
+    ["info"], ["stats", "--json"], ["read", "0", "16"], ["hook", "unregister"], ["plugins"],
+    ["--version"], ["--help"],
+], ids=["info", "stats", "read", "hook-unregister", "plugins", "version", "help"])
+def test_a_closed_stdout_descriptor_is_a_failed_write(server: str, args: list[str]) -> None:
+    """Not a pipe whose reader left: stdout is no descriptor at all (it used to be a
+    traceback, or the next file opened: the connection)."""
+    result = closed_fds(*args, "--socket", server) if args[0] not in (
+        "plugins", "--version", "--help") else closed_fds(*args)
+    assert (result.returncode, result.stderr) == (1, b"dumpd: stdout: Bad file descriptor\n")
+
+
+def test_fetch_with_closed_standard_descriptors(server: str, tmp_path: Path) -> None:
+    to_stdout = closed_fds("fetch", "-q", "-o", "-", "--socket", server)
+    assert one_line_error(to_stdout, 1) == ("dumpd: fetch: stdout: Bad file descriptor; fetch "
+                                            "again for a complete copy")
+    copy = tmp_path / "copy"
+    for fds in (">&-", "2>&-", "<&- >&- 2>&-"):
+        result = closed_fds("fetch", "-o", str(copy), "--verify", "--socket", server, fds=fds)
+        assert (result.returncode, result.stdout) == (0, b""), result.stderr
+        assert copy.read_bytes() == run("read", "0", str(64 * PAGE), "--socket",
+                                        server).stdout
+        copy.unlink()
 
 
 @pytest.mark.parametrize("output,status,reason", [
