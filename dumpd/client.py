@@ -249,7 +249,12 @@ class Client:
                 raise self._lost(exc) from exc
             if not data:
                 raise self._lost(None) from self._server_error
-            for event in self._decoder.feed(data):
+            try:
+                events = self._decoder.feed(data)
+            except ProtocolViolation as exc:  # not the server's error: not the caller's
+                raise ServerUnreachable(self.address, "what answers there does not speak "
+                                        f"dumpd's protocol ({exc})", lost=True) from exc
+            for event in events:
                 if isinstance(event, Response):
                     if event.msgid == msgid:
                         response = event

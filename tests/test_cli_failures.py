@@ -97,9 +97,9 @@ def test_the_default_socket_hint() -> None:
 
 
 @contextlib.contextmanager
-def hanging_up(path: Path) -> Iterator[None]:
+def hanging_up(path: Path, answer: bytes = b"") -> Iterator[None]:
     """A listener at `path` that closes each connection once its first request came
-    (read first, so the close is an EOF, not a reset)."""
+    (read first, so the close is an EOF, not a reset), after sending `answer`."""
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen()
@@ -109,6 +109,7 @@ def hanging_up(path: Path) -> Iterator[None]:
             while True:
                 conn = listener.accept()[0]
                 conn.recv(1 << 16)
+                conn.sendall(answer)
                 conn.close()
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -131,6 +132,19 @@ def test_a_server_that_hangs_up(tmp_path: Path, command: str) -> None:
         assert line.startswith("dumpd: ") and f"{path}" in line, line
     else:
         assert line == f"dumpd: lost the connection to {path}: the server closed it"
+
+
+@pytest.mark.parametrize("command", CLIENTS)
+def test_something_that_is_not_dumpd(tmp_path: Path, command: str) -> None:
+    """An HTTP server at the address (a wrong --tcp port): it is blamed, not the request
+    (this was `dumpd: EINVAL: a message must be ...`, as if dumpd had refused it)."""
+    path = tmp_path / "http.sock"
+    with hanging_up(path, b"HTTP/1.0 400 Bad Request\r\n\r\n"):
+        result = run(*CLIENTS[command], "--socket", str(path), cwd=tmp_path)
+    assert one_line_error(result, 1) == (
+        f"dumpd: lost the connection to {path}: what answers there does not speak dumpd's "
+        "protocol (EINVAL: a message must be a non-empty array, got 72)")
+    assert sorted(os.listdir(tmp_path)) == ["http.sock"]
 
 
 # -- serve: where it is told to listen --------------------------------------------------
