@@ -29,7 +29,7 @@ from dumpd.protocol import (
     Response,
     encode_request,
 )
-from dumpd.unixpath import too_long
+from dumpd.unixpath import unusable
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -91,7 +91,7 @@ class AsyncClient:
     ) -> Self:
         """Connect to a dumpd Unix socket at `path`; `ServerUnreachable` when nothing
         listens there (or may not be reached)."""
-        problem = too_long(path)
+        problem = unusable(path)
         if problem:
             raise ServerUnreachable(path, problem)
         client = cls(on_notification=on_notification, max_frame_size=max_frame_size)

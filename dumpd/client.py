@@ -30,7 +30,7 @@ from dumpd.protocol import (
     encode_request,
 )
 from dumpd.receiver import StreamPiece, StreamReceiver
-from dumpd.unixpath import too_long
+from dumpd.unixpath import unusable
 
 if TYPE_CHECKING:
     import ssl
@@ -160,7 +160,7 @@ class Client:
     ) -> Self:
         """Connect to a dumpd Unix socket; `timeout` applies to every later call too.
         Raises `ServerUnreachable` when nothing listens there (or may not be reached)."""
-        problem = too_long(path)
+        problem = unusable(path)
         if problem:
             raise ServerUnreachable(path, problem)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

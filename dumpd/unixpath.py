@@ -1,5 +1,5 @@
-"""The length limit of a Unix socket's path, for the server that binds it and the
-clients that connect to it."""
+"""What a Unix socket's path must be (not empty, at most 107 bytes), for the server
+that binds it and the clients that connect to it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import os
 MAX_UNIX_PATH = 107
 
 
-def too_long(path: str) -> str | None:
-    """Why `path` cannot name a Unix socket because of its length, or None."""
+def unusable(path: str) -> str | None:
+    """Why `path` cannot name a Unix socket because of its length, or None. Empty, it
+    would bind an abstract address of the kernel's choosing, which no one can find."""
     size = len(os.fsencode(path))
+    if not size:
+        return "the socket path is empty"
     if size <= MAX_UNIX_PATH:
         return None
     return f"socket path is {size} bytes, the limit is {MAX_UNIX_PATH}"

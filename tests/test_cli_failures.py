@@ -87,6 +87,24 @@ def test_clients_blame_the_socket(tmp_path: Path, command: str, kind: str) -> No
     assert not (tmp_path / "copy").exists()  # nothing made for a server never reached
 
 
+@pytest.mark.parametrize("command", CLIENTS)
+def test_an_empty_socket_path(tmp_path: Path, command: str) -> None:
+    """`$DUMPD_SOCKET` set but empty (a script's unset variable): said, not EINVAL."""
+    given = run(*CLIENTS[command], "--socket", "", cwd=tmp_path)
+    from_env = run(*CLIENTS[command], cwd=tmp_path, env={**ENV, "DUMPD_SOCKET": ""})
+    for result in (given, from_env):
+        assert one_line_error(result, 1) == "dumpd: cannot connect to : the socket path is empty"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_with_nothing_to_listen_on(tmp_path: Path) -> None:
+    """An empty socket means TCP only; without --tcp it served on nothing, for ever."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    result = run("serve", "--source", dump.path, "--socket", "", timeout=10)
+    assert one_line_error(result, 2) == ("dumpd: nothing to listen on: server.socket "
+                                         "(--socket) is empty and server.tcp (--tcp) is not set")
+
+
 def test_the_default_socket_hint() -> None:
     with socket.socket(socket.AF_UNIX) as probe, contextlib.suppress(OSError):
         probe.connect(DEFAULT_SOCKET)

@@ -154,6 +154,9 @@ class Server:
     def _bind(self) -> list[socket.socket]:
         """Listening sockets of our own, as configured."""
         srv = self.config.server
+        if not (srv.socket or srv.tcp):  # an empty socket means TCP only
+            raise StartupError("nothing to listen on: server.socket (--socket) is empty and "
+                               "server.tcp (--tcp) is not set")
         sockets: list[socket.socket] = []
         try:
             if srv.socket:

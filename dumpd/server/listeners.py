@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from dumpd import DEFAULT_SOCKET
 from dumpd.errors import StartupError
 from dumpd.hostport import split_host_port
-from dumpd.unixpath import too_long
+from dumpd.unixpath import unusable
 
 # The default socket's directory, the one directory dumpd creates (mode 0700, as the
 # unit's RuntimeDirectory= would); any other socket's directory must exist.
@@ -24,7 +24,7 @@ DEFAULT_DIR = os.path.dirname(DEFAULT_SOCKET)
 def bind_unix(path: str, backlog: int) -> socket.socket:
     """A listening Unix socket at `path`, created with mode 0600; `backlog` connections
     may wait to be accepted (beyond it a client's connect fails with EAGAIN)."""
-    problem = too_long(path)
+    problem = unusable(path)
     if problem:
         raise StartupError(f"{path}: {problem}")
     _remove_stale(path)
