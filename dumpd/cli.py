@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build a sample dump, serve it, read it back")
     demo.add_argument("--size-mib", type=_int, default=256, help="guest memory (default 256)")
     demo.add_argument("--balloon-percent", type=_int, default=25)
-    demo.add_argument("--dir", help="work here instead of a temporary directory (kept)")
+    demo.add_argument("--dir", help="work here instead of a temporary directory (kept; it must not "
+                           "hold a vmcore or balloon.txt yet)")
     return parser
 
 

@@ -119,6 +119,9 @@ def make_guest(size_mib: int, balloon_percent: int, seed: int = 2011, *,
     return Guest(loads, tuple(runs))
 
 
+DEMO_FILES = ("vmcore", "balloon.txt")
+
+
 def run_demo(size_mib: int, balloon_percent: int, workdir: str | None) -> int:
     if "balloon" not in {p.name for p in installed_plugins()}:
         raise StartupError("demo: the `balloon` hook plugin is not installed "
@@ -128,6 +131,7 @@ def run_demo(size_mib: int, balloon_percent: int, workdir: str | None) -> int:
     except ValueError as exc:
         raise StartupError(f"demo: {exc}") from None
     if workdir is not None:
+        _check_free(workdir)
         os.makedirs(workdir, exist_ok=True)
     _check_room(workdir or tempfile.gettempdir(), size_mib)
     guest = make_guest(size_mib, balloon_percent)  # before the temporary directory exists
@@ -135,6 +139,16 @@ def run_demo(size_mib: int, balloon_percent: int, workdir: str | None) -> int:
         return _run_in(workdir, guest)
     with tempfile.TemporaryDirectory(prefix="dumpd-demo-") as tmp:
         return _run_in(tmp, guest)
+
+
+def _check_free(workdir: str) -> None:
+    """The files the demo writes are not in `workdir` yet: a `vmcore` there may be a
+    real dump, fetched there before."""
+    for name in DEMO_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.lexists(path):
+            raise StartupError(f"demo: {path} exists; the demo writes over nothing (remove "
+                               "it, or name another --dir)")
 
 
 def _check_room(workdir: str, size_mib: int) -> None:
@@ -146,10 +160,9 @@ def _check_room(workdir: str, size_mib: int) -> None:
 
 
 def _run_in(workdir: str, guest: Guest) -> int:
-    vmcore = os.path.join(workdir, "vmcore")
+    vmcore, balloon_file = (os.path.join(workdir, name) for name in DEMO_FILES)
     started = time.perf_counter()
     layout = write_elf_core(vmcore, guest.loads, notes=[vmcoreinfo_note(PAGE)], fill=guest.fill)
-    balloon_file = os.path.join(workdir, "balloon.txt")
     with open(balloon_file, "w") as f:
         f.write("# pfns the balloon driver gave back: START-END, inclusive\n")
         f.writelines(f"{first:#x}-{end - 1:#x}\n" for first, end in guest.balloon)

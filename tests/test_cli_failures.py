@@ -420,6 +420,17 @@ def test_impossible_demos(tmp_path: Path, args: list[str], expect: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["vmcore", "balloon.txt"])
+def test_a_demo_writes_over_nothing_in_its_dir(tmp_path: Path, name: str) -> None:
+    """`demo --dir` where a real dump was fetched used to replace it with the demo's."""
+    mine = tmp_path / name
+    mine.write_bytes(b"a real dump")
+    result = run("demo", "--size-mib", "24", "--dir", str(tmp_path), timeout=60)
+    assert one_line_error(result, 2) == (f"dumpd: demo: {mine} exists; the demo writes over "
+                                         "nothing (remove it, or name another --dir)")
+    assert (os.listdir(tmp_path), mine.read_bytes()) == ([name], b"a real dump")
+
+
 def test_a_demo_too_large_for_the_disk(tmp_path: Path) -> None:
     result = run("demo", "--size-mib", str(1 << 40), timeout=10,
                  env={**ENV, "TMPDIR": str(tmp_path)})
