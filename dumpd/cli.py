@@ -387,6 +387,11 @@ def _read(args: argparse.Namespace) -> int:
                         sys.stdout.buffer.write(data)
                 if len(data) < want:
                     break
+        except BaseException:
+            if out is not None and out.position == 0:  # no empty leftover to retry over
+                out.close()
+                out.remove_if_created()
+            raise
         finally:
             if out is not None:
                 with _naming(out.name):

@@ -380,6 +380,17 @@ def test_read_output_is_private_and_only_made_once_the_server_answers(
     assert (mine.stat().st_mode & 0o777, mine.read_bytes()) == (0o600, out.read_bytes())
 
 
+def test_a_refused_read_leaves_no_output_behind(server: str, tmp_path: Path) -> None:
+    """Else the same command, retried with a good address, meets `exists`."""
+    out = tmp_path / "page.bin"
+    refused = run("read", "--phys", "0x90000000", "16", "-o", str(out), "--socket", server)
+    assert one_line_error(refused, 1) == ("dumpd: ERANGE: physical address 0x90000000 is not "
+                                          "in any segment")
+    assert list(tmp_path.iterdir()) == []
+    assert run("read", "--phys", "0", "16", "-o", str(out), "--socket", server).returncode == 0
+    assert out.stat().st_size == 16
+
+
 def test_fetch_blames_its_output(server: str, tmp_path: Path) -> None:
     missing = tmp_path / "missing" / "vmcore"
     line = one_line_error(run("fetch", "-q", "-o", str(missing), "--socket", server), 1)
