@@ -259,3 +259,12 @@ def test_resume_refuses_another_dump(tmp_path: Path) -> None:
         f"dumpd: {copy}.dumpd-fetch: the server serves a different dump now (size differs);"
         " fetch again without --resume\n"))
     assert os.path.exists(copy)
+
+
+def test_the_summary_rate_keeps_its_digits_at_any_speed() -> None:
+    """A fetch over a slow link read `(0.00 GB/s)`: the unit follows the rate."""
+    from dumpd.fetch.progress import rate
+
+    assert [rate(n, 2.0) for n in (4.62e9, 6.4e6, 24e3, 0)] == [
+        "2.31 GB/s", "3.2 MB/s", "12 kB/s", "0 kB/s"]
+    assert rate(1e6, 0.0) == "0 kB/s"

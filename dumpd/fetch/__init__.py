@@ -38,7 +38,7 @@ from dumpd.client import Client, RemoteError
 from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.output import NO_SPACE, STDOUT, Output, OutputError, Served, look, os_error
-from dumpd.fetch.progress import Progress, size
+from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.state import SUFFIX, FetchState
 from dumpd.receiver import SinkError, StreamData, StreamError, StreamHole, StreamWritten
 
@@ -334,12 +334,11 @@ def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: _J
             progress: Progress, seconds: float) -> int:
     out, state = job.output, job.state
     if not request.quiet:
-        rate = progress.done / seconds / 1e9 if seconds else 0.0
         clipped = request.length is not None and state.offset + request.length > state.end
-        print(f"fetched {size(progress.done)} of {out.name} in {seconds:.1f} s ({rate:.2f} "
-              f"GB/s): data {size(progress.data)}, holes {size(progress.holes)}, errors "
-              f"{size(progress.errors)}"
-              f"{f' (the range ends at the end of the view, {state.end:#x})' if clipped else ''}",
+        ended = f" (the range ends at the end of the view, {state.end:#x})" if clipped else ""
+        print(f"fetched {size(progress.done)} of {out.name} in {seconds:.1f} s "
+              f"({rate(progress.done, seconds)}): data {size(progress.data)}, holes "
+              f"{size(progress.holes)}, errors {size(progress.errors)}{ended}",
               file=sys.stderr)
     if state.errors:
         if job.state_path is not None:

@@ -18,6 +18,15 @@ def size(n: float) -> str:
     return f"{int(n)} B"
 
 
+def rate(n: float, seconds: float) -> str:
+    """`n` bytes in `seconds` for people: 2.31 GB/s, 3.2 MB/s, 12 kB/s."""
+    per_s = n / seconds if seconds else 0.0
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6)):
+        if per_s >= scale:
+            return f"{per_s / scale:.{2 if scale == 1e9 else 1}f} {unit}"
+    return f"{per_s / 1e3:.0f} kB/s"
+
+
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -59,11 +68,11 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self._started, 1e-9)
-        rate = self.done / elapsed
+        per_s = self.done / elapsed
         percent = 100 * self.done / self.total if self.total else 100.0
-        eta = (self.total - self.done) / rate if rate else 0.0
+        eta = (self.total - self.done) / per_s if per_s else 0.0
         return (f"fetch: {size(self.done)} of {size(self.total)} ({percent:.0f}%), holes "
-                f"{size(self.holes)}, {rate / 1e6:,.0f} MB/s, ETA {duration(eta)}")
+                f"{size(self.holes)}, {rate(self.done, elapsed)}, ETA {duration(eta)}")
 
     def finish(self) -> float:
         """Clear the terminal line; the seconds since the start."""
