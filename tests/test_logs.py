@@ -11,9 +11,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
+
+import msgpack
 
 from tests.daemon import DUMPD, ENV, info_json, log_lines, ok, served, server_pid, stats_json
 from tests.dumps import build_raw
@@ -197,3 +200,25 @@ def test_sighup_logs_one_line_for_each_outcome(tmp_path: Path) -> None:
         "INFO: hook none has no data to reload, asked by SIGHUP",
         "INFO: SIGTERM: shutting down",
     ]
+
+
+def test_an_unknown_method_is_named_briefly_in_the_reply_and_the_log(tmp_path: Path) -> None:
+    """A method name may fill a frame: the ENOSYS reply and the debug line show 40
+    characters of it, not the 100 KB."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    long = "m" * 100_000
+    with served(tmp_path, dump.path, "--log-level", "debug") as sock:
+        pid = server_pid(sock)
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(sock)
+            conn.sendall(msgpack.packb([0, 7, long, []]))
+            unpacker = msgpack.Unpacker()
+            while (reply := next(unpacker, None)) is None:
+                unpacker.feed(conn.recv(1 << 20))
+        shown = "'" + "m" * 17 + "..." + "m" * 18 + "'"
+        assert reply == [1, 7, ["ENOSYS", f"no method {shown}"], None]
+        refused = [line for line in until_logged(tmp_path / "serve.log", pid, (  # 1: server_pid
+            f"DEBUG: connection 2 (uid {UID} pid {os.getpid()}): {shown} refused: "
+            f"ENOSYS: no method {shown}")) if "refused" in line]
+    assert len(refused) == 1

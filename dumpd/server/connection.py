@@ -54,6 +54,7 @@ from dumpd.protocol import (
     ProtocolViolation,
     Request,
     as_uint,
+    brief,
     encode_bin_notification_head,
     encode_bin_response_head,
     encode_error,
@@ -583,7 +584,8 @@ class RpcConnection(asyncio.Protocol):
     def _refusal(self, msgid: int, method: str, code: str, message: str) -> list[Any]:
         """The error reply to a request, logged at debug: the client's mistake or a limit."""
         assert self.peer is not None  # requests are read from served connections only
-        shown = method if method.isprintable() else repr(method)  # one line, whatever it is
+        # one short line, whatever it is (a method name may fill a frame)
+        shown = method if method.isprintable() and len(method) <= 40 else brief(method)
         log.debug("connection %d (%s): %s refused: %s: %s", self.id, self.peer.who, shown,
                   code, message)
         return [encode_error(msgid, code, message)]

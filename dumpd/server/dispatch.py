@@ -21,7 +21,7 @@ from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_hook
-from dumpd.protocol import as_map, as_str, as_uint, integral
+from dumpd.protocol import as_map, as_str, as_uint, brief, integral
 
 log = logging.getLogger("dumpd.server")
 
@@ -93,7 +93,7 @@ class Dispatcher:
         """The result of `method(*params)`, or DumpdError with a stable code."""
         entry = self._methods.get(method)
         if entry is None:
-            raise DumpdError("ENOSYS", f"no method {method!r}")
+            raise DumpdError("ENOSYS", f"no method {brief(method)}")
         arity, handler = entry
         optional = OPTIONAL_PARAMS.get(method, 0)
         if not arity <= len(params) <= arity + optional:
