@@ -207,7 +207,7 @@ class Dispatcher:
             raise DumpdError(
                 "EBUSY", f"hook {self.engine.hook_name!r} is registered; unregister it first")
         try:
-            hook = await asyncio.to_thread(load_hook, name, options, distribution)
+            hook, plugin = await asyncio.to_thread(load_hook, name, options, distribution)
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
         try:
@@ -217,7 +217,8 @@ class Dispatcher:
             if callable(closer):
                 closer()
             raise
-        log.info("hook %s registered with options %r, asked by %s", name, options, peer.who)
+        log.info("hook %s (%s %s) registered with options %r, asked by %s", name,
+                 plugin.distribution, plugin.version, options, peer.who)
         return {"hook": name}
 
     async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
