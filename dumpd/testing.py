@@ -96,7 +96,7 @@ def load(name: str, options: Mapping[str, object], distribution: str = "") -> Pf
     """The hook made by entry point `name` of an installed distribution."""
     entry_point(name, distribution)
     try:
-        return load_hook(name, options, distribution)[0]
+        return load_hook(name, options, distribution)
     except HookConfigError as exc:
         raise _fail(name, "load", str(exc)) from exc
 

@@ -84,11 +84,16 @@ def find_plugin(name: str, distribution: str = "") -> tuple[EntryPoint, PluginIn
     return providers[0]
 
 
-def load_hook(name: str, options: Mapping[str, object],
-              distribution: str = "") -> tuple[PfnIsRam, PluginInfo]:
-    """Create hook `name` (from `distribution`, if named) with `options`; the hook and
-    the plugin it came from (for the log: a name may be anyone's). HookConfigError says
-    what is wrong in one line."""
+def load_hook(name: str, options: Mapping[str, object], distribution: str = "") -> PfnIsRam:
+    """Create hook `name` (from `distribution`, if named) with `options`;
+    HookConfigError says what is wrong in one line."""
+    return load_plugin(name, options, distribution)[0]
+
+
+def load_plugin(name: str, options: Mapping[str, object],
+                distribution: str = "") -> tuple[PfnIsRam, PluginInfo]:
+    """`load_hook`, and the plugin the hook came from (for the log: a name may be
+    anyone's)."""
     ep, info = find_plugin(name, distribution)
     try:
         factory = ep.load()

@@ -21,7 +21,7 @@ from dumpd.engine import Engine
 from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.discovery import load_hook
+from dumpd.hooks.discovery import load_plugin
 from dumpd.hooks.slot import hook_label
 from dumpd.server.connection import ConnectionLimits, RpcConnection, Shared
 from dumpd.server.dispatch import Dispatcher, Peer, reload_hook
@@ -91,7 +91,7 @@ class Server:
         hook_shown = hook_label(None)
         if cfg.hook.name:
             try:
-                hook, plugin = load_hook(cfg.hook.name, cfg.hook.options,
+                hook, plugin = load_plugin(cfg.hook.name, cfg.hook.options,
                                          cfg.hook.distribution)
             except HookConfigError as exc:
                 raise StartupError(f"[hook] {exc}") from exc

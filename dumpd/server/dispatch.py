@@ -20,7 +20,7 @@ from dumpd.engine import Engine
 from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.discovery import load_hook
+from dumpd.hooks.discovery import load_plugin
 from dumpd.protocol import as_map, as_str, as_uint, brief, integral
 
 log = logging.getLogger("dumpd.server")
@@ -207,7 +207,7 @@ class Dispatcher:
             raise DumpdError(
                 "EBUSY", f"hook {self.engine.hook_name!r} is registered; unregister it first")
         try:
-            hook, plugin = await asyncio.to_thread(load_hook, name, options, distribution)
+            hook, plugin = await asyncio.to_thread(load_plugin, name, options, distribution)
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
         try:
