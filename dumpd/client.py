@@ -9,6 +9,7 @@ imported from here on first use, so blocking users (`dumpd fetch`) never load as
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -227,12 +228,23 @@ class Client:
         except TimeoutError:
             raise
         except OSError as exc:
+            self._drain()
             raise self._lost(exc) from exc
 
+    def _drain(self) -> None:
+        """After a failed send: read what the server sent before it closed the connection
+        (a refused peer's EACCES notification), so the error can give its reason."""
+        with contextlib.suppress(OSError, ProtocolViolation):
+            self._sock.settimeout(0)
+            while data := self._sock.recv(RECV_SIZE):
+                for event in self._decoder.feed(data):
+                    if isinstance(event, Notification):
+                        self._server_error = _closing_error(event) or self._server_error
+
     def _lost(self, exc: OSError | None) -> ServerUnreachable:
-        """The connection is gone: reset, broken, or (`exc` None) closed by the server,
-        with the reason it sent if it sent one."""
-        if exc is not None:
+        """The connection is gone: reset, broken, or (`exc` None) closed by the server;
+        the reason the server sent before closing it, if it sent one, is the message."""
+        if exc is not None and self._server_error is None:
             return ServerUnreachable(self.address, _reason(exc), errno=exc.errno, lost=True)
         why = self._server_error
         return ServerUnreachable(self.address, f"the server closed it{f': {why}' if why else ''}",

@@ -200,7 +200,7 @@ _REPR.maxlevel = 3
 _REPR.maxstring = _REPR.maxother = 40
 
 
-def _brief(obj: object) -> str:
+def brief(obj: object) -> str:
     """A bounded repr for error messages: a frame can hold a megabyte."""
     return _REPR.repr(obj)
 
@@ -326,13 +326,13 @@ class FrameDecoder:
     def _event(self, obj: Any) -> Event:
         if type(obj) is not list or not obj:
             raise ProtocolViolation(
-                "EINVAL", f"a message must be a non-empty array, got {_brief(obj)}"
+                "EINVAL", f"a message must be a non-empty array, got {brief(obj)}"
             )
         kind = obj[0]
         if type(kind) is int and kind == NOTIFICATION:
             method = _method_name(obj[1]) if len(obj) == 3 else None
             if method is None or type(obj[2]) is not list:
-                raise ProtocolViolation("EINVAL", f"malformed notification {_brief(obj)}")
+                raise ProtocolViolation("EINVAL", f"malformed notification {brief(obj)}")
             return Notification(method, obj[2])
         if self.role == "server":
             return self._request(obj, kind)
@@ -342,11 +342,11 @@ class FrameDecoder:
     def _request(obj: list[Any], kind: object) -> Request | InvalidRequest:
         if not (type(kind) is int and kind == REQUEST):
             raise ProtocolViolation(
-                "EINVAL", f"expected a request or notification, got {_brief(obj)}"
+                "EINVAL", f"expected a request or notification, got {brief(obj)}"
             )
         msgid = integral(obj[1]) if len(obj) >= 2 else None
         if msgid is None or not 0 <= msgid <= MAX_MSGID:
-            raise ProtocolViolation("EINVAL", f"request without a valid msgid: {_brief(obj)}")
+            raise ProtocolViolation("EINVAL", f"request without a valid msgid: {brief(obj)}")
         if len(obj) != 4:
             return InvalidRequest(msgid, message=f"a request has 4 elements, got {len(obj)}")
         method, params = _method_name(obj[2]), obj[3]
@@ -363,10 +363,10 @@ class FrameDecoder:
     def _response(obj: list[Any], kind: object) -> Response:
         if not (type(kind) is int and kind == RESPONSE):
             raise ProtocolViolation(
-                "EINVAL", f"expected a response or notification, got {_brief(obj)}"
+                "EINVAL", f"expected a response or notification, got {brief(obj)}"
             )
         if len(obj) != 4 or not _is_uint(obj[1], MAX_MSGID):
-            raise ProtocolViolation("EINVAL", f"malformed response {_brief(obj)}")
+            raise ProtocolViolation("EINVAL", f"malformed response {brief(obj)}")
         error = obj[2]
         if error is None:
             return Response(obj[1], None, obj[3])
@@ -377,7 +377,7 @@ class FrameDecoder:
             or type(error[1]) is not str
         ):
             raise ProtocolViolation(
-                "EINVAL", f"response error is not [code, message]: {_brief(error)}"
+                "EINVAL", f"response error is not [code, message]: {brief(error)}"
             )
         return Response(obj[1], (error[0], error[1]), obj[3])
 

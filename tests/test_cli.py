@@ -429,7 +429,8 @@ def test_register_sends_relative_paths_made_absolute(tmp_path: Path) -> None:
     assert (registered.returncode, registered.stderr) == (0, b"")
     assert data == file_bytes(dump.path, 0, 2 * PAGE) + bytes(2 * PAGE)
     log = (tmp_path / "serve.log").read_text()
-    assert f": INFO: hook balloon registered with options {{'file': '{here / 'good.txt'}'}}" in log
+    assert (f": INFO: hook balloon (dumpd-balloon {version('dumpd-balloon')}) registered with "
+            f"options {{'file': '{here / 'good.txt'}'}}") in log
     assert one_line_error(missing, 1) == (  # not here: sent as given, tried by the server
         f"dumpd: EINVAL: balloon: {tmp_path / 'gone.txt'}: cannot read: "
         "No such file or directory")

@@ -258,6 +258,22 @@ def test_permission_denied(shared_dir: Path, command: str) -> None:
         "socket; dumpd creates it mode 0600, for its own user)")
 
 
+@pytest.mark.parametrize("command", CLIENTS)
+def test_refused_by_the_server(shared_dir: Path, command: str) -> None:
+    """The socket lets nobody connect, the server does not: the client says why (the
+    server's EACCES notification, read after the failed send), not `Broken pipe`."""
+    dump = build_raw(shared_dir / "oldmem", 4 * PAGE)
+    with served(shared_dir, dump.path) as sock:
+        os.chmod(shared_dir / "run", 0o755)
+        os.chmod(sock, 0o666)
+        os.chmod(shared_dir, 0o777)  # fetch may write its copy here
+        result = main_as_nobody([*CLIENTS[command], "--socket", sock], shared_dir)
+    assert one_line_error(result, 1) == (
+        f"dumpd: lost the connection to {sock}: the server closed it: "
+        f"EACCES: uid {NOBODY} is not allowed to read this dump")
+    assert not (shared_dir / "copy").exists()
+
+
 def test_serve_where_it_may_not_bind(shared_dir: Path) -> None:
     dump = build_raw(shared_dir / "oldmem", 4 * PAGE)
     os.chmod(dump.path, 0o644)

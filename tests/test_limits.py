@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import tempfile
@@ -89,8 +90,9 @@ async def until_eof(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_connections_beyond_the_limit_get_ebusy_and_a_closed_slot_is_free_again(
-        tmp_path: Path, figures: Figures) -> None:
+        tmp_path: Path, figures: Figures, caplog: pytest.LogCaptureFixture) -> None:
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    caplog.set_level(logging.WARNING, logger="dumpd.server")
     want = file_bytes(dump.path, PAGE, 16)
     async with serving(tmp_path, dump.path, max_connections=3) as server:
         path = server.config.server.socket
@@ -117,6 +119,9 @@ async def test_connections_beyond_the_limit_get_ebusy_and_a_closed_slot_is_free_
     assert (cause.code, cause.message) == ("EBUSY", "too many connections (limit 3)")
     assert (stats["connections"], stats["busy_refused_connections"]) == (3, 2)
     assert (after["connections"], after["busy_refused_connections"]) == (3, 2)
+    busy = [r.getMessage() for r in caplog.records if "too many" in r.getMessage()]
+    assert busy == [f"refused connection 4 (uid {os.getuid()} pid {os.getpid()}): too many "
+                    "connections (limit 3)"]  # the second refusal: rate-limited
     figures.add(f"max_connections 3 ({loop_name()})", served_at_once=stats["connections"],
                 refused_ebusy=stats["busy_refused_connections"],
                 served_again_after_one_closed=after["connections"])

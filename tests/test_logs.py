@@ -11,15 +11,22 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
+from importlib.metadata import version
 from pathlib import Path
+
+import msgpack
 
 from tests.daemon import DUMPD, ENV, info_json, log_lines, ok, served, server_pid, stats_json
 from tests.dumps import build_raw
 
 PAGE = 4096
 UID = os.getuid()
+BALLOON = f"balloon (dumpd-balloon {version('dumpd-balloon')})"
+NONE = f"none (dumpd {version('dumpd')})"
+"""How the log names a registered hook: with the distribution that provides it."""
 
 
 GUESSED_RAW = 'raw physical memory: no ELF or known dump signature, as kind = "raw"'
@@ -56,7 +63,7 @@ def test_the_empty_slot_reads_the_same_in_the_log_info_and_stats(tmp_path: Path)
         name = "none" if hook else "(none registered)"
         assert log_lines(where / "serve.log", pid)[0] == (
             f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) "
-            f"on {sock}, hook {name}")
+            f"on {sock}, hook {NONE if hook else name}")
         assert f"hook     {name}" in info.splitlines()
         assert re.search(rf"^hook +{re.escape(name)}$", stats, re.MULTILINE), stats
         assert wire == (("none", "none") if hook else (None, None))
@@ -113,7 +120,7 @@ def test_hook_changes_name_who_asked_and_connections_show_at_debug(tmp_path: Pat
         f"DEBUG: connection 1 (uid {UID} pid {os.getpid()}) opened",
         f"DEBUG: connection 1 (uid {UID} pid {os.getpid()}) closed",
         f"DEBUG: {conn(0)} opened",
-        f"INFO: hook balloon registered with options {{'file': '{good}'}}, {asked(0)}",
+        f"INFO: hook {BALLOON} registered with options {{'file': '{good}'}}, {asked(0)}",
         f"DEBUG: {conn(0)} closed",
         f"DEBUG: {conn(1)} opened",
         f"INFO: hook balloon reloaded its data (generation 2), {asked(1)}",
@@ -133,7 +140,7 @@ def test_hook_changes_name_who_asked_and_connections_show_at_debug(tmp_path: Pat
         f"{tmp_path / 'missing.txt'}: cannot read: No such file or directory",
         f"DEBUG: {conn(5)} closed",
         f"DEBUG: {conn(6)} opened",
-        f"INFO: hook none registered with options {{}}, {asked(6)}",
+        f"INFO: hook {NONE} registered with options {{}}, {asked(6)}",
         f"DEBUG: {conn(6)} closed",
         f"DEBUG: {conn(7)} opened",
         f"INFO: hook none has no data to reload, {asked(7)}",
@@ -187,13 +194,35 @@ def test_sighup_logs_one_line_for_each_outcome(tmp_path: Path) -> None:
     assert (reloads, generation) == (1, 4)
     assert log_lines(log, server) == [
         f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) on {sock}, "
-        "hook balloon",
+        f"hook {BALLOON}",
         "INFO: hook balloon reloaded its data (generation 2), asked by SIGHUP",
         f"ERROR: hook balloon: reload failed, old data kept: balloon: {balloon}:1: "
         "END 0x5 is below START 0x10, asked by SIGHUP",
         f"INFO: hook balloon unregistered, asked by uid {UID} pid {unregister}",
         "INFO: no hook is registered: nothing to reload, asked by SIGHUP",
-        f"INFO: hook none registered with options {{}}, asked by uid {UID} pid {register}",
+        f"INFO: hook {NONE} registered with options {{}}, asked by uid {UID} pid {register}",
         "INFO: hook none has no data to reload, asked by SIGHUP",
         "INFO: SIGTERM: shutting down",
     ]
+
+
+def test_an_unknown_method_is_named_briefly_in_the_reply_and_the_log(tmp_path: Path) -> None:
+    """A method name may fill a frame: the ENOSYS reply and the debug line show 40
+    characters of it, not the 100 KB."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    long = "m" * 100_000
+    with served(tmp_path, dump.path, "--log-level", "debug") as sock:
+        pid = server_pid(sock)
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(sock)
+            conn.sendall(msgpack.packb([0, 7, long, []]))
+            unpacker = msgpack.Unpacker()
+            while (reply := next(unpacker, None)) is None:
+                unpacker.feed(conn.recv(1 << 20))
+        shown = "'" + "m" * 17 + "..." + "m" * 18 + "'"
+        assert reply == [1, 7, ["ENOSYS", f"no method {shown}"], None]
+        refused = [line for line in until_logged(tmp_path / "serve.log", pid, (  # 1: server_pid
+            f"DEBUG: connection 2 (uid {UID} pid {os.getpid()}): {shown} refused: "
+            f"ENOSYS: no method {shown}")) if "refused" in line]
+    assert len(refused) == 1

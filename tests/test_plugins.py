@@ -22,7 +22,16 @@ from dumpd.hooks.contract import ENTRY_POINT_GROUP
 from dumpd.sources.base import Segment
 from tests import daemon
 from tests.conftest import client_of, serving
-from tests.daemon import info_json, ok, one_line_error, run, served, server_pid, stats_json
+from tests.daemon import (
+    info_json,
+    log_lines,
+    ok,
+    one_line_error,
+    run,
+    served,
+    server_pid,
+    stats_json,
+)
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 from tests.plugindist import write_distribution
 from tests.views import PAGE, expected_view, pfns_read, read_all, record_reads
@@ -324,6 +333,26 @@ def test_hook_register_of_an_ambiguous_name_over_the_socket(tmp_path: Path,
     assert (before["hook"], before["hook_generation"]) == (None, 0)
     assert registered == "hook 'balloon' registered\n"
     assert held == file_bytes(path, 0x20 * PAGE, PAGE) + bytes(PAGE)
+
+
+def test_the_log_names_the_distribution_that_answers(tmp_path: Path, impostor: str) -> None:
+    """A name may be anyone's: the start-up line and each registration say which
+    distribution (and version) provides the hook that now answers."""
+    path, _, _ = build(tmp_path, "raw")
+    with served(tmp_path, path, "--hook", "balloon", "--hook-distribution", "impostor",
+                *("--hook-option", f"file={balloon_text(tmp_path)['file']}")) as sock:
+        pid = server_pid(sock)
+        ok("hook", "unregister", "--socket", sock)
+        assert ok("hook", "register", "balloon", "--hook-distribution", "dumpd-balloon",
+                  "--hook-option", f"file={balloon_text(tmp_path)['file']}",
+                  "--socket", sock) == "hook 'balloon' registered\n"
+    lines = log_lines(tmp_path / "serve.log", pid)
+    balloon = distribution("dumpd-balloon").version
+    assert lines[0].endswith(", hook balloon (impostor 1.0)"), lines[0]
+    registered = [line for line in lines if " registered with " in line]
+    assert len(registered) == 1
+    assert registered[0].startswith(f"INFO: hook balloon (dumpd-balloon {balloon}) "
+                                    "registered with options {'file': "), registered[0]
 
 
 async def test_hook_register_takes_an_optional_distribution(tmp_path: Path,

@@ -622,6 +622,27 @@ def test_serve_refuses_a_kdump_file_in_one_line(tmp_path: Path, kind: str) -> No
     assert not (tmp_path / "dumpd.sock").exists()
 
 
+@pytest.mark.parametrize("head,expect", [
+    (b"KDUM", "only 4 bytes, the start of a kdump-compressed dump (makedumpfile output "
+              'without -E) cut short, not raw memory (kind = "raw" serves it as raw memory)'),
+    (b"makedumpfile", "only 12 bytes, the start of a flattened makedumpfile dump "
+                      "(makedumpfile -F output) cut short, not raw memory "
+                      '(kind = "raw" serves it as raw memory)'),
+    (b"\x7fEL", "ELF header truncated: the file is only 0x3 bytes"),
+    (b"\x7f", "ELF header truncated: the file is only 0x1 bytes"),
+], ids=["kdump", "flattened", "elf", "elf-1"])
+def test_auto_refuses_a_signature_cut_short(tmp_path: Path, head: bytes, expect: str) -> None:
+    """A file shorter than a signature it begins is a dump cut short, not memory."""
+    path = tmp_path / "vmcore"
+    path.write_bytes(head)
+    sock = tmp_path / "dumpd.sock"
+    error = one_line_error(run("serve", "--source", str(path), "--socket", str(sock)), 2)
+    assert error == f"dumpd: {path}: {expect}"
+    assert not sock.exists()
+    with closing(open_source(str(path), "raw")) as src:  # the operator may insist
+        assert src.size == len(head)
+
+
 def test_auto_says_when_it_takes_a_file_as_raw(tmp_path: Path) -> None:
     path = tmp_path / "random.img"
     path.write_bytes(random.Random(7).randbytes(0x3000))

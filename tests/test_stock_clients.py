@@ -7,6 +7,8 @@ their encoders produce them (the sources are named at each frame).
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 from pathlib import Path
 
@@ -95,7 +97,10 @@ def test_a_pynvim_session_connects_and_reads(tmp_path: Path) -> None:
         assert stats_json(sock)["notifications_ignored"] == 1
         pid = server_pid(sock)
     log = log_lines(tmp_path / "serve.log", pid)
-    assert "DEBUG: ignored a notification from a client: 'nvim_set_client_info'" in log, log
+    ignored = [line for line in log if "ignored" in line]
+    assert len(ignored) == 1, log  # `talk`'s connection: the first (served() opens none)
+    assert re.fullmatch(rf"DEBUG: connection 1 \(uid {os.getuid()} pid {os.getpid()}\): "
+                        r"ignored a notification: 'nvim_set_client_info'", ignored[0]), log
 
 
 def test_a_msgpack_lite_client_reads_above_4_gib(tmp_path: Path) -> None:

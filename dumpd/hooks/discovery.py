@@ -87,7 +87,14 @@ def find_plugin(name: str, distribution: str = "") -> tuple[EntryPoint, PluginIn
 def load_hook(name: str, options: Mapping[str, object], distribution: str = "") -> PfnIsRam:
     """Create hook `name` (from `distribution`, if named) with `options`;
     HookConfigError says what is wrong in one line."""
-    ep, _ = find_plugin(name, distribution)
+    return load_plugin(name, options, distribution)[0]
+
+
+def load_plugin(name: str, options: Mapping[str, object],
+                distribution: str = "") -> tuple[PfnIsRam, PluginInfo]:
+    """`load_hook`, and the plugin the hook came from (for the log: a name may be
+    anyone's)."""
+    ep, info = find_plugin(name, distribution)
     try:
         factory = ep.load()
     except Exception as exc:  # a broken plugin must not take the daemon down
@@ -103,4 +110,4 @@ def load_hook(name: str, options: Mapping[str, object], distribution: str = "") 
             f"hook {name!r} ({ep.value}) returned {type(hook).__name__}, "
             "which has no pfn_is_ram(pfn) method"
         )
-    return hook
+    return hook, info

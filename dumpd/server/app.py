@@ -21,7 +21,7 @@ from dumpd.engine import Engine
 from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.discovery import load_hook
+from dumpd.hooks.discovery import load_plugin
 from dumpd.hooks.slot import hook_label
 from dumpd.server.connection import ConnectionLimits, RpcConnection, Shared
 from dumpd.server.dispatch import Dispatcher, Peer, reload_hook
@@ -88,12 +88,15 @@ class Server:
             raise StartupError(f"{self.source.path}: --page-size {given}, but its VMCOREINFO "
                                f"says PAGESIZE={found}: give --page-size {found} or none")
         self.engine = Engine(self.source, cfg.engine)
+        hook_shown = hook_label(None)
         if cfg.hook.name:
             try:
-                hook = load_hook(cfg.hook.name, cfg.hook.options, cfg.hook.distribution)
+                hook, plugin = load_plugin(cfg.hook.name, cfg.hook.options,
+                                         cfg.hook.distribution)
             except HookConfigError as exc:
                 raise StartupError(f"[hook] {exc}") from exc
             self.engine.register_hook(cfg.hook.name, hook)
+            hook_shown = f"{cfg.hook.name} ({plugin.distribution} {plugin.version})"
         srv = cfg.server
         dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats,
                                 srv.stream_window_mib * MiB)
@@ -127,7 +130,7 @@ class Server:
             kind = f'{kind} physical memory: {self.source.guess}, as kind = "raw"'
         log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
                  self.source.path, kind, self.source.size, self.source.page_size,
-                 where, hook_label(cfg.hook.name or None))
+                 where, hook_shown)
         self.notifier.send("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
 
     def _activated(self) -> list[socket.socket]:

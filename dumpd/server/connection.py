@@ -54,6 +54,7 @@ from dumpd.protocol import (
     ProtocolViolation,
     Request,
     as_uint,
+    brief,
     encode_bin_notification_head,
     encode_bin_response_head,
     encode_error,
@@ -113,22 +114,24 @@ class Shared:
         self.log = RateLimitedLog(log)
         self.ids = itertools.count(1)  # connection ids, for the log
 
-    def admit(self, conn: RpcConnection) -> bool:
-        """Serve `conn` if a slot is free; False (counted, logged) if none is."""
+    def admit(self, conn: RpcConnection, who: str) -> bool:
+        """Serve `conn` (of `who`) if a slot is free; False (counted, logged) if none is."""
         if len(self.open) >= self.max_connections:
             self.busy_refused += 1
-            self.log.warning("busy", "refused a connection: too many connections "
-                             f"(limit {self.max_connections})")
+            self.log.warning("busy", f"refused connection {conn.id} ({who}): too many "
+                             f"connections (limit {self.max_connections})")
             return False
         self.open.add(conn)
         return True
 
-    def ignore(self, notification: Notification) -> None:
-        """A notification from a client: none is answered (msgpack-RPC) and none is
-        acted on, so it is counted and logged (at debug level, at most once a minute)."""
+    def ignore(self, conn: RpcConnection, notification: Notification) -> None:
+        """A notification from a client on `conn`: none is answered (msgpack-RPC) and
+        none is acted on, so it is counted and logged (at debug level, at most once a
+        minute)."""
+        assert conn.peer is not None  # notifications are read from served connections only
         self.notifications_ignored += 1
-        self.log.debug("notification", "ignored a notification from a client: "
-                       f"{reprlib.repr(notification.method)}")
+        self.log.debug("notification", f"connection {conn.id} ({conn.peer.who}): ignored a "
+                       f"notification: {reprlib.repr(notification.method)}")
 
     def stats(self) -> dict[str, int]:
         budget = self.reply_budget
@@ -189,7 +192,7 @@ class RpcConnection(asyncio.Protocol):
         if isinstance(verdict, str):
             self._close_with("EACCES", verdict)
             return
-        if not self._shared.admit(self):
+        if not self._shared.admit(self, verdict.who):
             self._close_with("EBUSY", f"too many connections (limit "
                              f"{self._shared.max_connections})")
             return
@@ -267,7 +270,7 @@ class RpcConnection(asyncio.Protocol):
                     if isinstance(event, Request | InvalidRequest):
                         self._queue.append(event)
                     elif isinstance(event, Notification):
-                        self._shared.ignore(event)
+                        self._shared.ignore(self, event)
         finally:
             self._uncork()
         if self._closing_when_idle:
@@ -583,7 +586,8 @@ class RpcConnection(asyncio.Protocol):
     def _refusal(self, msgid: int, method: str, code: str, message: str) -> list[Any]:
         """The error reply to a request, logged at debug: the client's mistake or a limit."""
         assert self.peer is not None  # requests are read from served connections only
-        shown = method if method.isprintable() else repr(method)  # one line, whatever it is
+        # one short line, whatever it is (a method name may fill a frame)
+        shown = method if method.isprintable() and len(method) <= 40 else brief(method)
         log.debug("connection %d (%s): %s refused: %s: %s", self.id, self.peer.who, shown,
                   code, message)
         return [encode_error(msgid, code, message)]

@@ -20,8 +20,8 @@ from dumpd.engine import Engine
 from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
-from dumpd.hooks.discovery import load_hook
-from dumpd.protocol import as_map, as_str, as_uint, integral
+from dumpd.hooks.discovery import load_plugin
+from dumpd.protocol import as_map, as_str, as_uint, brief, integral
 
 log = logging.getLogger("dumpd.server")
 
@@ -93,7 +93,7 @@ class Dispatcher:
         """The result of `method(*params)`, or DumpdError with a stable code."""
         entry = self._methods.get(method)
         if entry is None:
-            raise DumpdError("ENOSYS", f"no method {method!r}")
+            raise DumpdError("ENOSYS", f"no method {brief(method)}")
         arity, handler = entry
         optional = OPTIONAL_PARAMS.get(method, 0)
         if not arity <= len(params) <= arity + optional:
@@ -207,7 +207,7 @@ class Dispatcher:
             raise DumpdError(
                 "EBUSY", f"hook {self.engine.hook_name!r} is registered; unregister it first")
         try:
-            hook = await asyncio.to_thread(load_hook, name, options, distribution)
+            hook, plugin = await asyncio.to_thread(load_plugin, name, options, distribution)
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
         try:
@@ -217,7 +217,8 @@ class Dispatcher:
             if callable(closer):
                 closer()
             raise
-        log.info("hook %s registered with options %r, asked by %s", name, options, peer.who)
+        log.info("hook %s (%s %s) registered with options %r, asked by %s", name,
+                 plugin.distribution, plugin.version, options, peer.who)
         return {"hook": name}
 
     async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dumpd.errors import StartupError
 from dumpd.sources.base import Segment, Source
 from dumpd.sources.elf import ELF_MAGIC, is_valid_page_size, open_elf
 from dumpd.sources.raw import open_raw
-from dumpd.sources.signatures import HEAD_BYTES, known_format
+from dumpd.sources.signatures import HEAD_BYTES, cut_short_format, known_format
 
 __all__ = ["KINDS", "Segment", "Source", "open_source"]
 
@@ -72,6 +72,14 @@ def _refuse_known_format(path: str, kind: str, head: bytes) -> None:
                        f"{fmt.advice.replace('{path}', path)}")
 
 
+def _refuse_cut_short(path: str, head: bytes) -> None:
+    """StartupError when all of a file is the start of a known signature (auto only)."""
+    fmt = cut_short_format(head)
+    if fmt is not None:
+        raise StartupError(f"{path}: only {len(head)} bytes, the start of {fmt.what} cut "
+                           'short, not raw memory (kind = "raw" serves it as raw memory)')
+
+
 def open_source(
     path: str, kind: str = "auto", page_size: int = 4096, size: int | None = None
 ) -> Source:
@@ -95,7 +103,12 @@ def open_source(
         head = b"" if memory_device and kind != "auto" else _head(path, fd)
         if not memory_device:
             _refuse_known_format(path, kind, head)
-        if kind == "elf" or (kind == "auto" and head.startswith(ELF_MAGIC)):
+        # A file shorter than the ELF magic but starting it is a core cut short: open_elf
+        # says so. Other signatures cut short are refused; kind = "raw" takes them as raw.
+        elf = bool(head) and ELF_MAGIC.startswith(head[:4])
+        if kind == "auto" and not memory_device and not elf:
+            _refuse_cut_short(path, head)
+        if kind == "elf" or (kind == "auto" and elf):
             return open_elf(path, fd, page_size, size)
         source = open_raw(path, fd, page_size, size)
     except BaseException:

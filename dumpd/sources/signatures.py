@@ -23,10 +23,11 @@ class KnownFormat:
     signature: re.Pattern[bytes]
     what: str
     advice: str  # "{path}" stands for the file
+    magic: bytes  # the fixed bytes the signature starts with
 
 
-def _exact(magic: bytes) -> re.Pattern[bytes]:
-    return re.compile(re.escape(magic))
+def _exact(magic: bytes, what: str, advice: str) -> KnownFormat:
+    return KnownFormat(re.compile(re.escape(magic)), what, advice, magic)
 
 
 def _compressed(command: str) -> str:
@@ -34,29 +35,29 @@ def _compressed(command: str) -> str:
 
 
 KNOWN_FORMATS = (
-    KnownFormat(_exact(b"KDUMP   "),
-                "a kdump-compressed dump (makedumpfile output without -E)",
-                "dumpd cannot serve it, and makedumpfile cannot convert it to ELF; serve "
-                "/proc/vmcore itself, or an ELF copy saved with makedumpfile -E"),
-    KnownFormat(_exact(b"DISKDUMP"), "a diskdump dump (the diskdump format)",
-                "dumpd cannot serve it; read it with crash"),
-    KnownFormat(_exact(b"makedumpfile\0\0\0\0"),
-                "a flattened makedumpfile dump (makedumpfile -F output)",
-                "rearrange it with makedumpfile -R OUTPUT < {path}, and serve OUTPUT if it is "
-                "an ELF core (it is when the dump was made with -E)"),
-    KnownFormat(_exact(b"sadump\0\0"), "an sadump dump",
-                "dumpd cannot serve it, and makedumpfile cannot convert it to ELF; read it "
-                "with crash"),
-    KnownFormat(_exact(b"\x1f\x8b\x08"), "a gzip-compressed file",
-                _compressed("gunzip -k {path}")),
-    KnownFormat(_exact(b"\xfd7zXZ\0"), "an xz-compressed file",
-                _compressed("unxz -k {path}")),
-    KnownFormat(_exact(b"\x28\xb5\x2f\xfd"), "a zstd-compressed file",
-                _compressed("unzstd {path}")),
+    _exact(b"KDUMP   ",
+           "a kdump-compressed dump (makedumpfile output without -E)",
+           "dumpd cannot serve it, and makedumpfile cannot convert it to ELF; serve "
+           "/proc/vmcore itself, or an ELF copy saved with makedumpfile -E"),
+    _exact(b"DISKDUMP", "a diskdump dump (the diskdump format)",
+           "dumpd cannot serve it; read it with crash"),
+    _exact(b"makedumpfile\0\0\0\0",
+           "a flattened makedumpfile dump (makedumpfile -F output)",
+           "rearrange it with makedumpfile -R OUTPUT < {path}, and serve OUTPUT if it is "
+           "an ELF core (it is when the dump was made with -E)"),
+    _exact(b"sadump\0\0", "an sadump dump",
+           "dumpd cannot serve it, and makedumpfile cannot convert it to ELF; read it "
+           "with crash"),
+    _exact(b"\x1f\x8b\x08", "a gzip-compressed file",
+           _compressed("gunzip -k {path}")),
+    _exact(b"\xfd7zXZ\0", "an xz-compressed file",
+           _compressed("unxz -k {path}")),
+    _exact(b"\x28\xb5\x2f\xfd", "a zstd-compressed file",
+           _compressed("unzstd {path}")),
     KnownFormat(re.compile(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)"), "a bzip2-compressed file",
-                _compressed("bunzip2 -k {path}")),
-    KnownFormat(_exact(b"\x04\x22\x4d\x18"), "an lz4-compressed file",
-                _compressed("unlz4 {path}")),
+                _compressed("bunzip2 -k {path}"), b"BZh"),
+    _exact(b"\x04\x22\x4d\x18", "an lz4-compressed file",
+           _compressed("unlz4 {path}")),
 )
 
 
@@ -64,5 +65,16 @@ def known_format(head: bytes) -> KnownFormat | None:
     """The known non-memory format whose signature `head` (a file's first bytes) has."""
     for fmt in KNOWN_FORMATS:
         if fmt.signature.match(head):
+            return fmt
+    return None
+
+
+def cut_short_format(head: bytes) -> KnownFormat | None:
+    """The known format whose signature a file shorter than it (all of it is `head`)
+    begins: a dump or compressed file cut short, not memory."""
+    if not head or len(head) >= HEAD_BYTES:
+        return None
+    for fmt in KNOWN_FORMATS:
+        if len(head) < len(fmt.magic) and fmt.magic.startswith(head):
             return fmt
     return None
