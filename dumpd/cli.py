@@ -262,14 +262,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = config_mod.load(args.config)
     given = _options(args.hook_option, "--hook-option")
-    name = config.hook.name if args.hook_name is None else args.hook_name
-    # The file's options are for the file's hook: `--hook ""` (no hook) drops them.
-    options = {**config.hook.options, **given} if name else given
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "hook_distribution",
                               "log_level"))}
+    # The file's [hook] options and distribution are for the file's hook: `--hook ""`
+    # (no hook) or `--hook OTHER` runs without them.
+    file_hook = config.hook
+    name = file_hook.name if args.hook_name is None else args.hook_name
+    options = {**file_hook.options, **given} if name == file_hook.name else given
+    if name != file_hook.name and args.hook_distribution is None:
+        flags["hook_distribution"] = ""
     config = config.with_overrides(**flags, hook_options=options)
     _log_to_stderr(config.log_level)
+    if name and name != file_hook.name and (file_hook.options or file_hook.distribution):
+        logging.getLogger("dumpd").warning(
+            "--hook %s: the configuration's [hook] options and distribution are for hook "
+            "%r; %s runs without them", name, file_hook.name, name)
     return serve(config, given_page_size=args.source_page_size)
 
 

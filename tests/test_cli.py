@@ -23,10 +23,12 @@ from tests.daemon import (
     DUMPD,
     ENV,
     info_json,
+    log_lines,
     ok,
     one_line_error,
     run,
     served,
+    server_pid,
     source_identity,
     stats_json,
 )
@@ -117,6 +119,29 @@ def test_hook_options_without_a_hook(tmp_path: Path) -> None:
     with served(tmp_path, dump.path, "-c", str(named), "--hook", "") as sock:
         hook = info_json(sock)["hook"]  # `--hook ""`: no hook, and the file's options go
     assert hook is None
+
+
+def test_another_hook_on_the_command_line_runs_without_the_files_options(
+        tmp_path: Path) -> None:
+    """`[hook]` names balloon with its file; `--hook xen` must not get `file` (xen would
+    refuse it as unknown and the server would not start) nor balloon's distribution."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    memtypes = tmp_path / "memtypes.txt"
+    memtypes.write_text("1 mmio_dm\n")
+    config = tmp_path / "dumpd.toml"
+    config.write_text('[hook]\nname = "balloon"\ndistribution = "dumpd-balloon"\n'
+                      '[hook.options]\nfile = "/no/such/file"\n')
+    with served(tmp_path, dump.path, "-c", str(config), "--hook", "xen", "--hook-option",
+                "transport=stub", "--hook-option", f"map={memtypes}") as sock:
+        hook = info_json(sock)["hook"]
+        pid = server_pid(sock)
+        page_1 = ok("read", "0x1000", "8", "--socket", sock)
+    # pfn 1 is mmio_dm in the stub's map: served as zeros where the file has data
+    assert (hook, page_1, file_bytes(dump.path, 0x1000, 8) != bytes(8)) == ("xen", "\0" * 8,
+                                                                             True)
+    assert log_lines(tmp_path / "serve.log", pid)[0] == (
+        "WARNING: --hook xen: the configuration's [hook] options and distribution are for "
+        "hook 'balloon'; xen runs without them")
 
 
 def test_page_size_must_agree_with_vmcoreinfo(tmp_path: Path) -> None:
