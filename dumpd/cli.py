@@ -265,16 +265,17 @@ def _serve(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "hook_distribution",
                               "log_level"))}
-    # The file's [hook] options and distribution are for the file's hook: `--hook ""`
-    # (no hook) or `--hook OTHER` runs without them.
+    # The file's [hook] options and distribution are for the hook the file names, if it
+    # names one: `--hook ""` (no hook) or `--hook OTHER` runs without them.
     file_hook = config.hook
     name = file_hook.name if args.hook_name is None else args.hook_name
-    options = {**file_hook.options, **given} if name == file_hook.name else given
-    if name != file_hook.name and args.hook_distribution is None:
+    foreign = bool(file_hook.name) and name != file_hook.name
+    options = given if foreign else {**file_hook.options, **given}
+    if foreign and args.hook_distribution is None:
         flags["hook_distribution"] = ""
     config = config.with_overrides(**flags, hook_options=options)
     _log_to_stderr(config.log_level)
-    if name and name != file_hook.name and (file_hook.options or file_hook.distribution):
+    if name and foreign and (file_hook.options or file_hook.distribution):
         logging.getLogger("dumpd").warning(
             "--hook %s: the configuration's [hook] options and distribution are for hook "
             "%r; %s runs without them", name, file_hook.name, name)

@@ -129,8 +129,9 @@ class Engine:
         async with state.asking:
             try:
                 await state.caller.reload(self.config.hook_reload_timeout)
-            except DumpdError:
-                self.counters.hook_reload_failures += 1
+            except DumpdError as exc:
+                if exc.code != "ENOSYS":  # no data to reload: nothing was tried, or failed
+                    self.counters.hook_reload_failures += 1
                 raise
         self.counters.hook_reloads += 1
         if self._state is not state:  # unregistered meanwhile: its caches are gone already
