@@ -262,44 +262,50 @@ def test_the_verdict_on_a_damaged_stream_does_not_depend_on_how_it_arrives(
 # -- the dispatcher --------------------------------------------------------------------
 
 
-def test_the_dispatcher_raises_nothing_but_documented_errors(tmp_path: Path) -> None:
-    """Every method, `call` and `call_now` (and `open_stream`, `cost`), with params of
-    any shape and type, by admins and others: a result or a DumpdError with a
-    documented code, nothing else."""
+@contextlib.contextmanager
+def dispatcher_over(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, Dispatcher]]:
+    """A loop and a dispatcher over an engine on a test ELF core, closed on the way out."""
     dump = build_elf(tmp_path / "vmcore", LOADS, page_size_note=PAGE)
     loop = asyncio.new_event_loop()
     source = open_source(dump.path)
     engine = Engine(source, EngineConfig())
-    dispatcher = Dispatcher(engine, MiB, lambda: {"connections": 1})
-    outcomes: Counter[str] = Counter()
-
-    @settings(max_examples=1500, deadline=None)
-    @given(call=calls, admin=st.booleans())
-    def check(call: tuple[str, list[Any]], admin: bool) -> None:
-        method, params = call
-        peer = Peer(uid=0 if admin else 4242, admin=admin,
-                    who=f"uid {0 if admin else 4242} pid 1")
-        attempts: list[Callable[[], Any]] = [
-            lambda: loop.run_until_complete(dispatcher.call(peer, method, params)),
-            lambda: dispatcher.call_now(peer, method, params),
-            lambda: dispatcher.open_stream(params).close(),
-        ]
-        assert type(dispatcher.cost(method, params)) is int
-        for attempt in attempts:
-            try:
-                result = attempt()
-            except DumpdError as exc:
-                assert exc.code in DOCUMENTED, (method, params, exc)
-                outcomes[exc.code] += 1
-            else:
-                outcomes["ok" if result is not NOT_READY else "not ready"] += 1
-
     try:
-        check()
+        yield loop, Dispatcher(engine, MiB, lambda: {"connections": 1})
     finally:
         engine.close()
         source.close()
         loop.close()
+
+
+def test_the_dispatcher_raises_nothing_but_documented_errors(tmp_path: Path) -> None:
+    """Every method, `call` and `call_now` (and `open_stream`, `cost`), with params of
+    any shape and type, by admins and others: a result or a DumpdError with a
+    documented code, nothing else."""
+    with dispatcher_over(tmp_path) as (loop, dispatcher):
+        outcomes: Counter[str] = Counter()
+
+        @settings(max_examples=1500, deadline=None)
+        @given(call=calls, admin=st.booleans())
+        def check(call: tuple[str, list[Any]], admin: bool) -> None:
+            method, params = call
+            peer = Peer(uid=0 if admin else 4242, admin=admin,
+                        who=f"uid {0 if admin else 4242} pid 1")
+            attempts: list[Callable[[], Any]] = [
+                lambda: loop.run_until_complete(dispatcher.call(peer, method, params)),
+                lambda: dispatcher.call_now(peer, method, params),
+                lambda: dispatcher.open_stream(params).close(),
+            ]
+            assert type(dispatcher.cost(method, params)) is int
+            for attempt in attempts:
+                try:
+                    result = attempt()
+                except DumpdError as exc:
+                    assert exc.code in DOCUMENTED, (method, params, exc)
+                    outcomes[exc.code] += 1
+                else:
+                    outcomes["ok" if result is not NOT_READY else "not ready"] += 1
+
+        check()
     assert {"ok", "EINVAL", "ENOSYS", "E2BIG", "ERANGE", "EACCES"} <= set(outcomes)
 
 
@@ -319,56 +325,48 @@ def test_an_integral_float_gets_the_reply_its_int_gets_in_every_method(tmp_path:
     """Every integer param of every method (offsets, addresses, lengths, the stream
     chunk), sent as the float that holds it: the same result, the same reply reservation
     (`cost`), the same error code, as the int form."""
-    dump = build_elf(tmp_path / "vmcore", LOADS, page_size_note=PAGE)
-    loop = asyncio.new_event_loop()
-    source = open_source(dump.path)
-    engine = Engine(source, EngineConfig())
-    dispatcher = Dispatcher(engine, MiB, lambda: {"connections": 1})
-    peer = Peer(uid=0, admin=True, who="uid 0 pid 1")
-    outcomes: Counter[str] = Counter()
-    converted = [0]  # calls where some int param went as a float
+    with dispatcher_over(tmp_path) as (loop, dispatcher):
+        peer = Peer(uid=0, admin=True, who="uid 0 pid 1")
+        outcomes: Counter[str] = Counter()
+        converted = [0]  # calls where some int param went as a float
 
-    def outcome(attempt: Callable[[], Any]) -> tuple[str, Any]:
-        try:
-            result = attempt()
-        except DumpdError as exc:
-            return exc.code, None
-        return "ok", b"".join(result) if isinstance(result, BinParts) else result
+        def outcome(attempt: Callable[[], Any]) -> tuple[str, Any]:
+            try:
+                result = attempt()
+            except DumpdError as exc:
+                return exc.code, None
+            return "ok", b"".join(result) if isinstance(result, BinParts) else result
 
-    async def pieces(params: list[Any]) -> list[Any]:
-        reader = dispatcher.open_stream(params)
-        try:
-            return [piece async for batch in reader for piece in batch]
-        finally:
-            reader.close()
+        async def pieces(params: list[Any]) -> list[Any]:
+            reader = dispatcher.open_stream(params)
+            try:
+                return [piece async for batch in reader for piece in batch]
+            finally:
+                reader.close()
 
-    with_ints = st.sampled_from(["read", "read_phys", "extents", "digest", "stream"]).flatmap(
-        lambda m: st.tuples(st.just(m), plausible(m)))
+        with_ints = st.sampled_from(["read", "read_phys", "extents", "digest", "stream"]).flatmap(
+            lambda m: st.tuples(st.just(m), plausible(m)))
 
-    @settings(max_examples=300, deadline=None)
-    @given(call=with_ints)
-    def check(call: tuple[str, list[Any]]) -> None:
-        method, params = call
-        floats = as_floats(params)
-        converted[0] += packb(floats) != packb(params)
-        assert dispatcher.cost(method, floats) == dispatcher.cost(method, params)
+        @settings(max_examples=300, deadline=None)
+        @given(call=with_ints)
+        def check(call: tuple[str, list[Any]]) -> None:
+            method, params = call
+            floats = as_floats(params)
+            converted[0] += packb(floats) != packb(params)
+            assert dispatcher.cost(method, floats) == dispatcher.cost(method, params)
 
-        def replies(form: list[Any]) -> list[tuple[str, Any]]:
-            if method == "stream":
-                return [outcome(lambda: loop.run_until_complete(pieces(form)))]
-            return [outcome(lambda: loop.run_until_complete(dispatcher.call(peer, method, form))),
-                    outcome(lambda: dispatcher.call_now(peer, method, form))]
+            def replies(form: list[Any]) -> list[tuple[str, Any]]:
+                if method == "stream":
+                    return [outcome(lambda: loop.run_until_complete(pieces(form)))]
+                return [outcome(lambda: loop.run_until_complete(
+                            dispatcher.call(peer, method, form))),
+                        outcome(lambda: dispatcher.call_now(peer, method, form))]
 
-        got = replies(params)
-        assert replies(floats) == got, (method, params)
-        outcomes[got[0][0]] += 1
+            got = replies(params)
+            assert replies(floats) == got, (method, params)
+            outcomes[got[0][0]] += 1
 
-    try:
         check()
-    finally:
-        engine.close()
-        source.close()
-        loop.close()
     assert {"ok", "EINVAL", "E2BIG", "ERANGE"} <= set(outcomes)
     assert converted[0] > 200
 
