@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dumpd import DEFAULT_SOCKET, __version__
-from dumpd.errors import DumpdError, Refused, StartupError
+from dumpd.errors import DumpdError, OutputError, Refused, StartupError
 from dumpd.hooks.slot import hook_label
 from dumpd.hostport import split_host_port
 from dumpd.stdio import reopen_closed
@@ -174,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status = int(COMMANDS[args.command](args))
         return _flushed(status)  # here, where a closed pipe is still ours to handle
-    except (StartupError, DumpdError) as exc:
-        command = f"{args.command}: " if isinstance(exc, Refused) else ""
+    except (StartupError, DumpdError, OutputError) as exc:
+        command = f"{args.command}: " if isinstance(exc, Refused | OutputError) else ""
         print(f"dumpd: {command}{exc}", file=sys.stderr)
         return 2 if isinstance(exc, StartupError) else 1
     except BrokenPipeError:  # stdout's reader is gone (`| head`): stop quietly, like `cat`
@@ -371,17 +371,11 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _read(args: argparse.Namespace) -> int:
-    from dumpd.fetch.output import OutputError
-
     with _client(args) as client:
         info = client.info()
         chunk = min(READ_CHUNK, info.get("max_read", READ_CHUNK))
         method = client.read_phys if args.phys else client.read
-        try:
-            out = _open_output(args, info) if args.output else None
-        except OutputError as exc:
-            print(f"dumpd: read: {exc}", file=sys.stderr)
-            return 1
+        out = _open_output(args, info) if args.output else None
         try:
             for pos in range(args.offset, args.offset + args.length, chunk):
                 want = min(chunk, args.offset + args.length - pos)

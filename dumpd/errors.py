@@ -30,3 +30,8 @@ class StartupError(Exception):
 class Refused(StartupError):
     """A command refuses what it was asked to write to (the served dump, a file it may
     not replace); the message names the output, the CLI puts the command before it."""
+
+
+class OutputError(Exception):
+    """The OS refused an operation on what a command writes to (its output, a resume
+    state): `NAME: cannot WHAT: REASON`; the CLI puts the command before it, exit 1."""

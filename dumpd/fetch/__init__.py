@@ -37,7 +37,7 @@ from typing import Any
 from dumpd.client import Client, RemoteError
 from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch import output as out_mod
-from dumpd.fetch.output import NO_SPACE, STDOUT, Output, OutputError, Served, look, os_error
+from dumpd.fetch.output import NO_SPACE, STDOUT, Output, Served, look, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.state import SUFFIX, FetchState
 from dumpd.receiver import SinkError, StreamData, StreamError, StreamHole, StreamWritten
@@ -75,22 +75,20 @@ class _Job:
 
 
 def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) -> int:
-    """Run the copy; 0 when complete (and verified if asked), 1 when not. `connect`
-    opens a connection (TCP, TLS) when not to `request.socket`."""
+    """Run the copy; 0 when complete (and verified if asked), 1 when not (said on
+    stderr). `Refused`/`StartupError` for a request it will not carry out, `OutputError`
+    when the OS refuses the output outside the copy's writes (the CLI prints either).
+    `connect` opens a connection (TCP, TLS) when not to `request.socket`."""
     opener = connect or (lambda: Client.connect(request.socket))
     with opener() as client:
         info = client.info()
         offset, end = _plan(request, info)
         identity = _identity(client, info)
+        job = _start(request, info, identity, offset, end)
         try:
-            job = _start(request, info, identity, offset, end)
-            try:
-                return _run(client, opener, request, info, job)
-            finally:
-                job.output.close()
-        except OutputError as exc:
-            print(f"dumpd: fetch: {exc}", file=sys.stderr)
-            return 1
+            return _run(client, opener, request, info, job)
+        finally:
+            job.output.close()
 
 
 def _plan(request: FetchRequest, info: dict[str, Any]) -> tuple[int, int]:

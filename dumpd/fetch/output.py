@@ -27,16 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.bootid import boot_id
-from dumpd.errors import Refused
+from dumpd.errors import OutputError, Refused
 from dumpd.receiver import SinkError
 
 STDOUT = "-"
 STDOUT_FD = 1
 ZEROS = bytes(1 << 20)  # written for holes where the output cannot have holes
-
-
-class OutputError(Exception):
-    """The OS refused an operation on the output or its resume state."""
 
 
 def os_error(name: str, what: str, exc: OSError) -> OutputError:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dumpd.engine.ratelog import RateLimitedLog
+from dumpd.hostport import join_host_port
 from dumpd.tls import describe
 
 log = logging.getLogger("dumpd.server")
@@ -44,8 +45,7 @@ def subject(peercert: dict[str, Any]) -> str:
 def address(name: Any) -> str:
     """`HOST:PORT` of a socket address (`[HOST]:PORT` for IPv6)."""
     if isinstance(name, tuple) and len(name) >= 2:
-        host = f"[{name[0]}]" if ":" in str(name[0]) else name[0]
-        return f"{host}:{name[1]}"
+        return join_host_port(str(name[0]), name[1])
     return str(name)
 
 
