@@ -442,11 +442,9 @@ def _plugins(args: argparse.Namespace) -> int:
 
     plugins = installed_plugins()
     for plugin in plugins:
-        others = [f"{p.distribution} {p.version}" for p in plugins
-                  if p.name == plugin.name and p is not plugin]
+        others = [p.provider for p in plugins if p.name == plugin.name and p is not plugin]
         also = f"  also provided by {', '.join(others)}" if others else ""
-        print(f"{plugin.name:<12} {plugin.distribution} {plugin.version}  ({plugin.target})"
-              f"{also}")
+        print(f"{plugin.name:<12} {plugin.provider}  ({plugin.target}){also}")
     return 0
 
 

@@ -28,8 +28,13 @@ class PluginInfo:
     version: str
     target: str
 
+    @property
+    def provider(self) -> str:
+        """The distribution that provides it: `dumpd-balloon 0.1.0`."""
+        return f"{self.distribution} {self.version}"
+
     def __str__(self) -> str:
-        return f"{self.distribution} {self.version} ({self.target})"
+        return f"{self.provider} ({self.target})"
 
 
 def _normalized(distribution: str) -> str:

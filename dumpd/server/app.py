@@ -96,7 +96,7 @@ class Server:
             except HookConfigError as exc:
                 raise StartupError(f"[hook] {exc}") from exc
             self.engine.register_hook(cfg.hook.name, hook)
-            hook_shown = f"{cfg.hook.name} ({plugin.distribution} {plugin.version})"
+            hook_shown = f"{cfg.hook.name} ({plugin.provider})"
         srv = cfg.server
         dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats,
                                 srv.stream_window_mib * MiB)

@@ -217,8 +217,8 @@ class Dispatcher:
             if callable(closer):
                 closer()
             raise
-        log.info("hook %s (%s %s) registered with options %r, asked by %s", name,
-                 plugin.distribution, plugin.version, options, peer.who)
+        log.info("hook %s (%s) registered with options %r, asked by %s", name,
+                 plugin.provider, options, peer.who)
         return {"hook": name}
 
     async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
