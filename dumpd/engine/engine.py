@@ -32,12 +32,12 @@ from dumpd.engine.counters import Counters
 from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
 from dumpd.engine.pagecache import PageCache
-from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.engine.readbatch import ReadBatcher, Reads
 from dumpd.engine.verdicts import CHUNK_PFNS, NOT_RAM, RAM, UNKNOWN, Run, VerdictCache
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
+from dumpd.ratelog import RateLimitedLog
 from dumpd.sources.base import ReadError, Source
 
 MiB = 1 << 20

@@ -19,10 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dumpd.engine.counters import Counters
-from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.engine.verdicts import ERROR, RAM, code_of
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError, PfnIsRam
+from dumpd.ratelog import RateLimitedLog
 
 Answer = tuple[int, int, int]
 """`(first_pfn, end_pfn, code)` as the hook answered it."""
