@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from dumpd.engine import Engine, EngineConfig
+from dumpd.config import EngineConfig
+from dumpd.engine import Engine
 from dumpd.engine.buffers import POOLED_MIN, BufferPool, zero
 from dumpd.engine.layout import Layout
 from dumpd.engine.verdicts import CHUNK_PFNS, ERROR, NOT_RAM, RAM, UNKNOWN, VerdictCache

@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import cast
 
+from dumpd.config import EngineConfig
 from dumpd.engine.buffers import BufferPool, zero
 from dumpd.engine.counters import Counters
 from dumpd.engine.hookcall import HookCaller
@@ -42,18 +42,6 @@ from dumpd.sources.base import ReadError, Source
 
 MiB = 1 << 20
 INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Sizes and timeouts of the engine; every cache is bounded by one of these."""
-
-    cache_mib: float = 16
-    verdict_cache_kib: int = 1024
-    hook_timeout: float = 2.0
-    hook_reload_timeout: float = 60.0
-    read_threads: int = 4
-    buffer_pool_mib: int = 16
 
 
 class Flight:
