@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from dumpd.engine.verdicts import NOT_RAM, Run
+from dumpd.engine.verdicts import Run, Stored
 from dumpd.sources.base import MappedRun
 
 Piece = tuple[int, int, bool]
@@ -86,7 +86,7 @@ class Layout:
                 if not first <= pfn < stop_pfn:
                     raise AssertionError(f"no verdict for pfn {pfn:#x}")
                 stop = min(end, stop_pfn * ps - delta)
-                _append(pieces, pos, stop, code == NOT_RAM)
+                _append(pieces, pos, stop, code is Stored.NOT_RAM)
                 pos = stop
         return pieces
 
