@@ -51,7 +51,8 @@ class State:
     def known(self, ranges: list[tuple[int, int]]) -> list[Run]:
         """The verdicts at hand: all RAM with no hook, else the cache (UNKNOWN for gaps)."""
         if self.caller is None:
-            return [(first, end, Stored.RAM) for first, end in ranges]
+            ram = Stored.RAM
+            return [(first, end, ram) for first, end in ranges]
         runs: list[Run] = []
         for first, end in ranges:
             runs.extend(self.verdicts.lookup(first, end))

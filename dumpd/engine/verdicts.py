@@ -57,6 +57,7 @@ class VerdictCache:
     def lookup(self, first: int, end: int) -> list[Run]:
         """Runs covering `[first, end)`, adjacent equal codes merged; UNKNOWN where not stored."""
         runs: list[Run] = []
+        by_byte = _BY_BYTE
         for index, base, lo, hi in _chunk_spans(first, end):
             chunk = self._chunks.get(index)
             if chunk is None:
@@ -65,7 +66,7 @@ class VerdictCache:
             self._chunks.move_to_end(index)
             for match in _RUNS.finditer(chunk, lo, hi):
                 start = match.start()
-                _append(runs, base + start, base + match.end(), _BY_BYTE[chunk[start]])
+                _append(runs, base + start, base + match.end(), by_byte[chunk[start]])
         return runs
 
     def store(self, first: int, end: int, code: Stored) -> None:
