@@ -31,7 +31,7 @@ from dumpd.engine.flights import Flights
 from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
 from dumpd.engine.readbatch import ReadBatcher, Reads
-from dumpd.engine.state import Flight, MiB, State
+from dumpd.engine.state import Flight, State
 from dumpd.engine.verdicts import Stored
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
@@ -39,6 +39,7 @@ from dumpd.hooks.slot import HookSlot
 from dumpd.ratelog import RateLimitedLog
 from dumpd.sources.base import Source
 
+MiB = 1 << 20
 INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
 
 
