@@ -1,5 +1,8 @@
 """The configuration: one TOML file, flags that override it, one `load()`.
 
+A leaf: it imports only the standard library and dumpd's leaf modules, so reading the
+configuration loads no engine, server or asyncio; the engine and server read its sections.
+
 Every option has a default (see `docs/configuration.md` and `systemd/dumpd.toml`).
 Mistakes are `StartupError`s naming the file, the key and what is wrong.
 """
@@ -13,7 +16,6 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dumpd import DEFAULT_SOCKET
-from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
 from dumpd.hostport import split_host_port
 
@@ -55,6 +57,18 @@ class ServerConfig:
     stream_sendfile: bool = True
     shutdown_timeout: float = 10.0
     loop: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Sizes and timeouts of the engine; every cache is bounded by one of these."""
+
+    cache_mib: float = 16
+    verdict_cache_kib: int = 1024
+    hook_timeout: float = 2.0
+    hook_reload_timeout: float = 60.0
+    read_threads: int = 4
+    buffer_pool_mib: int = 16
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,7 @@ import pytest
 import uvloop
 
 from dumpd.client import AsyncClient
-from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
-from dumpd.engine import EngineConfig
+from dumpd.config import Config, EngineConfig, HookConfig, ServerConfig, SourceConfig
 from dumpd.server import Server
 
 

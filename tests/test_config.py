@@ -9,12 +9,12 @@ import pytest
 from dumpd.config import (
     DEFAULT_SOCKET,
     Config,
+    EngineConfig,
     HookConfig,
     ServerConfig,
     SourceConfig,
     load,
 )
-from dumpd.engine import EngineConfig
 from dumpd.errors import StartupError
 
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from dumpd.engine import Engine, EngineConfig
+from dumpd.config import EngineConfig
+from dumpd.engine import Engine
 from dumpd.engine.buffers import POOLED_MIN, BufferPool, zero
 from dumpd.engine.layout import Layout
-from dumpd.engine.verdicts import CHUNK_PFNS, ERROR, NOT_RAM, RAM, UNKNOWN, VerdictCache
+from dumpd.engine.verdicts import CHUNK_PFNS, Stored, VerdictCache
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.sources import open_source
@@ -107,59 +108,62 @@ def hook_threads(name: str) -> list[threading.Thread]:
 
 def test_verdict_cache_lookup_and_store_runs() -> None:
     cache = VerdictCache(4)
-    assert cache.lookup(10, 20) == [(10, 20, UNKNOWN)]
+    assert cache.lookup(10, 20) == [(10, 20, Stored.UNKNOWN)]
     assert len(cache) == 0  # looking up does not allocate
-    cache.store(10, 15, RAM)
-    cache.store(15, 20, RAM)
-    cache.store(20, 22, NOT_RAM)
-    cache.store(25, 26, ERROR)
-    assert cache.lookup(0, 30) == [(0, 10, UNKNOWN), (10, 20, RAM), (20, 22, NOT_RAM),
-                                   (22, 25, UNKNOWN), (25, 26, ERROR), (26, 30, UNKNOWN)]
-    assert cache.lookup(12, 13) == [(12, 13, RAM)]
+    cache.store(10, 15, Stored.RAM)
+    cache.store(15, 20, Stored.RAM)
+    cache.store(20, 22, Stored.NOT_RAM)
+    cache.store(25, 26, Stored.ERROR)
+    assert cache.lookup(0, 30) == [
+        (0, 10, Stored.UNKNOWN), (10, 20, Stored.RAM), (20, 22, Stored.NOT_RAM),
+        (22, 25, Stored.UNKNOWN), (25, 26, Stored.ERROR), (26, 30, Stored.UNKNOWN)]
+    assert cache.lookup(12, 13) == [(12, 13, Stored.RAM)]
     assert cache.lookup(30, 30) == []
-    cache.store(11, 12, NOT_RAM)  # overwrite inside a run
-    assert cache.lookup(10, 14) == [(10, 11, RAM), (11, 12, NOT_RAM), (12, 14, RAM)]
+    cache.store(11, 12, Stored.NOT_RAM)  # overwrite inside a run
+    assert cache.lookup(10, 14) == [(10, 11, Stored.RAM), (11, 12, Stored.NOT_RAM),
+                                    (12, 14, Stored.RAM)]
     assert len(cache) == 1
 
 
 def test_verdict_cache_runs_merge_across_chunks() -> None:
     cache = VerdictCache(4)
-    cache.store(CHUNK_PFNS - 5, 2 * CHUNK_PFNS + 5, NOT_RAM)
+    cache.store(CHUNK_PFNS - 5, 2 * CHUNK_PFNS + 5, Stored.NOT_RAM)
     assert len(cache) == 3
     assert cache.lookup(CHUNK_PFNS - 10, 2 * CHUNK_PFNS + 10) == [
-        (CHUNK_PFNS - 10, CHUNK_PFNS - 5, UNKNOWN),
-        (CHUNK_PFNS - 5, 2 * CHUNK_PFNS + 5, NOT_RAM),
-        (2 * CHUNK_PFNS + 5, 2 * CHUNK_PFNS + 10, UNKNOWN),
+        (CHUNK_PFNS - 10, CHUNK_PFNS - 5, Stored.UNKNOWN),
+        (CHUNK_PFNS - 5, 2 * CHUNK_PFNS + 5, Stored.NOT_RAM),
+        (2 * CHUNK_PFNS + 5, 2 * CHUNK_PFNS + 10, Stored.UNKNOWN),
     ]
     # a stored chunk's untouched pfns are unknown, not RAM
-    assert cache.lookup(CHUNK_PFNS, CHUNK_PFNS + 1) == [(CHUNK_PFNS, CHUNK_PFNS + 1, NOT_RAM)]
+    assert cache.lookup(CHUNK_PFNS, CHUNK_PFNS + 1) == [
+        (CHUNK_PFNS, CHUNK_PFNS + 1, Stored.NOT_RAM)]
     assert cache.lookup(3 * CHUNK_PFNS - 1, 3 * CHUNK_PFNS) == [
-        (3 * CHUNK_PFNS - 1, 3 * CHUNK_PFNS, UNKNOWN)]
+        (3 * CHUNK_PFNS - 1, 3 * CHUNK_PFNS, Stored.UNKNOWN)]
 
 
 def test_verdict_cache_lru_eviction_at_the_budget() -> None:
     cache = VerdictCache(2)
     c0, c1, c2 = 0, CHUNK_PFNS, 2 * CHUNK_PFNS
-    cache.store(c0, c0 + 3, RAM)
-    cache.store(c1, c1 + 3, NOT_RAM)
-    assert cache.lookup(c0, c0 + 1) == [(c0, c0 + 1, RAM)]  # chunk 0 is now the newest
-    cache.store(c2, c2 + 3, ERROR)  # evicts chunk 1, the least recently used
+    cache.store(c0, c0 + 3, Stored.RAM)
+    cache.store(c1, c1 + 3, Stored.NOT_RAM)
+    assert cache.lookup(c0, c0 + 1) == [(c0, c0 + 1, Stored.RAM)]  # chunk 0 is now the newest
+    cache.store(c2, c2 + 3, Stored.ERROR)  # evicts chunk 1, the least recently used
     assert len(cache) == 2
-    assert cache.lookup(c1, c1 + 3) == [(c1, c1 + 3, UNKNOWN)]
-    assert cache.lookup(c0, c0 + 3) == [(c0, c0 + 3, RAM)]
-    assert cache.lookup(c2, c2 + 3) == [(c2, c2 + 3, ERROR)]
-    cache.store(c1, c1 + 1, RAM)  # asked again: evicts chunk 0 (c2 was looked at last)
-    assert cache.lookup(c0, c0 + 3) == [(c0, c0 + 3, UNKNOWN)]
-    assert cache.lookup(c1, c1 + 2) == [(c1, c1 + 1, RAM), (c1 + 1, c1 + 2, UNKNOWN)]
+    assert cache.lookup(c1, c1 + 3) == [(c1, c1 + 3, Stored.UNKNOWN)]
+    assert cache.lookup(c0, c0 + 3) == [(c0, c0 + 3, Stored.RAM)]
+    assert cache.lookup(c2, c2 + 3) == [(c2, c2 + 3, Stored.ERROR)]
+    cache.store(c1, c1 + 1, Stored.RAM)  # asked again: evicts chunk 0 (c2 was looked at last)
+    assert cache.lookup(c0, c0 + 3) == [(c0, c0 + 3, Stored.UNKNOWN)]
+    assert cache.lookup(c1, c1 + 2) == [(c1, c1 + 1, Stored.RAM), (c1 + 1, c1 + 2, Stored.UNKNOWN)]
     assert len(cache) == 2
 
 
 def test_verdict_cache_keeps_at_least_one_chunk() -> None:
     cache = VerdictCache(0)
-    cache.store(0, 2 * CHUNK_PFNS, RAM)  # the second chunk pushes out the first
+    cache.store(0, 2 * CHUNK_PFNS, Stored.RAM)  # the second chunk pushes out the first
     assert len(cache) == 1
-    assert cache.lookup(0, 2 * CHUNK_PFNS) == [(0, CHUNK_PFNS, UNKNOWN),
-                                               (CHUNK_PFNS, 2 * CHUNK_PFNS, RAM)]
+    assert cache.lookup(0, 2 * CHUNK_PFNS) == [(0, CHUNK_PFNS, Stored.UNKNOWN),
+                                               (CHUNK_PFNS, 2 * CHUNK_PFNS, Stored.RAM)]
 
 
 # -- Layout ----------------------------------------------------------------------------
@@ -188,18 +192,19 @@ def test_layout_pfn_ranges_synthetic() -> None:
 
 def test_layout_classify_synthetic() -> None:
     layout = Layout(SYNTHETIC, PAGE)
-    verdicts = [(1, 2, RAM), (2, 3, NOT_RAM), (3, 4, ERROR), (16, 17, NOT_RAM)]
+    verdicts = [(1, 2, Stored.RAM), (2, 3, Stored.NOT_RAM), (3, 4, Stored.ERROR),
+                (16, 17, Stored.NOT_RAM)]
     assert layout.classify(0, 0x3300, verdicts) == [
         (0, 0x900, False), (0x900, 0x1900, True), (0x1900, 0x3200, False),
         (0x3200, 0x3300, True)]
     assert layout.classify(0x1000, 0x1080, verdicts) == [(0x1000, 0x1080, True)]
     assert layout.classify(0x80, 0x120, verdicts) == [(0x80, 0x120, False)]
     # one NOT_RAM run over everything: metadata between the runs stays data
-    assert layout.classify(0, 0x3300, [(1, 17, NOT_RAM)]) == [
+    assert layout.classify(0, 0x3300, [(1, 17, Stored.NOT_RAM)]) == [
         (0, 0x100, False), (0x100, 0x2100, True), (0x2100, 0x2200, False),
         (0x2200, 0x3300, True)]
     with pytest.raises(AssertionError, match="no verdict for pfn 0x10"):
-        layout.classify(0, 0x3300, [(1, 4, RAM)])
+        layout.classify(0, 0x3300, [(1, 4, Stored.RAM)])
 
 
 def test_layout_on_an_elf_with_unaligned_segments(tmp_path: Path) -> None:
@@ -217,7 +222,8 @@ def test_layout_on_an_elf_with_unaligned_segments(tmp_path: Path) -> None:
     assert layout.pfn_ranges(0, 440) == []
     assert layout.pfn_ranges(439, 441) == [(1, 2)]
     assert layout.pfn_ranges(36093, 36097) == [(64, 65)]
-    verdicts = [(32, 33, RAM), (33, 34, NOT_RAM), (34, 35, RAM), (64, 65, NOT_RAM)]
+    verdicts = [(32, 33, Stored.RAM), (33, 34, Stored.NOT_RAM), (34, 35, Stored.RAM),
+                (64, 65, Stored.NOT_RAM)]
     assert layout.classify(27064, 36100, verdicts) == [
         (27064, 30869, False), (30869, 34965, True), (34965, 36096, False),
         (36096, 36100, True)]

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from dumpd.client import Client, RemoteError
-from dumpd.engine import EngineConfig
+from dumpd.config import EngineConfig
 from dumpd.protocol import encode_request
 from dumpd.receiver import StreamData, StreamError
 from tests.conftest import Figures, client_of, memory, reset_peak, serving, until

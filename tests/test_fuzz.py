@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dumpd.client import Client
-from dumpd.config import Config, ServerConfig, SourceConfig
-from dumpd.engine import Engine, EngineConfig
+from dumpd.config import Config, EngineConfig, ServerConfig, SourceConfig
+from dumpd.engine import Engine
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,

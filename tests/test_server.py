@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 from dumpd.client import AsyncClient, RemoteError
-from dumpd.engine import EngineConfig
+from dumpd.config import EngineConfig
 from dumpd.errors import StartupError
 from dumpd.protocol import (
     FrameDecoder,

@@ -133,13 +133,9 @@ def test_elf64_vmcore_with_notes_and_hole(tmp_path: Path) -> None:
         assert read_phys(src, 0x0, 0x9F000) == pattern(0x0, 0x9F000)
         assert read_phys(src, 0x100000, 0x300000) == pattern(0x100000, 0x300000)
         assert_reads_match_file(src, path)
-        assert src.describe() == {
-            "kind": "elf",
-            "path": str(path),
-            "size": 0x3A0000,
-            "page_size": 4096,
-            "segments": [[0x0, 0x1000, 0x9F000, 0x9F000], [0x100000, 0xA0000, 0x300000, 0x300000]],
-        }
+        assert (src.kind, src.path, src.size, src.page_size) == ("elf", str(path), 0x3A0000, 4096)
+        assert src.segments == (Segment(0x0, 0x1000, 0x9F000, 0x9F000),
+                                Segment(0x100000, 0xA0000, 0x300000, 0x300000))
 
 
 @pytest.mark.parametrize("elf_class", [32, 64])

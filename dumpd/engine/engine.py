@@ -8,12 +8,11 @@ Design rules:
 - Non-RAM bytes are never read; a miss over many pages goes to the source as
   few large contiguous reads, split only where non-RAM runs interrupt it, all in
   one hop to a worker thread. Cached work is done inline on the loop.
-- All per-registration state (verdicts, pages, flights) lives in one `_State`;
-  a change of the hook slot starts a new one, and a read in progress finishes
-  with the state (and verdicts) it started with.
-- A page the source cannot read fails only the reads that want it: a failed read
-  over many pages is tried again page by page, the error names the failing pages,
-  and they are never cached.
+- All per-registration state (verdicts, pages, flights) lives in one `State`
+  (engine/state.py); a change of the hook slot starts a new one, and a read in
+  progress finishes with the state (and verdicts) it started with.
+- Pages neither cached nor in flight are read by new flights (engine/flights.py);
+  a page the source cannot read fails only the reads that want it, and is never cached.
 - Reads longer than a quarter of the page cache do not fill it (a bulk copy
   would only evict the pages a debugger keeps coming back to). Non-RAM pages
   are cached as references to one shared zero page.
@@ -21,67 +20,27 @@ Design rules:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import cast
 
-from dumpd.engine.buffers import BufferPool, zero
+from dumpd.config import EngineConfig
+from dumpd.engine.buffers import BufferPool
 from dumpd.engine.counters import Counters
+from dumpd.engine.flights import Flights
 from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
-from dumpd.engine.pagecache import PageCache
-from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.engine.readbatch import ReadBatcher, Reads
-from dumpd.engine.verdicts import CHUNK_PFNS, NOT_RAM, RAM, UNKNOWN, Run, VerdictCache
+from dumpd.engine.state import Flight, State
+from dumpd.engine.verdicts import Stored
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
-from dumpd.sources.base import ReadError, Source
+from dumpd.ratelog import RateLimitedLog
+from dumpd.sources.base import Source
 
 MiB = 1 << 20
 INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    """Sizes and timeouts of the engine; every cache is bounded by one of these."""
-
-    cache_mib: float = 16
-    verdict_cache_kib: int = 1024
-    hook_timeout: float = 2.0
-    hook_reload_timeout: float = 60.0
-    read_threads: int = 4
-    buffer_pool_mib: int = 16
-
-
-class Flight:
-    """One batched read of `count` pages from `first`; waiters share its result.
-    `failed`: the pages the source could not read, and why (the others are good)."""
-
-    __slots__ = ("buffer", "count", "failed", "first", "task", "zero")
-
-    def __init__(self, first: int, count: int) -> None:
-        self.first = first
-        self.count = count
-        self.buffer: memoryview | None = None
-        self.zero: list[bool] = []
-        self.failed: dict[int, DumpdError] = {}
-        self.task: asyncio.Future[None] | None = None
-
-
-class _State:
-    """Everything that holds only while one hook registration stands."""
-
-    def __init__(self, generation: int, caller: HookCaller | None, config: EngineConfig,
-                 page_size: int) -> None:
-        self.generation = generation
-        self.caller = caller
-        self.verdicts = VerdictCache(config.verdict_cache_kib * 1024 // CHUNK_PFNS)
-        self.pages = PageCache(int(config.cache_mib * MiB) // page_size)
-        self.flights: dict[int, Flight] = {}
-        self.asking = asyncio.Lock()
 
 
 class Engine:
@@ -96,9 +55,11 @@ class Engine:
         self.counters = Counters()
         self._ratelog = RateLimitedLog(logging.getLogger("dumpd.hook"))
         self._reader = ReadBatcher(source, self.config.read_threads, self.counters)
-        self._state = _State(0, None, self.config, self.page_size)
+        self._state = State(0, None, self.config, self.page_size)
         self._zero_page = bytes(self.page_size)
-        self._buffers = BufferPool(self.config.buffer_pool_mib * MiB)
+        self._flights = Flights(source, self.layout, self.slot, self.counters, self._reader,
+                                BufferPool(self.config.buffer_pool_mib * MiB), self._zero_page,
+                                self._read_cached, self._count_reads)
 
     # -- hook slot -------------------------------------------------------------
 
@@ -112,7 +73,7 @@ class Engine:
         The engine logs no changes of the slot: whoever asked for one does, naming who."""
         registration = self.slot.register(name, hook)
         caller = HookCaller(name, hook, self.config.hook_timeout, self.counters, self._ratelog)
-        self._state = _State(registration.generation, caller, self.config, self.page_size)
+        self._state = State(registration.generation, caller, self.config, self.page_size)
 
     async def reload_hook(self) -> int:
         """Have the hook reload its data, then drop cached verdicts and pages.
@@ -137,7 +98,7 @@ class Engine:
         if self._state is not state:  # unregistered meanwhile: its caches are gone already
             return self.slot.generation
         registration = self.slot.reloaded()
-        self._state = _State(registration.generation, state.caller, self.config, self.page_size)
+        self._state = State(registration.generation, state.caller, self.config, self.page_size)
         return registration.generation
 
     def unregister_hook(self) -> str | None:
@@ -146,7 +107,7 @@ class Engine:
         if previous is None:
             return None
         old = self._state
-        self._state = _State(self.slot.generation, None, self.config, self.page_size)
+        self._state = State(self.slot.generation, None, self.config, self.page_size)
         if old.caller is not None:
             old.caller.close()
         return previous.name
@@ -198,7 +159,7 @@ class Engine:
         self.counters.bytes_served += end - offset
         return page[offset - first * ps : end - first * ps]
 
-    def _load_now(self, state: _State, index: int) -> bytes | None:
+    def _load_now(self, state: State, index: int) -> bytes | None:
         """Page `index` into the cache without waiting, or None if that would need the
         hook, a worker thread or another request's flight."""
         if index in state.flights:
@@ -218,8 +179,8 @@ class Engine:
             page = bytes(view)
             state.pages.put(index, page)
             return page
-        verdicts = self._known(state, self.layout.pfn_ranges(lo, hi))
-        if any(code == UNKNOWN for _, _, code in verdicts):
+        verdicts = state.known(self.layout.pfn_ranges(lo, hi))
+        if any(code is Stored.UNKNOWN for _, _, code in verdicts):
             return None
         buffer = bytearray(hi - lo)
         view = memoryview(buffer)
@@ -237,7 +198,7 @@ class Engine:
         state.pages.put(index, page)
         return page
 
-    def _read_whole(self, state: _State, lo: int, hi: int) -> bool:
+    def _read_whole(self, state: State, lo: int, hi: int) -> bool:
         """Whether file bytes `[lo, hi)` lie in one run of the file map and are all read
         from the source by the verdicts at hand (RAM or error; not NOT_RAM, not unknown)."""
         run = self.layout.run_holding(lo, hi)
@@ -248,7 +209,7 @@ class Engine:
         ps = self.page_size
         paddr = run.paddr + (lo - run.file_start)
         verdicts = state.verdicts.lookup(paddr // ps, (paddr + hi - lo - 1) // ps + 1)
-        return all(code not in (NOT_RAM, UNKNOWN) for _, _, code in verdicts)
+        return all(code is Stored.RAM or code is Stored.ERROR for _, _, code in verdicts)
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""
@@ -270,7 +231,7 @@ class Engine:
         ones in one batch (a stream does this well ahead of its reads)."""
         lo, hi = offset, min(self.source.size, offset + length)
         if lo < hi:
-            await self._verdicts(self._state, self.layout.pfn_ranges(lo, hi))
+            await self._state.verdicts_of(self.layout.pfn_ranges(lo, hi))
 
     async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """`(offset, length, "data" | "zero")` runs of the file view; zero = non-RAM pages."""
@@ -278,7 +239,7 @@ class Engine:
         if lo >= hi:
             return []
         state = self._state
-        verdicts = await self._verdicts(state, self.layout.pfn_ranges(lo, hi))
+        verdicts = await state.verdicts_of(self.layout.pfn_ranges(lo, hi))
         return [
             (start, end - start, "zero" if is_zero else "data")
             for start, end, is_zero in self.layout.classify(lo, hi, verdicts)
@@ -300,7 +261,7 @@ class Engine:
             spans[0] = spans[0][offset - first * ps :]
         return [_unpinned(span) for span in spans]
 
-    async def _spans(self, state: _State, first: int, stop: int, cache: bool
+    async def _spans(self, state: State, first: int, stop: int, cache: bool
                      ) -> list[bytes | memoryview]:
         """Pages `[first, stop)` as a few buffers: cached pages, and one slice per flight."""
         # Runs of the range: a cached page (bytes), a flight in progress, or a gap
@@ -334,127 +295,15 @@ class Engine:
         if gaps:
             counters.cache_misses += sum(count for _, count in gaps)
             cache = cache and stop - first <= pages.capacity // 4
-            new = iter(self._start_flights(state, gaps, cache))
+            new = iter(self._flights.start(state, gaps, cache))
         spans: list[bytes | memoryview] = []
         for run in runs:
             if isinstance(run, bytes):
                 spans.append(run)
             else:
-                spans.append(await self._span(next(new) if isinstance(run, tuple) else run,
-                                              first, stop))
+                spans.append(await self._flights.land(next(new) if isinstance(run, tuple) else run,
+                                                      first, stop))
         return spans
-
-    async def _span(self, flight: Flight, first: int, stop: int) -> bytes | memoryview:
-        """The part of `flight` inside pages `[first, stop)`, once it has landed."""
-        assert flight.task is not None
-        await asyncio.shield(flight.task)
-        ps = self.page_size
-        lo = max(first, flight.first) - flight.first
-        hi = min(stop, flight.first + flight.count) - flight.first
-        self.counters.zero_pages_served += flight.zero[lo:hi].count(True)
-        stop_byte = min(self.source.size - flight.first * ps, hi * ps)
-        if flight.failed:
-            self._raise_failed(flight, flight.first + lo, flight.first + hi)
-        if flight.buffer is not None:
-            return flight.buffer[lo * ps : stop_byte]
-        return bytes(stop_byte - lo * ps)
-
-    def _raise_failed(self, flight: Flight, first: int, stop: int) -> None:
-        """EIO for the first run of failed pages among pages `[first, stop)`, if any,
-        naming those whole pages."""
-        bad = [index for index in range(first, stop) if index in flight.failed]
-        if not bad:
-            return
-        end = bad[0] + 1
-        while end < stop and end in flight.failed:
-            end += 1
-        error = flight.failed[bad[0]]
-        if not isinstance(error, ReadError):
-            raise DumpdError(error.code, error.message)
-        ps = self.page_size
-        lo, hi = bad[0] * ps, min(self.source.size, end * ps)
-        raise ReadError(lo, hi - lo, error.reason)
-
-    def _page_len(self, index: int) -> int:
-        return min(self.page_size, self.source.size - index * self.page_size)
-
-    def _start_flights(self, state: _State, gaps: list[tuple[int, int]], cache: bool
-                       ) -> list[Flight]:
-        flights = [Flight(start, count) for start, count in gaps]
-        for flight in flights:
-            state.flights.update(dict.fromkeys(range(flight.first, flight.first + flight.count),
-                                               flight))
-        task = asyncio.ensure_future(self._fly(state, flights, cache))
-        task.add_done_callback(_consume_exception)
-        for flight in flights:
-            flight.task = task
-        return flights
-
-    async def _fly(self, state: _State, flights: list[Flight], cache: bool) -> None:
-        """Ask verdicts, then read every non-zero piece of `flights` in one worker hop."""
-        ps = self.page_size
-        size = self.source.size
-        try:
-            ranges: list[tuple[int, int]] = []
-            for flight in flights:
-                ranges.extend(self.layout.pfn_ranges(flight.first * ps,
-                                                     min(size, (flight.first + flight.count) * ps)))
-            verdicts = await self._verdicts(state, _merge(ranges))
-            reads: Reads = []
-            for flight in flights:
-                lo = flight.first * ps
-                hi = min(size, lo + flight.count * ps)
-                pieces = self.layout.classify(lo, hi, verdicts)
-                flight.zero = _zero_pages(pieces, flight.first, flight.count, ps)
-                if all(flight.zero):
-                    continue
-                view, zeroed = self._buffers.take(hi - lo)
-                flight.buffer = view
-                for start, end, is_zero in pieces:
-                    if not is_zero:
-                        reads.append((start, view[start - lo : end - lo]))
-                    elif not zeroed:
-                        zero(view, start - lo, end - lo)
-            if reads:
-                await self._read_flights(flights, reads)
-            for flight in flights:
-                self.counters.source_pages_read += flight.zero.count(False) - len(flight.failed)
-                if cache and state.generation == self.slot.generation:
-                    self._cache_flight(state, flight)
-        finally:
-            for flight in flights:
-                for index in range(flight.first, flight.first + flight.count):
-                    if state.flights.get(index) is flight:
-                        del state.flights[index]
-
-    async def _read_flights(self, flights: list[Flight], reads: Reads) -> None:
-        """Do the flights' reads. Where the source fails (EIO), only the pages that fail
-        are marked in their flight: a reader that shares the flight but not those pages
-        gets its bytes, and an error names exactly the pages it could not have."""
-        try:
-            rest = self._read_cached(reads)
-            if rest:
-                await self._reader.read(rest)
-            self._count_reads(reads, inline=len(reads) - len(rest))
-            return
-        except DumpdError as exc:
-            if exc.code != "EIO":
-                raise
-            failure = exc
-        pages = _by_page(reads, self.page_size)
-        outcomes: list[BaseException | None] = [failure]
-        if len(pages) > 1:  # which pages failed: each read again on its own, in one hop
-            outcomes = await asyncio.gather(*(self._reader.read([page]) for page in pages),
-                                            return_exceptions=True)
-            self._count_reads([page for page, out in zip(pages, outcomes, strict=True)
-                               if out is None], inline=0)
-        for (offset, _), outcome in zip(pages, outcomes, strict=True):
-            if isinstance(outcome, DumpdError):
-                index = offset // self.page_size
-                flight = next(f for f in flights if f.first <= index < f.first + f.count)
-                flight.failed.setdefault(index, outcome)
-            elif outcome is not None:
-                raise outcome
 
     def _read_cached(self, reads: Reads) -> Reads:
         """Do small reads inline when the OS page cache holds them (microseconds, where
@@ -490,89 +339,11 @@ class Engine:
         """`length` zero bytes; a whole page is the one shared zero page."""
         return self._zero_page if length == self.page_size else bytes(length)
 
-    def _cache_flight(self, state: _State, flight: Flight) -> None:
-        """Cache the flight's pages; non-RAM pages all share one zero page (no memory)."""
-        ps = self.page_size
-        view = flight.buffer
-        for k, is_zero in enumerate(flight.zero):
-            index = flight.first + k
-            if index in flight.failed:
-                continue
-            length = self._page_len(index)
-            if is_zero or view is None:
-                state.pages.put(index, self._zeros(length))
-            else:
-                state.pages.put(index, bytes(view[k * ps : k * ps + length]))
-
-    async def _verdicts(self, state: _State, ranges: list[tuple[int, int]]) -> list[Run]:
-        """Sorted verdict runs covering `ranges` (sorted, disjoint), asking the hook for gaps.
-
-        Asks are serialized per registration (the hook has one thread anyway), and the
-        cache is looked at again once it is our turn, so concurrent readers of the same
-        pfns never ask the hook twice.
-        """
-        runs = self._known(state, ranges)
-        if state.caller is None or not any(code == UNKNOWN for _, _, code in runs):
-            return runs
-        async with state.asking:
-            runs = self._known(state, ranges)
-            unknown = [(first, end) for first, end, code in runs if code == UNKNOWN]
-            if not unknown:
-                return runs
-            answers = await state.caller.ask(unknown)
-        for first, end, code in answers:
-            state.verdicts.store(first, end, code)
-        return sorted([run for run in runs if run[2] != UNKNOWN] + answers)
-
-    @staticmethod
-    def _known(state: _State, ranges: list[tuple[int, int]]) -> list[Run]:
-        """The verdicts at hand: all RAM with no hook, else the cache (UNKNOWN for gaps)."""
-        if state.caller is None:
-            return [(first, end, RAM) for first, end in ranges]
-        runs: list[Run] = []
-        for first, end in ranges:
-            runs.extend(state.verdicts.lookup(first, end))
-        return runs
-
     def close(self) -> None:
         """Release threads and the hook; the source is closed by whoever opened it."""
         if self._state.caller is not None:
             self._state.caller.close()
         self._reader.close()
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for first, end in sorted(ranges):
-        if merged and first <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
-        else:
-            merged.append((first, end))
-    return merged
-
-
-def _zero_pages(pieces: Sequence[tuple[int, int, bool]], first: int, count: int,
-                ps: int) -> list[bool]:
-    """Per page of the flight: True when no byte of it is read from the source."""
-    zero = [True] * count
-    base = first * ps
-    for start, end, is_zero in pieces:
-        if not is_zero:
-            lo, hi = (start - base) // ps, (end - 1 - base) // ps + 1
-            zero[lo:hi] = [False] * (hi - lo)
-    return zero
-
-
-def _by_page(reads: Reads, ps: int) -> Reads:
-    """`reads` cut at page boundaries: one read per page (or part of one)."""
-    pieces: Reads = []
-    for offset, view in reads:
-        pos = 0
-        while pos < len(view):
-            stop = min(len(view), (offset + pos) // ps * ps + ps - offset)
-            pieces.append((offset + pos, view[pos:stop]))
-            pos = stop
-    return pieces
 
 
 def _unpinned(span: bytes | memoryview) -> bytes | memoryview:
@@ -581,9 +352,4 @@ def _unpinned(span: bytes | memoryview) -> bytes | memoryview:
     if isinstance(span, memoryview) and 2 * len(span) < len(cast(bytearray, span.obj)):
         return bytes(span)
     return span
-
-
-def _consume_exception(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()
 

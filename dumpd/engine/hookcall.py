@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dumpd.engine.counters import Counters
-from dumpd.engine.ratelog import RateLimitedLog
-from dumpd.engine.verdicts import ERROR, RAM, code_of
+from dumpd.engine.verdicts import Stored, code_of
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError, PfnIsRam
+from dumpd.ratelog import RateLimitedLog
 
-Answer = tuple[int, int, int]
+Answer = tuple[int, int, Stored]
 """`(first_pfn, end_pfn, code)` as the hook answered it."""
 
 
@@ -61,7 +61,7 @@ class HookCaller:
     async def ask(self, ranges: list[tuple[int, int]]) -> list[Answer]:
         """Verdict runs for each `[first, end)` pfn range, in order, covering them exactly."""
         if self._closed:  # unregistered before this read got to ask: every pfn is RAM now
-            return [(first, end, RAM) for first, end in ranges]
+            return [(first, end, Stored.RAM) for first, end in ranges]
         if self._stuck:  # do not queue behind a hung call: answer errors (read) at once
             self._counters.hook_stuck_asks += 1
             return self._error_rest(ranges, [], "is still stuck in an earlier call")
@@ -118,7 +118,7 @@ class HookCaller:
         # Answers come in order over sorted, disjoint ranges, so they cover a prefix.
         answered = answers[-1][1] if answers else -1
         rest = [
-            (max(first, answered), end, ERROR) for first, end in ranges if end > answered
+            (max(first, answered), end, Stored.ERROR) for first, end in ranges if end > answered
         ]
         pfns = sum(end - first for first, end, _ in rest)
         self._ratelog.warning(
@@ -179,21 +179,21 @@ class HookCaller:
             answers.append((pos, end, self._failed(exc, pos, end - pos)))
         self._record(batch, answers, end - first)
 
-    def _judge(self, verdict: object, elapsed: float, pfn: int, count: int) -> int:
+    def _judge(self, verdict: object, elapsed: float, pfn: int, count: int) -> Stored:
         if type(verdict) is not int:
             self._counters.hook_bad_results += 1
             self._ratelog.warning(
                 "bad", f"hook {self.name!r} returned {type(verdict).__name__} for pfn {pfn:#x}"
             )
-            return ERROR
+            return Stored.ERROR
         if elapsed > self._timeout:
             self._count_timeout()
             self._ratelog.warning(
                 "slow", f"hook {self.name!r} took {elapsed:.3f}s for pfn {pfn:#x}+{count}"
             )
-            return ERROR
+            return Stored.ERROR
         code = code_of(verdict)
-        if code == ERROR:
+        if code is Stored.ERROR:
             self._counters.hook_errors += count
         return code
 
@@ -203,12 +203,12 @@ class HookCaller:
         with self._timeouts_lock:
             self._counters.hook_timeouts += 1
 
-    def _failed(self, exc: Exception, pfn: int, count: int) -> int:
+    def _failed(self, exc: Exception, pfn: int, count: int) -> Stored:
         self._counters.hook_exceptions += 1
         self._ratelog.warning(
             "raise", f"hook {self.name!r} raised {type(exc).__name__}: {exc} (pfn {pfn:#x})"
         )
-        return ERROR
+        return Stored.ERROR
 
     def _record(self, batch: _Batch, answers: list[Answer], pfns: int) -> bool:
         with batch.lock:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from dumpd.engine.verdicts import NOT_RAM, Run
+from dumpd.engine.verdicts import Run, Stored
 from dumpd.sources.base import MappedRun
 
 Piece = tuple[int, int, bool]
@@ -71,6 +71,7 @@ class Layout:
         `verdicts` are sorted runs covering at least `pfn_ranges(lo, hi)`.
         """
         ps = self.page_size
+        not_ram = Stored.NOT_RAM  # looked up once: a class attribute costs per run
         starts = [run[0] for run in verdicts]
         pieces: list[Piece] = []
         for start, end, paddr in self._runs(lo, hi):
@@ -86,7 +87,7 @@ class Layout:
                 if not first <= pfn < stop_pfn:
                     raise AssertionError(f"no verdict for pfn {pfn:#x}")
                 stop = min(end, stop_pfn * ps - delta)
-                _append(pieces, pos, stop, code == NOT_RAM)
+                _append(pieces, pos, stop, code is not_ram)
                 pos = stop
         return pieces
 

@@ -9,28 +9,39 @@ chunk while it is the most recent one, so it still asks each pfn once.
 
 from __future__ import annotations
 
+import enum
 import re
 from collections import OrderedDict
 from collections.abc import Iterator
 
-UNKNOWN = 0
-RAM = 1
-NOT_RAM = 2
-ERROR = 3
+
+class Stored(enum.Enum):
+    """A pfn's verdict as the cache keeps it, one byte (`value`) per pfn.
+
+    Not an int on purpose: a hook's verdicts (`hooks.contract.RAM` and so on) are ints
+    with other values, and mypy refuses to mix the two (in a call or a comparison).
+    """
+
+    UNKNOWN = 0  # not asked yet, or its chunk was dropped
+    RAM = 1
+    NOT_RAM = 2
+    ERROR = 3
+
 
 CHUNK_SHIFT = 12
 CHUNK_PFNS = 1 << CHUNK_SHIFT
-_RUNS = re.compile(rb"\x00+|\x01+|\x02+|\x03+")
+_RUNS = re.compile(b"|".join(re.escape(bytes([code.value])) + b"+" for code in Stored))
+_BY_BYTE = tuple(Stored)  # a stored byte -> its code by index, as the values are 0, 1, 2...
 
-Run = tuple[int, int, int]
+Run = tuple[int, int, Stored]
 """`(first_pfn, end_pfn, code)`: pfns `[first_pfn, end_pfn)` share `code`."""
 
 
-def code_of(verdict: int) -> int:
+def code_of(verdict: int) -> Stored:
     """Map a hook's verdict (> 0, 0, < 0) to a stored code."""
     if verdict > 0:
-        return RAM
-    return NOT_RAM if verdict == 0 else ERROR
+        return Stored.RAM
+    return Stored.NOT_RAM if verdict == 0 else Stored.ERROR
 
 
 class VerdictCache:
@@ -46,19 +57,21 @@ class VerdictCache:
     def lookup(self, first: int, end: int) -> list[Run]:
         """Runs covering `[first, end)`, adjacent equal codes merged; UNKNOWN where not stored."""
         runs: list[Run] = []
+        by_byte = _BY_BYTE
         for index, base, lo, hi in _chunk_spans(first, end):
             chunk = self._chunks.get(index)
             if chunk is None:
-                _append(runs, base + lo, base + hi, UNKNOWN)
+                _append(runs, base + lo, base + hi, Stored.UNKNOWN)
                 continue
             self._chunks.move_to_end(index)
             for match in _RUNS.finditer(chunk, lo, hi):
-                _append(runs, base + match.start(), base + match.end(), chunk[match.start()])
+                start = match.start()
+                _append(runs, base + start, base + match.end(), by_byte[chunk[start]])
         return runs
 
-    def store(self, first: int, end: int, code: int) -> None:
+    def store(self, first: int, end: int, code: Stored) -> None:
         """Remember `code` for `[first, end)`, evicting the oldest chunks beyond the budget."""
-        value = bytes([code])
+        value = bytes([code.value])
         for index, _, lo, hi in _chunk_spans(first, end):
             chunk = self._chunks.get(index)
             if chunk is None:
@@ -81,7 +94,7 @@ def _chunk_spans(first: int, end: int) -> Iterator[tuple[int, int, int, int]]:
         pfn = stop
 
 
-def _append(runs: list[Run], first: int, end: int, code: int) -> None:
+def _append(runs: list[Run], first: int, end: int, code: Stored) -> None:
     if runs and runs[-1][1] == first and runs[-1][2] == code:
         runs[-1] = (runs[-1][0], end, code)
     else:

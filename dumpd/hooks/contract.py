@@ -21,7 +21,7 @@ They run on the same thread as the verdict calls.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 ENTRY_POINT_GROUP = "dumpd.pfn_is_ram"
@@ -78,8 +78,3 @@ class Closable(Protocol):
 
     def close(self) -> None: ...
 
-
-class HookFactory(Protocol):
-    """What an entry point in `dumpd.pfn_is_ram` loads to."""
-
-    def __call__(self, options: Mapping[str, object]) -> PfnIsRam: ...

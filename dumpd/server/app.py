@@ -18,11 +18,11 @@ from typing import Any
 
 from dumpd.config import Config
 from dumpd.engine import Engine
-from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_plugin
 from dumpd.hooks.slot import hook_label
+from dumpd.ratelog import RateLimitedLog
 from dumpd.server.connection import ConnectionLimits, RpcConnection, Shared
 from dumpd.server.dispatch import Dispatcher, Peer, reload_hook
 from dumpd.server.listeners import (

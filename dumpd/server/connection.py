@@ -44,7 +44,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 from dumpd.engine.bulk import Data, Hole, Piece, Span
-from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -61,6 +60,7 @@ from dumpd.protocol import (
     encode_notification,
     encode_response,
 )
+from dumpd.ratelog import RateLimitedLog
 from dumpd.server.budget import ByteBudget
 from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
 from dumpd.server.zerocopy import Item, SendTimeout, SocketWriter, SpanFrame

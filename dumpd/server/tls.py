@@ -23,8 +23,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from dumpd.engine.ratelog import RateLimitedLog
 from dumpd.hostport import join_host_port
+from dumpd.ratelog import RateLimitedLog
 from dumpd.tls import describe
 
 log = logging.getLogger("dumpd.server")

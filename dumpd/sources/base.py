@@ -216,18 +216,6 @@ class Source:
             i += 1
         return pieces
 
-    def describe(self) -> dict[str, object]:
-        """What `info` reports about the source."""
-        return {
-            "kind": self.kind,
-            "path": self.path,
-            "size": self.size,
-            "page_size": self.page_size,
-            "segments": [
-                [s.paddr, s.file_offset, s.filesz, s.memsz] for s in self.segments
-            ],
-        }
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
