@@ -1,9 +1,9 @@
-"""The conformance kit for is-RAM hook plugins.
+"""The conformance kit for is-RAM hook plugins (`from dumpd.testing import ...`).
 
 Point it at an installed entry point name and the options a configuration would
 give it. Two ways to use it:
 
-- in a plugin's pytest suite, subclass `HookConformance` (the way fsspec ships
+- in a plugin's pytest suite, subclass `dumpd.testing.HookConformance` (the way fsspec ships
   an abstract test suite for its backends) and provide a `hook_options` fixture:
 
       class TestMyHook(HookConformance):
