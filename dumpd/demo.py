@@ -32,8 +32,6 @@ from dumpd.testing.guest import PAGE, Guest, MiB, check_guest, distinct_pfns, ma
 
 DEBUG_PAGES = 16
 COPY_CHUNK = 8 * MiB
-
-
 DEMO_FILES = ("vmcore", "balloon.txt")
 
 
@@ -87,21 +85,20 @@ def _run_in(workdir: str, guest: Guest) -> int:
     layout = Layout(build_file_map(core.segments, core.size), PAGE)
     # The PT_LOADs in the order of the guest's loads: where its high RAM went in the file.
     high = core.segments[guest.loads.index(guest.ram_above_crash)]
-    runs = {}
+    runs, expects = {}, {}
     for name, options in (("none", {}), ("balloon", {"file": balloon_file})):
         config = Config(
             source=SourceConfig(path=vmcore),
             server=ServerConfig(socket=os.path.join(workdir, "dumpd.sock")),
             hook=HookConfig(name=name, options=options),
         )
-        expect = _Expected(vmcore, guest, layout, zeroed=name == "balloon")
+        expect = expects[name] = _Expected(vmcore, guest, layout, zeroed=name == "balloon")
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
             runs[name] = runner.run(_exercise(config, guest, expect, high, core.size))
     _report(runs, guest, core.size, distinct_pfns(core.segments))
     ok = True
     for name, run in runs.items():
-        zeroed = name == "balloon"
-        expect = _Expected(vmcore, guest, layout, zeroed)
+        zeroed, expect = name == "balloon", expects[name]
         ok_copy = run.digest == expect.digest(core.size)
         want_bytes = core.size - expect.zero_bytes(core.size) if zeroed else core.size
         ok_reads = run.stats["source_bytes_read"] == want_bytes
