@@ -46,7 +46,7 @@ from bench.common import (
 )
 from dumpd.client import Client
 from dumpd.receiver import StreamData
-from dumpd.sources.elfwriter import Fill, LoadSpec, vmcoreinfo_note, write_elf_core
+from dumpd.testing.elfwriter import Fill, LoadSpec, vmcoreinfo_note, write_elf_core
 
 TITLE = "Bulk throughput: `dumpd fetch` and `stream` beside `cp` and `cat`"
 SIZE, QUICK_SIZE = 1024 * MiB, 64 * MiB

@@ -30,7 +30,7 @@ from dumpd.client import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.runner import loop_factory
 from dumpd.server import Server
-from dumpd.testing import created, measure
+from dumpd.testing.conformance import created, measure
 
 PAGE = 4096
 MiB = 1 << 20

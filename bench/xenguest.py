@@ -3,7 +3,7 @@
 
 A simulated HVM guest of 512 MiB whose crash kernel reserved 128 MiB (no PT_LOAD
 covers it), as an ELF vmcore, with 25% and then 50% of its other pages ballooned (runs
-of pages, as a balloon driver frees them; `dumpd.demo.make_guest`, fixed seed). Reading
+of pages, as a balloon driver frees them; `dumpd.testing.guest.make_guest`, fixed seed). Reading
 a ballooned page is slow, as under Xen where each read of one is a round trip to
 qemu-dm: the server runs as `bench.qemudm`, whose source sleeps 2 ms for every
 ballooned page an access touches, one access at a time.
@@ -40,9 +40,9 @@ import dumpd_balloon
 from bench.common import DUMPD, PAGE, Emit, MiB, Row, dumpd_server, held, timed, warm
 from bench.qemudm import BalloonedPages, QemuDm, wrapped
 from dumpd.client import Client
-from dumpd.demo import distinct_pfns, make_guest
 from dumpd.sources import open_source
-from dumpd.sources.elfwriter import vmcoreinfo_note, write_elf_core
+from dumpd.testing.elfwriter import vmcoreinfo_note, write_elf_core
+from dumpd.testing.guest import distinct_pfns, make_guest
 
 TITLE = ("The Xen balloon scenario: `dumpd fetch` of an HVM guest's vmcore whose ballooned "
          "pages are slow to read (qemu-dm)")

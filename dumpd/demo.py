@@ -17,108 +17,21 @@ import random
 import shutil
 import tempfile
 import time
-from bisect import bisect_right
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
+from dumpd.engine.layout import Layout
 from dumpd.errors import StartupError
 from dumpd.hooks.discovery import installed_plugins
 from dumpd.runner import loop_factory
-from dumpd.sources.base import Segment, Source
-from dumpd.sources.elfwriter import LoadSpec, pattern, vmcoreinfo_note, write_elf_core
+from dumpd.sources.base import Segment, Source, build_file_map
+from dumpd.testing.elfwriter import vmcoreinfo_note, write_elf_core
+from dumpd.testing.guest import PAGE, Guest, MiB, check_guest, distinct_pfns, make_guest
 
-PAGE = 4096
-MiB = 1 << 20
-BALLOON_FILL = b"\xbb" * PAGE  # what a ballooned page would hold if anyone read it
 DEBUG_PAGES = 16
 COPY_CHUNK = 8 * MiB
-MIN_SIZE_MIB = 24  # the kernel text's PT_LOAD (16-24 MiB) lies inside the guest
-
-
-@dataclass(frozen=True, slots=True)
-class Guest:
-    """The simulated machine: its PT_LOADs and its ballooned pfn ranges (end exclusive)."""
-
-    loads: tuple[LoadSpec, ...]
-    balloon: tuple[tuple[int, int], ...]
-
-    def ballooned(self, pfn: int) -> bool:
-        i = bisect_right(self.balloon, (pfn, 1 << 64)) - 1
-        return i >= 0 and self.balloon[i][0] <= pfn < self.balloon[i][1]
-
-    def fill(self, paddr: int, length: int) -> bytes:
-        """Guest memory: the writer's pattern, ballooned pages full of 0xbb."""
-        data = bytearray(pattern(paddr, length))
-        first, last = paddr // PAGE, (paddr + length - 1) // PAGE
-        i = max(0, bisect_right(self.balloon, (first, 1 << 64)) - 1)
-        while i < len(self.balloon) and self.balloon[i][0] <= last:
-            lo = max(self.balloon[i][0] * PAGE, paddr)
-            hi = min(self.balloon[i][1] * PAGE, paddr + length)
-            if lo < hi:
-                data[lo - paddr : hi - paddr] = BALLOON_FILL[: 1] * (hi - lo)
-            i += 1
-        return bytes(data)
-
-
-def check_guest(size_mib: int, balloon_percent: int, crash_mib: int | None = None,
-                crash_at_mib: int | None = None) -> tuple[int, int]:
-    """The crash kernel's reservation `(start, end)` in bytes of a guest `make_guest` can
-    build; ValueError (one line, in the demo's terms) for one it cannot."""
-    size = size_mib * MiB
-    crash_lo = size // 4 if crash_at_mib is None else crash_at_mib * MiB
-    crash_hi = crash_lo + (size // 8 if crash_mib is None else crash_mib * MiB)
-    if size_mib < MIN_SIZE_MIB:
-        raise ValueError(f"a guest of {size_mib} MiB is too small: the model needs at least "
-                         f"{MIN_SIZE_MIB} MiB (its kernel text is at 16-24 MiB)")
-    if not MiB < crash_lo < crash_hi < size:
-        raise ValueError(f"the crash kernel's reservation {crash_lo / MiB:g}-{crash_hi / MiB:g}"
-                         f" MiB must lie between 1 MiB and the guest's {size_mib} MiB")
-    if not 0 <= balloon_percent <= 100:
-        raise ValueError(f"a balloon of {balloon_percent}% is impossible: it takes 0 to 100% "
-                         "of the guest's RAM outside the crash kernel's reservation")
-    return crash_lo, crash_hi
-
-
-def make_guest(size_mib: int, balloon_percent: int, seed: int = 2011, *,
-               crash_mib: int | None = None, crash_at_mib: int | None = None) -> Guest:
-    """A guest of `size_mib` MiB: page 0 and the crash kernel's reservation missing, text
-    mapped twice.
-
-    The reservation (`crashkernel=X@Y`) is `crash_mib` MiB at `crash_at_mib` MiB, by
-    default 1/8 of the memory at 1/4 of it; it belongs clear of the kernel text (16-24 MiB).
-    The balloon takes `balloon_percent` of the RAM outside the reservation: at most all of
-    it (more could never be chosen). ValueError for a guest `check_guest` refuses.
-    """
-    size = size_mib * MiB
-    crash_lo, crash_hi = check_guest(size_mib, balloon_percent, crash_mib, crash_at_mib)
-    loads = (
-        LoadSpec(paddr=PAGE, memsz=0x9F000 - PAGE),  # low memory, page 0 is a hole
-        LoadSpec(paddr=16 * MiB, memsz=8 * MiB),  # kernel text, inside the direct map below
-        LoadSpec(paddr=MiB, memsz=crash_lo - MiB),
-        LoadSpec(paddr=crash_hi, memsz=size - crash_hi),
-    )
-    rng = random.Random(seed)
-    ram = [(s.paddr // PAGE, (s.paddr + s.memsz) // PAGE) for s in (loads[0], loads[2], loads[3])]
-    total = sum(end - first for first, end in ram)
-    want = total * balloon_percent // 100
-    chosen: set[int] = set()
-    while len(chosen) < want:  # the balloon driver frees runs of pages
-        first, end = rng.choice(ram)
-        start = rng.randrange(first, end)
-        stop = min(end, start + rng.randint(1, 64), start + want - len(chosen))
-        chosen.update(range(start, stop))
-    runs: list[tuple[int, int]] = []
-    for pfn in sorted(chosen):
-        if runs and runs[-1][1] == pfn:
-            runs[-1] = (runs[-1][0], pfn + 1)
-        else:
-            runs.append((pfn, pfn + 1))
-    return Guest(loads, tuple(runs))
-
-
 DEMO_FILES = ("vmcore", "balloon.txt")
 
 
@@ -162,29 +75,32 @@ def _check_room(workdir: str, size_mib: int) -> None:
 def _run_in(workdir: str, guest: Guest) -> int:
     vmcore, balloon_file = (os.path.join(workdir, name) for name in DEMO_FILES)
     started = time.perf_counter()
-    layout = write_elf_core(vmcore, guest.loads, notes=[vmcoreinfo_note(PAGE)], fill=guest.fill)
+    core = write_elf_core(vmcore, guest.loads, notes=[vmcoreinfo_note(PAGE)], fill=guest.fill)
     with open(balloon_file, "w") as f:
         f.write("# pfns the balloon driver gave back: START-END, inclusive\n")
         f.writelines(f"{first:#x}-{end - 1:#x}\n" for first, end in guest.balloon)
-    print(f"wrote {vmcore}: {layout.size / MiB:.0f} MiB ELF core, {len(layout.segments)} PT_LOADs,"
+    print(f"wrote {vmcore}: {core.size / MiB:.0f} MiB ELF core, {len(core.segments)} PT_LOADs,"
           f" {sum(e - f for f, e in guest.balloon)} ballooned pages in {len(guest.balloon)} runs"
           f" ({time.perf_counter() - started:.1f} s)")
-    runs = {}
+    layout = Layout(build_file_map(core.segments, core.size), PAGE)
+    # The PT_LOADs in the order of the guest's loads: where its high RAM went in the file.
+    high = core.segments[guest.loads.index(guest.ram_above_crash)]
+    runs, expects = {}, {}
     for name, options in (("none", {}), ("balloon", {"file": balloon_file})):
         config = Config(
             source=SourceConfig(path=vmcore),
             server=ServerConfig(socket=os.path.join(workdir, "dumpd.sock")),
             hook=HookConfig(name=name, options=options),
         )
+        expect = expects[name] = _Expected(vmcore, guest, layout, zeroed=name == "balloon")
         with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
-            runs[name] = runner.run(_exercise(config, guest, layout.segments, layout.size))
-    _report(runs, guest, layout.size, distinct_pfns(layout.segments))
+            runs[name] = runner.run(_exercise(config, guest, expect, high, core.size))
+    _report(runs, guest, core.size, distinct_pfns(core.segments))
     ok = True
     for name, run in runs.items():
-        zeroed = name == "balloon"
-        expect = _Expected(vmcore, guest, layout.segments, zeroed)
-        ok_copy = run.digest == expect.digest(layout.size)
-        want_bytes = layout.size - expect.zero_bytes(layout.size) if zeroed else layout.size
+        zeroed, expect = name == "balloon", expects[name]
+        ok_copy = run.digest == expect.digest(core.size)
+        want_bytes = core.size - expect.zero_bytes(core.size) if zeroed else core.size
         ok_reads = run.stats["source_bytes_read"] == want_bytes
         ok = ok and ok_copy and ok_reads and (run.ballooned_pages_read == 0 or not zeroed)
         print(f"{name + ':':<9}byte-exact: {'yes' if ok_copy else 'NO'}; source bytes read "
@@ -205,18 +121,17 @@ class Run:
     ballooned_pages_read: int
 
 
-async def _exercise(config: Config, guest: Guest, segments: tuple[Segment, ...], size: int
+async def _exercise(config: Config, guest: Guest, expect: _Expected, high: Segment, size: int
                     ) -> Run:
     from dumpd.server import Server
 
     server = Server(config)
     await server.start()
     assert server.source is not None
-    touched = _watch_ballooned_reads(server.source, guest, segments)
+    touched = _watch_ballooned_reads(server.source, guest)
     try:
         async with await AsyncClient.connect(config.server.socket) as client:
-            expect = _Expected(config.source.path, guest, segments, config.hook.name == "balloon")
-            debug_s, debug_reads = await _debugger(client, expect)
+            debug_s, debug_reads = await _debugger(client, expect, high)
             copy_s, digest = await _copier(client, size)
             stats = await client.stats()
     finally:
@@ -224,24 +139,19 @@ async def _exercise(config: Config, guest: Guest, segments: tuple[Segment, ...],
     return Run(stats, debug_s, debug_reads, copy_s, digest, len(touched))
 
 
-def _watch_ballooned_reads(source: Source, guest: Guest, segments: tuple[Segment, ...]
-                           ) -> set[int]:
+def _watch_ballooned_reads(source: Source, guest: Guest) -> set[int]:
     """The set of ballooned pfns the engine reads from `source` from now on.
 
     Watched where the engine calls the source, so the figure is what happened,
     not what should have.
     """
     touched: set[int] = set()
+    layout = Layout(source.file_map, PAGE)
     real_read, real_cached = source.read_into, source.read_cached_into
 
     def note(offset: int, length: int) -> None:
-        for seg in segments:
-            lo = max(offset, seg.file_offset)
-            hi = min(offset + length, seg.file_offset + seg.filesz)
-            if lo < hi:
-                first = (seg.paddr + lo - seg.file_offset) // PAGE
-                last = (seg.paddr + hi - 1 - seg.file_offset) // PAGE
-                touched.update(p for p in range(first, last + 1) if guest.ballooned(p))
+        for first, end in layout.pfn_ranges(offset, offset + length):
+            touched.update(p for p in range(first, end) if guest.ballooned(p))
 
     def read_into(offset: int, view: memoryview) -> None:
         note(offset, len(view))
@@ -257,24 +167,18 @@ def _watch_ballooned_reads(source: Source, guest: Guest, segments: tuple[Segment
     return touched
 
 
-def distinct_pfns(segments: Sequence[Segment]) -> int:
-    """Pfns held by the PT_LOADs, a pfn mapped twice counted once."""
-    spans = sorted((s.paddr // PAGE, (s.paddr + s.memsz + PAGE - 1) // PAGE) for s in segments)
-    total, reach = 0, 0
-    for first, end in spans:
-        total += max(0, end - max(first, reach))
-        reach = max(reach, end)
-    return total
-
-
 class _Expected:
-    """What the file view must hold, computed from the file and the balloon, not by dumpd."""
+    """What the file view must hold, computed from the file and the balloon, not by the
+    server: the pfn of each file page is the engine's `Layout` answer (whole pages: the
+    guest's PT_LOADs start and end on page boundaries, in memory and in the file)."""
 
-    def __init__(self, path: str, guest: Guest, segments: tuple[Segment, ...], zeroed: bool
-                 ) -> None:
+    def __init__(self, path: str, guest: Guest, layout: Layout, zeroed: bool) -> None:
+        if any(run.paddr is not None and (run.file_start | run.file_end | run.paddr) % PAGE
+               for run in layout.file_map):
+            raise ValueError("the demo's vmcore holds memory in part pages")
         self._path = path
         self._guest = guest
-        self._segments = segments
+        self._layout = layout
         self._zeroed = zeroed  # ballooned pages read as zeros (a hook says they are not RAM)
 
     def chunk(self, offset: int, length: int) -> bytes:
@@ -287,13 +191,12 @@ class _Expected:
         return bytes(data)
 
     def _zero_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The parts of `[lo, hi)` in file pages that hold a ballooned pfn."""
         out = []
-        for seg in self._segments:
-            s_lo, s_hi = max(lo, seg.file_offset), min(hi, seg.file_offset + seg.filesz)
-            for pos in range(s_lo - (s_lo - seg.file_offset) % PAGE, s_hi, PAGE):
-                pfn = (seg.paddr + pos - seg.file_offset) // PAGE
-                if self._guest.ballooned(pfn):
-                    out.append((max(pos, s_lo), min(pos + PAGE, s_hi)))
+        for page in range(lo - lo % PAGE, hi, PAGE):
+            pfns = self._layout.pfn_ranges(page, page + PAGE)  # one pfn, or none
+            if pfns and self._guest.ballooned(pfns[0][0]):
+                out.append((max(page, lo), min(page + PAGE, hi)))
         return out
 
     def zero_bytes(self, size: int) -> int:
@@ -306,10 +209,10 @@ class _Expected:
         return h.hexdigest()
 
 
-async def _debugger(client: AsyncClient, expect: _Expected) -> tuple[float, int]:
-    """8-byte dependent reads over whole pages, half of them ballooned, as gdb/crash would."""
+async def _debugger(client: AsyncClient, expect: _Expected, seg: Segment
+                    ) -> tuple[float, int]:
+    """8-byte dependent reads over whole pages of PT_LOAD `seg`, as gdb/crash would."""
     rng = random.Random(7)
-    seg = expect._segments[3]
     pages = [seg.file_offset + rng.randrange(seg.filesz // PAGE) * PAGE
              for _ in range(DEBUG_PAGES)]
     reads = 0

@@ -134,3 +134,42 @@ def server_pid(sock_path: str) -> int:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid: int = struct.unpack("3i", creds)[0]
     return pid
+
+
+SLOW_DISK = """
+import sys, time
+from dumpd.sources.base import Source
+from dumpd.server.zerocopy import SocketWriter
+from dumpd.cli import main
+
+read_into, copy = Source.read_into, SocketWriter._copy
+
+def slow_read_into(self, offset, view):
+    time.sleep(0.04)  # a slow disk: 40 ms a read (four reader threads)
+    read_into(self, offset, view)
+
+def slow_copy(self, fd, offset, count):
+    time.sleep(0.02)  # 20 ms a sendfile call (one stream sends one frame at a time)
+    return copy(self, fd, offset, count)
+
+Source.read_into = slow_read_into
+Source.read_cached_into = lambda self, offset, view: 0  # nothing is ever cached
+SocketWriter._copy = slow_copy
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def slow_server(tmp_path: Path, image: str, sock: Path, *args: str
+                ) -> subprocess.Popen[bytes]:
+    """A real `dumpd serve` over a slow source (40 ms a read, 20 ms a sendfile call), so
+    a fetch of a few MiB in 64 KiB frames takes seconds; `args` go to `serve`."""
+    log = open(tmp_path / f"serve-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", *args, "--source",
+                             image, "--socket", str(sock)], stdout=log, stderr=log,
+                            env=ENV, cwd=tmp_path)
+    log.close()
+    deadline = time.monotonic() + 15
+    while not sock.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    return proc

@@ -1,6 +1,6 @@
 """Build real ELF core files and raw images for the tests.
 
-The writing is done by `dumpd.sources.elfwriter` (also used by `dumpd demo`); this
+The writing is done by `dumpd.testing.elfwriter` (also used by `dumpd demo`); this
 module adds test-friendly defaults and a few file helpers. Segment contents default to
 `pattern(paddr, length)`, so the expected bytes of any physical range can be recomputed.
 """
@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dumpd.sources.base import Segment
-from dumpd.sources.elfwriter import (
+from dumpd.sources.elf import ET_CORE
+from dumpd.testing.elfwriter import (
     EM_386,
     EM_X86_64,
-    ET_CORE,
     ET_EXEC,
     CoreLayout,
     Fill,

@@ -39,10 +39,11 @@ from dumpd.server.dispatch import Dispatcher
 from dumpd.server.listeners import Credentials, supplementary_groups
 from dumpd.sources import open_source
 from dumpd.tls import client_context
-from tests.conftest import Figures, client_of, serving, until
 from tests.daemon import DUMPD, ENV, one_line_error, run, served, server_pid
 from tests.docblocks import code_blocks
 from tests.dumps import build_raw, file_bytes
+from tests.figures import Figures
+from tests.servers import client_of, free_port, serving, until
 
 NOBODY = 65534
 GROUP = 4242  # a group no test user has unless given it
@@ -287,13 +288,6 @@ def pki(tmp_path: Path) -> Pki:
         leaf.private_key_pem.write_to_path(files[f"{name}_key"])
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     return Pki(ca=str(tmp_path / "ca.pem"), **files)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def async_stream(client: AsyncClient, pieces: list[Any]) -> None:

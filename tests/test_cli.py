@@ -11,6 +11,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dumpd import PROTOCOL_VERSION, __version__
-from dumpd.cli import _hexdump
+from dumpd.cli.commands import hexdump
 from tests.daemon import (
     DUMPD,
     ENV,
@@ -356,15 +357,40 @@ def test_hexdump_on_a_terminal(tmp_path: Path) -> None:
     ]
 
 
+CLIENT_COMMANDS = """
+import sys
+from dumpd.cli import main
+sock, out = sys.argv[1:]
+status = [main(["info", "--socket", sock]), main(["stats", "--json", "--socket", sock]),
+          main(["read", "0", "64", "-o", out, "--socket", sock]),
+          main(["fetch", "-o", out + ".copy", "--quiet", "--socket", sock]),
+          main(["hook", "reload", "--socket", sock])]
+print(status, sorted(m for m in ("asyncio", "dumpd.engine", "dumpd.server") if m in sys.modules))
+"""
+
+
+def test_client_commands_import_no_asyncio(tmp_path: Path) -> None:
+    """The blocking CLI's client commands run without asyncio, the engine or the server."""
+    dump = build_raw(tmp_path / "oldmem", 2 * PAGE)
+    with served(tmp_path, dump.path) as sock:
+        result = subprocess.run([sys.executable, "-c", CLIENT_COMMANDS, sock,
+                                 str(tmp_path / "out")], capture_output=True, timeout=30,
+                                env=ENV, stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines()[-1] == "[0, 0, 0, 0, 1] []"
+    assert (tmp_path / "out").read_bytes() == file_bytes(dump.path, 0, 64)
+    assert (tmp_path / "out.copy").read_bytes() == file_bytes(dump.path)
+
+
 def test_hexdump_format(capsys: pytest.CaptureFixture[str]) -> None:
-    _hexdump(b"", 0x10)
+    hexdump(b"", 0x10)
     assert capsys.readouterr().out == ""
-    _hexdump(bytes(range(0x1C, 0x2C)) + b"\x7e\x7f\x80\xff ", 0xFFF0)
+    hexdump(bytes(range(0x1C, 0x2C)) + b"\x7e\x7f\x80\xff ", 0xFFF0)
     assert capsys.readouterr().out.splitlines() == [
         "00000000fff0  1c 1d 1e 1f 20 21 22 23  24 25 26 27 28 29 2a 2b  |.... !\"#$%&'()*+|",
         "000000010000  7e 7f 80 ff 20                                    |~... |",
     ]
-    _hexdump(b"A" * 8, 5)
+    hexdump(b"A" * 8, 5)
     assert capsys.readouterr().out == (
         "000000000005  41 41 41 41 41 41 41 41                           |AAAAAAAA|\n")
 

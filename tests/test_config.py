@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,11 @@ def toml(tmp_path: Path, text: str, name: str = "dumpd.toml") -> str:
     path = tmp_path / name
     path.write_text(text)
     return str(path)
+
+
+NOT_LOOPBACK = ("is not a loopback address: anyone who reaches it could read the dump; set "
+                "server.tls_cert, server.tls_key and server.tls_client_ca (TLS with required "
+                "client certificates) or use a loopback address")
 
 
 def load_error(path: str) -> str:
@@ -141,19 +148,25 @@ key = "value"
     })
 
 
-@pytest.mark.parametrize("text,names", [
-    ("bogus = 1\n", ["unknown section or key", "'bogus'"]),
-    ("[bogus]\nx = 1\n", ["unknown section or key", "'bogus'"]),
-    ("[source]\nfoo = 1\n", ["[source] unknown key 'foo'", "page_size"]),
-    ("[server]\nsockett = 'x'\n", ["[server] unknown key 'sockett'"]),
-    ("[engine]\ncache = 1\n", ["[engine] unknown key 'cache'", "cache_mib"]),
-    ("[hook]\noption = {}\n", ["[hook] unknown key 'option'"]),
-    ("source = 5\n", ["[source] must be a table"]),
+SERVER_KEYS = ("admin_uids, allow_gids, allow_uids, idle_timeout, loop, max_connections, "
+               "max_frame_kib, max_inflight, max_read_mib, max_streams, reply_budget_mib, "
+               "reply_budget_total_mib, send_timeout, shutdown_timeout, socket, "
+               "stream_sendfile, stream_window_mib, tcp, tls_cert, tls_client_ca, tls_key")
+
+
+@pytest.mark.parametrize("text,why", [
+    ("bogus = 1\n", "unknown section or key 'bogus'"),
+    ("[bogus]\nx = 1\n", "unknown section or key 'bogus'"),
+    ("[source]\nfoo = 1\n", "[source] unknown key 'foo' (known: kind, page_size, path, size)"),
+    ("[server]\nsockett = 'x'\n", f"[server] unknown key 'sockett' (known: {SERVER_KEYS})"),
+    ("[engine]\ncache = 1\n", "[engine] unknown key 'cache' (known: buffer_pool_mib, "
+     "cache_mib, hook_reload_timeout, hook_timeout, read_threads, verdict_cache_kib)"),
+    ("[hook]\noption = {}\n", "[hook] unknown key 'option' (known: distribution, name, options)"),
+    ("source = 5\n", "[source] must be a table"),
 ], ids=["top-key", "section", "source-key", "server-key", "engine-key", "hook-key", "not-table"])
-def test_unknown_sections_and_keys(tmp_path: Path, text: str, names: list[str]) -> None:
-    message = load_error(toml(tmp_path, text))
-    for name in names:
-        assert name in message
+def test_unknown_sections_and_keys(tmp_path: Path, text: str, why: str) -> None:
+    path = toml(tmp_path, text)
+    assert load_error(path) == f"{path}: {why}"
 
 
 @pytest.mark.parametrize("text,key,got", [
@@ -202,10 +215,8 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, got: str) -> None:
      "must be at least server.max_read_mib"),
     ("[server]\nmax_inflight = 0\n", "server.max_inflight", "must be positive"),
     ("[server]\nmax_frame_kib = -1\n", "server.max_frame_kib", "must be positive"),
-    ('[server]\ntcp = "0.0.0.0:7300"\n', "server.tcp",
-     "'0.0.0.0' is not a loopback address: anyone who reaches it could read the dump; "
-     "set server.tls_cert, server.tls_key and server.tls_client_ca"),
-    ('[server]\ntcp = "10.1.2.3:7300"\n', "server.tcp", "'10.1.2.3' is not a loopback"),
+    ('[server]\ntcp = "0.0.0.0:7300"\n', "server.tcp", f"'0.0.0.0' {NOT_LOOPBACK}"),
+    ('[server]\ntcp = "10.1.2.3:7300"\n', "server.tcp", f"'10.1.2.3' {NOT_LOOPBACK}"),
     ('[server]\ntcp = "127.0.0.1:7300"\ntls_cert = "c"\ntls_key = "k"\n', "server.tls_client_ca",
      "TLS needs server.tls_cert, server.tls_key and server.tls_client_ca together"),
     ('[server]\ntls_cert = "c"\ntls_key = "k"\ntls_client_ca = "ca"\n', "server.tls_cert",
@@ -215,37 +226,45 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, got: str) -> None:
     ('[server]\nreply_budget_total_mib = 8\n', "server.reply_budget_total_mib",
      "must be at least server.reply_budget_mib"),
     ('[server]\ntcp = "127.0.0.1"\n', "server.tcp", "must be HOST:PORT, not '127.0.0.1'"),
-    ('[server]\ntcp = "127.0.0.1:70000"\n', "server.tcp", "must be HOST:PORT"),
-    ('[server]\ntcp = "localhost:0"\n', "server.tcp", "must be HOST:PORT"),
+    ('[server]\ntcp = "127.0.0.1:70000"\n', "server.tcp",
+     "must be HOST:PORT, not '127.0.0.1:70000'"),
+    ('[server]\ntcp = "localhost:0"\n', "server.tcp", "must be HOST:PORT, not 'localhost:0'"),
     ('[server]\nloop = "trio"\n', "server.loop", "must be auto, uvloop or asyncio, not 'trio'"),
-    ("[engine]\nhook_timeout = 0\n", "engine.hook_timeout", "must be positive"),
-    ('log_level = "verbose"\n', "log_level", "must be debug, info, warning or error"),
+    ("[engine]\nhook_timeout = 0\n", "engine.hook_timeout", "must be positive, not 0.0"),
+    ('log_level = "verbose"\n', "log_level",
+     "must be debug, info, warning or error, not 'verbose'"),
+    ("[engine]\ncache_mib = -1\n", "engine.cache_mib", "must not be negative, not -1.0"),
+    ("[engine]\nverdict_cache_kib = 0\n", "engine.verdict_cache_kib",
+     "must be positive, not 0"),
+    ("[engine]\nread_threads = 0\n", "engine.read_threads", "must be positive, not 0"),
 ])
 def test_invalid_values(tmp_path: Path, text: str, key: str, why: str) -> None:
     path = toml(tmp_path, text)
-    assert load_error(path).startswith(f"{path}: {key}: {why}")
+    assert load_error(path) == f"{path}: {key}: {why}"
 
 
-@pytest.mark.parametrize("text", ['[server]\ntcp = "[::1]:7300"\n',
-                                  '[server]\ntcp = "localhost:65535"\n',
-                                  "[engine]\ncache_mib = 0\n",
-                                  "[source]\npage_size = 512\n"])
-def test_edge_values_that_are_valid(tmp_path: Path, text: str) -> None:
-    load(toml(tmp_path, text))
+@pytest.mark.parametrize("text,config", [
+    ('[server]\ntcp = "[::1]:7300"\n', Config(server=ServerConfig(tcp="[::1]:7300"))),
+    ('[server]\ntcp = "localhost:65535"\n', Config(server=ServerConfig(tcp="localhost:65535"))),
+    ("[engine]\ncache_mib = 0\n", Config(engine=EngineConfig(cache_mib=0.0))),
+    ("[source]\npage_size = 512\n", Config(source=SourceConfig(page_size=512))),
+])
+def test_edge_values_that_are_valid(tmp_path: Path, text: str, config: Config) -> None:
+    assert load(toml(tmp_path, text)) == config
 
 
-@pytest.mark.parametrize("key,value", [("cache_mib", -1), ("verdict_cache_kib", 0),
-                                       ("read_threads", 0)])
-def test_engine_sizes_name_the_key(tmp_path: Path, key: str, value: int) -> None:
-    path = toml(tmp_path, f"[engine]\n{key} = {value}\n")
-    assert load_error(path).startswith(f"{path}: engine.{key}: ")
+def toml_error(text: str) -> str:
+    """What tomllib says about `text`, which it must refuse."""
+    with pytest.raises(tomllib.TOMLDecodeError) as err:
+        tomllib.loads(text)
+    return str(err.value)
 
 
 def test_syntax_error_and_unreadable_file(tmp_path: Path) -> None:
-    path = toml(tmp_path, "[source\npath = 1\n")
-    assert load_error(path).startswith(f"{path}: not valid TOML: ")
-    path = toml(tmp_path, 'log_level = "info"\nlog_level = "debug"\n', "dup.toml")
-    assert load_error(path).startswith(f"{path}: not valid TOML: ")
+    for name, text in (("bad.toml", "[source\npath = 1\n"),
+                       ("dup.toml", 'log_level = "info"\nlog_level = "debug"\n')):
+        path = toml(tmp_path, text, name)
+        assert load_error(path) == f"{path}: not valid TOML: {toml_error(text)}"
     missing = str(tmp_path / "missing.toml")
     assert load_error(missing) == f"{missing}: cannot read: No such file or directory"
     assert load_error(str(tmp_path)) == f"{tmp_path}: cannot read: Is a directory"
@@ -280,8 +299,10 @@ def test_overrides_none_means_not_given(tmp_path: Path) -> None:
     assert config.with_overrides(**flags) == config
     assert config.with_overrides() == config
     # falsy values that are given do override
-    assert config.with_overrides(server_tcp="", hook_name="", hook_options={}).server.tcp == ""
-    assert config.with_overrides(hook_name="", hook_options={}).hook == HookConfig()
+    no_tcp = config.with_overrides(server_tcp="", hook_name="", hook_options={})
+    assert no_tcp == replace(config, server=replace(config.server, tcp=""), hook=HookConfig())
+    assert config.with_overrides(hook_name="", hook_options={}) == replace(config,
+                                                                           hook=HookConfig())
     with pytest.raises(StartupError) as caught:  # options for no hook: said, not ignored
         config.with_overrides(hook_name="")
     assert str(caught.value) == ("command line: hook.options: given, but no hook is named "
@@ -296,7 +317,8 @@ def test_overrides_are_validated(tmp_path: Path) -> None:
                               "must be a power of two >= 512, not 1000")
     with pytest.raises(StartupError) as err:
         config.with_overrides(server_tcp="192.168.0.1:7300")
-    assert str(err.value).startswith("command line: server.tcp: '192.168.0.1' is not a loopback")
+    assert str(err.value) == f"command line: server.tcp: '192.168.0.1' {NOT_LOOPBACK}"
     with pytest.raises(StartupError) as err:
         config.with_overrides(log_level="loud")
-    assert str(err.value).startswith("command line: log_level: ")
+    assert str(err.value) == ("command line: log_level: must be debug, info, warning or error, "
+                              "not 'loud'")

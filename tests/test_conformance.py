@@ -3,6 +3,7 @@ plugin fails it with a message naming the hook, the check and what to do."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from dumpd.testing import ConformanceError, HookConformance, check_plugin
+from dumpd import __version__
+from dumpd.testing import ConformanceError, ConformanceReport, HookConformance, check_plugin
 from tests.plugindist import write_distribution
 
 BROKEN = '''
@@ -32,6 +34,11 @@ class Good:
 
     def pfn_range_is_ram(self, first, count):
         return [(1, self.pfn_is_ram(pfn)) for pfn in range(first, first + count)]
+
+
+class Single:
+    def pfn_is_ram(self, pfn):
+        return Good.pfn_is_ram(self, pfn)
 
 
 class Raises(Good):
@@ -79,6 +86,7 @@ def factory(cls):
 
 
 good = factory(Good)
+single = factory(Single)
 raises = factory(Raises)
 bools = factory(Bools)
 short_runs = factory(ShortRuns)
@@ -95,7 +103,7 @@ def typo(options):
     return Good(options["nope"])
 '''
 
-NAMES = ("good", "raises", "bools", "short_runs", "disagrees", "bad_reload", "close_once",
+NAMES = ("good", "single", "raises", "bools", "short_runs", "disagrees", "bad_reload", "close_once",
          "lax", "typo")
 KNOWN = {0x100: 0, 0x1FF: 0, 0x200: 1, 0x0: 1}
 
@@ -117,14 +125,37 @@ def check(name: str, **kwargs: Any) -> str:
     return str(caught.value)
 
 
+class Ticks:
+    """A clock that advances 1/256 s each time it is read (binary fractions: exact)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.reads / 256
+
+
 def test_a_conforming_plugin_passes_with_a_report(broken: Path) -> None:
+    clock = Ticks()
     report = check_plugin("broken-good", {}, expected=KNOWN, error_pfns=[0x300],
-                          measure_seconds=0.01)
-    assert (report.name, report.distribution, report.version) == (
-        "broken-good", "broken-hooks", "0.1")
-    assert report.checks == ["entry point", "unknown option refused", "verdicts",
-                             "batched form agrees", "close"]
-    assert report.single_per_s > 0 and report.batched_pfns_per_s
+                          measure_seconds=4 / 256, clock=clock)
+    # Each measurement: the start, three rounds begun before 4 ticks have passed (4096
+    # lookups; one window of 65536 pfns), the read that ends it 4/256 s after the start.
+    assert report == ConformanceReport(
+        "broken-good", "broken-hooks", "0.1",
+        ["entry point", "unknown option refused", "verdicts", "batched form agrees", "close"],
+        single_per_s=3 * 4096 * 64, batched_pfns_per_s=3 * 65536 * 64)
+    assert clock.reads == 2 * 5
+
+
+def test_a_plugin_without_a_batched_form_reports_none(broken: Path) -> None:
+    report = check_plugin("broken-single", {}, expected=KNOWN, error_pfns=[0x300],
+                          measure_seconds=4 / 256, clock=Ticks())
+    assert report == ConformanceReport(
+        "broken-single", "broken-hooks", "0.1",
+        ["entry point", "unknown option refused", "verdicts", "close"],
+        single_per_s=3 * 4096 * 64, batched_pfns_per_s=None)
 
 
 @pytest.mark.parametrize(("name", "message"), [
@@ -192,17 +223,21 @@ class BrokenSuite(HookConformance):
 def test_the_suite_fails_a_broken_plugin(broken: Path) -> None:
     suite = BrokenSuite()
     suite.test_verdicts({})
-    with pytest.raises(ConformanceError, match="batched: pfn_range_is_ram"):
+    with pytest.raises(ConformanceError) as caught:
         suite.test_batched_agrees_with_single({})
+    assert str(caught.value) == ("hook 'broken-disagrees': batched: pfn_range_is_ram(0x0, "
+                                 "4096) says pfn 0x100 is RAM, pfn_is_ram says not RAM")
 
 
 def test_dumpd_hook_check_command(broken: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "dumpd", "hook", "check", "none"],
                         capture_output=True, text=True, check=False)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.splitlines()[0].startswith(
-        "hook 'none' (dumpd ") and ok.stdout.splitlines()[0].endswith(
-        ") conforms: entry point, unknown option refused, verdicts, batched form agrees, close")
+    assert (ok.returncode, ok.stderr) == (0, "")
+    conforms, single, batched = ok.stdout.splitlines()
+    assert conforms == (f"hook 'none' (dumpd {__version__}) conforms: entry point, unknown "
+                        "option refused, verdicts, batched form agrees, close")
+    assert re.fullmatch(r"single lookups   [1-9][\d,]*/s", single), single
+    assert re.fullmatch(r"batched lookups  [1-9][\d,]* pfns/s", batched), batched
     bad = subprocess.run([sys.executable, "-m", "dumpd", "hook", "check", "broken-bools"],
                          capture_output=True, text=True, check=False,
                          env={"PYTHONPATH": str(broken)})

@@ -24,8 +24,8 @@ from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun
-from tests.conftest import GatedHook, until
 from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes, pattern
+from tests.servers import GatedHook, until
 from tests.views import expected_view, pfns_read, record_reads
 
 PAGE = 4096

@@ -31,9 +31,10 @@ from dumpd.client import Client, RemoteError
 from dumpd.config import EngineConfig
 from dumpd.protocol import encode_request
 from dumpd.receiver import StreamData, StreamError
-from tests.conftest import Figures, client_of, memory, reset_peak, serving, until
 from tests.daemon import ENV, log_lines, served, server_pid
 from tests.dumps import build_raw, file_bytes
+from tests.figures import Figures, memory, reset_peak
+from tests.servers import client_of, serving, until
 from tests.views import PAGE
 
 MiB = 1 << 20

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ import pytest
 
 from dumpd.fetch import FetchRequest, fetch
 from dumpd.sources import open_source
-from tests.daemon import DUMPD, ENV, run, served, stats_json
+from tests.daemon import DUMPD, ENV, run, served, slow_server, stats_json
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
-from tests.test_stream import failing
+from tests.servers import failing, serving
 from tests.views import PAGE, balloon_file, expected_view
 
 MiB = 1 << 20
@@ -116,45 +115,6 @@ def test_fetch_of_a_raw_dump_a_range_and_quiet(tmp_path: Path) -> None:
     assert any(line.startswith("fetch: 8.0 KiB of 8.0 KiB (100%)") for line in lines)
 
 
-SLOW_DISK = """
-import sys, time
-from dumpd.sources.base import Source
-from dumpd.server.zerocopy import SocketWriter
-from dumpd.cli import main
-
-read_into, copy = Source.read_into, SocketWriter._copy
-
-def slow_read_into(self, offset, view):
-    time.sleep(0.04)  # a slow disk: 40 ms a read (four reader threads)
-    read_into(self, offset, view)
-
-def slow_copy(self, fd, offset, count):
-    time.sleep(0.02)  # 20 ms a sendfile call (one stream sends one frame at a time)
-    return copy(self, fd, offset, count)
-
-Source.read_into = slow_read_into
-Source.read_cached_into = lambda self, offset, view: 0  # nothing is ever cached
-SocketWriter._copy = slow_copy
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def slow_server(tmp_path: Path, image: str, sock: Path, *args: str
-                ) -> subprocess.Popen[bytes]:
-    """A real `dumpd serve` over a slow source (40 ms a read, 20 ms a sendfile call), so
-    a fetch of a few MiB in 64 KiB frames takes seconds; `args` go to `serve`."""
-    log = open(tmp_path / f"serve-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_DISK, "serve", *args, "--source",
-                             image, "--socket", str(sock)], stdout=log, stderr=log,
-                            env=ENV, cwd=tmp_path)
-    log.close()
-    deadline = time.monotonic() + 15
-    while not sock.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    return proc
-
-
 def state_of(copy: Path) -> dict[str, Any]:
     state: dict[str, Any] = json.loads(Path(f"{copy}.dumpd-fetch").read_text())
     return state
@@ -216,8 +176,6 @@ def test_a_killed_fetch_resumes_from_its_last_checkpoint(tmp_path: Path) -> None
 
 async def test_unreadable_ranges_are_reported_and_resume_retries_them(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.conftest import serving
-
     dump = build_raw(tmp_path / "oldmem", 4 * MiB)
     copy = str(tmp_path / "copy")
     bad = range(0x80 * PAGE, 0x82 * PAGE)

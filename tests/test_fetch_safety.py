@@ -18,9 +18,8 @@ import pytest
 from dumpd.errors import StartupError
 from dumpd.fetch import output
 from dumpd.fetch.progress import size
-from tests.daemon import DUMPD, ENV, info_json, one_line_error, run, served
+from tests.daemon import DUMPD, ENV, info_json, one_line_error, run, served, slow_server
 from tests.dumps import build_raw, file_bytes
-from tests.test_fetch import slow_server
 from tests.views import PAGE, balloon_file, expected_view
 
 MiB = 1 << 20

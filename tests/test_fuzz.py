@@ -50,9 +50,10 @@ from dumpd.server import Server
 from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
 from dumpd.sources import open_source
 from dumpd.sources.base import Segment
-from tests.conftest import Figures, memory, reset_peak, serving, until
 from tests.daemon import ENV, log_lines, served, server_pid
 from tests.dumps import SegSpec, build_elf
+from tests.figures import Figures, memory, reset_peak
+from tests.servers import serving, until
 from tests.views import PAGE, expected_view
 
 MiB = 1 << 20

@@ -29,8 +29,9 @@ from dumpd.receiver import StreamData
 from dumpd.server import Server
 from dumpd.server.budget import ByteBudget
 from dumpd.server.zerocopy import SocketWriter
-from tests.conftest import Figures, GatedHook, client_of, serving, until
 from tests.dumps import build_raw, file_bytes
+from tests.figures import Figures
+from tests.servers import GatedHook, client_of, serving, until
 
 MiB = 1 << 20
 PAGE = 4096

@@ -19,9 +19,9 @@ import uvloop
 from dumpd.client import AsyncClient, Client
 from dumpd.protocol import FrameDecoder, Response, encode_request
 from dumpd.sources.base import Segment
-from tests.conftest import Figures, memory, reset_peak
 from tests.daemon import ENV, served, server_pid
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.figures import Figures, memory, reset_peak
 from tests.views import PAGE, balloon_file, expected_view
 
 MiB = 1 << 20

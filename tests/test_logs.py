@@ -21,6 +21,7 @@ import msgpack
 
 from tests.daemon import DUMPD, ENV, info_json, log_lines, ok, served, server_pid, stats_json
 from tests.dumps import build_raw
+from tests.servers import free_port
 
 PAGE = 4096
 UID = os.getuid()
@@ -151,8 +152,6 @@ def test_hook_changes_name_who_asked_and_connections_show_at_debug(tmp_path: Pat
 
 
 def test_a_tcp_peer_is_named_by_its_address(tmp_path: Path) -> None:
-    from tests.test_access import free_port
-
     dump = build_raw(tmp_path / "oldmem", 16 * PAGE)
     port = free_port()
     with served(tmp_path, dump.path, "--log-level", "debug", "--tcp",

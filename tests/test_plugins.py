@@ -21,7 +21,6 @@ from dumpd.client import RemoteError
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
 from dumpd.sources.base import Segment
 from tests import daemon
-from tests.conftest import client_of, serving
 from tests.daemon import (
     info_json,
     log_lines,
@@ -34,6 +33,7 @@ from tests.daemon import (
 )
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 from tests.plugindist import write_distribution
+from tests.servers import client_of, serving
 from tests.views import PAGE, expected_view, pfns_read, read_all, record_reads
 
 BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]

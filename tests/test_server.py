@@ -27,9 +27,9 @@ from dumpd.protocol import (
     encode_notification,
     encode_request,
 )
-from tests.conftest import GatedHook, client_of, serving, until
 from tests.daemon import source_identity
 from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
+from tests.servers import GatedHook, client_of, serving, until
 from tests.views import balloon_file, expected_view, pfns_read, read_all, record_reads
 
 PAGE = 4096

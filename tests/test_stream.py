@@ -6,12 +6,9 @@ in its own process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import hashlib
 import os
 import socket
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -20,12 +17,10 @@ import msgpack
 import pytest
 
 from dumpd.client import Client, RemoteError
-from dumpd.errors import DumpdError
 from dumpd.receiver import StreamData, StreamError, StreamHole
 from dumpd.server.zerocopy import SocketWriter, SpanFrame
-from dumpd.sources.base import Source
-from tests.conftest import serving, until
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.servers import failing, serving, until
 from tests.views import PAGE, balloon_file, expected_view
 
 MiB = 1 << 20
@@ -64,36 +59,6 @@ def assemble(size: int, pieces: list[Any]) -> bytes:
         elif isinstance(piece, StreamError):
             out[piece.offset : piece.offset + piece.length] = bytes(piece.length)
     return bytes(out)
-
-
-@contextlib.contextmanager
-def failing(source: Source, bad: range) -> Iterator[None]:
-    """While inside, the source's bytes in `bad` cannot be read, as on a dying disk:
-    through the engine's reads and through a stream's sendfile alike."""
-    real_read, real_cached = source.read_into, source.read_cached_into
-    real_copy = SocketWriter._copy
-
-    def read_into(offset: int, view: memoryview) -> None:
-        if offset < bad.stop and bad.start < offset + len(view):
-            raise DumpdError("EIO", f"source read failed at {offset:#x}: Input/output error")
-        real_read(offset, view)
-
-    def copy(writer: SocketWriter, fd: int, offset: int, count: int) -> int:
-        if bad.start <= offset < bad.stop:
-            raise OSError(errno.EIO, "Input/output error")
-        if offset < bad.start < offset + count:
-            count = bad.start - offset  # the bytes before the bad ones still go
-        return real_copy(writer, fd, offset, count)
-
-    source.read_into = read_into  # type: ignore[method-assign]
-    source.read_cached_into = lambda offset, view: 0  # type: ignore[method-assign]
-    SocketWriter._copy = copy  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        source.read_into = real_read  # type: ignore[method-assign]
-        source.read_cached_into = real_cached  # type: ignore[method-assign]
-        SocketWriter._copy = real_copy  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("kind", ["elf", "raw"])

@@ -19,9 +19,8 @@ import pytest
 
 from dumpd.client import Client
 from dumpd.server.systemd import Notifier, listen_fds
-from tests.daemon import DUMPD, ENV, ok, run, server_pid
+from tests.daemon import DUMPD, ENV, ok, run, server_pid, slow_server
 from tests.dumps import build_raw, file_bytes
-from tests.test_fetch import slow_server
 
 PAGE = 4096
 MiB = 1 << 20

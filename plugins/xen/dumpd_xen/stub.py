@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dumpd.hooks.pfnrange import MAX_PFN, clip
 
@@ -29,8 +29,10 @@ class StubTransport:
         failing: Iterable[tuple[int, int]] = (),
         delay_ms: float = 0.0,
         domid: int = DOMID_SELF,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """`failing` `(start, end_exclusive)` ranges fail with ENOSYS, whatever the map says.
+        """`failing` `(start, end_exclusive)` ranges fail with ENOSYS, whatever the map says;
+        `sleep(seconds)` takes each call's `delay_ms`.
 
         HookConfigError when the map is unreadable or malformed.
         """
@@ -39,6 +41,7 @@ class StubTransport:
         self.map_path = map_path
         self.failing = tuple(failing)
         self.delay_ms = delay_ms
+        self.sleep = sleep
         self.domid = domid
         """Recorded only: the stub has one domain."""
         self.calls = 0
@@ -60,7 +63,7 @@ class StubTransport:
         """Count one call and take `delay_ms` for it."""
         self.calls += 1
         if self.delay_ms:
-            time.sleep(self.delay_ms / 1000)
+            self.sleep(self.delay_ms / 1000)
 
     def mem_type(self, pfn: int) -> int:
         """The map's type for `pfn`; OSError(ENOSYS) where it fails."""

@@ -1,9 +1,9 @@
-"""The conformance kit for is-RAM hook plugins.
+"""The conformance kit for is-RAM hook plugins (`from dumpd.testing import ...`).
 
 Point it at an installed entry point name and the options a configuration would
 give it. Two ways to use it:
 
-- in a plugin's pytest suite, subclass `HookConformance` (the way fsspec ships
+- in a plugin's pytest suite, subclass `dumpd.testing.HookConformance` (the way fsspec ships
   an abstract test suite for its backends) and provide a `hook_options` fixture:
 
       class TestMyHook(HookConformance):
@@ -273,12 +273,14 @@ def sample_windows(rng: random.Random, pfn_limit: int, around: Iterable[int], n:
 
 
 def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float = 0.25,
-            window: int = 1 << 16) -> tuple[float, float | None]:
+            window: int = 1 << 16, clock: Callable[[], float] = time.perf_counter
+            ) -> tuple[float, float | None]:
     """Single lookups per second, and batched pfns per second in windows of `window`
-    pfns, at random pfns below `pfn_limit`."""
+    pfns, at random pfns below `pfn_limit`: as many rounds (4096 lookups, or one window)
+    as start within `seconds` of `clock`."""
     pfns = [rng.randrange(pfn_limit) for _ in range(4096)]
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    calls, start = 0, clock()
+    while (elapsed := clock() - start) < seconds:
         for pfn in pfns:
             hook.pfn_is_ram(pfn)
         calls += len(pfns)
@@ -287,8 +289,8 @@ def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float =
     if ranged is None:
         return single, None
     window = min(window, pfn_limit)
-    covered, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
+    covered, start = 0, clock()
+    while (elapsed := clock() - start) < seconds:
         list(ranged(rng.randrange(pfn_limit - window + 1), window))
         covered += window
     return single, covered / elapsed
@@ -299,12 +301,14 @@ def check_plugin(name: str, options: Mapping[str, object], *,
                  pfn_limit: int = 1 << 32, samples: int = 200, seed: int = 0,
                  change: Callable[[], Mapping[int, int] | None] | None = None,
                  corrupt: Callable[[], bool] | None = None,
-                 measure_seconds: float = 0.25, distribution: str = "") -> ConformanceReport:
+                 measure_seconds: float = 0.25, distribution: str = "",
+                 clock: Callable[[], float] = time.perf_counter) -> ConformanceReport:
     """Every check on hook `name` made with `options`; raises ConformanceError on the first
     failure. `expected` maps pfns to the verdict they must have (by meaning), `error_pfns`
     must give `< 0`; pfns are sampled below `pfn_limit`. `change` and `corrupt` (see
     `check_reload`) act on the hook's data for the reload checks. `distribution` picks
-    the provider when several distributions declare `name`."""
+    the provider when several distributions declare `name`. The lookup rates are timed
+    for `measure_seconds` of `clock`."""
     expected = dict(expected or {})
     error_pfns = list(error_pfns)
     rng = random.Random(seed)
@@ -323,7 +327,7 @@ def check_plugin(name: str, options: Mapping[str, object], *,
         if check_reload(name, hook, pfns, change, corrupt):
             report.checks.append("reload")
         report.single_per_s, report.batched_pfns_per_s = measure(
-            hook, rng, pfn_limit, measure_seconds)
+            hook, rng, pfn_limit, measure_seconds, clock=clock)
     finally:
         check_close(name, hook)
     report.checks.append("close")

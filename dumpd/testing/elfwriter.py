@@ -13,6 +13,8 @@ there (segments are written last to first), matching the first-wins rule of a re
 
 The header and program-header layouts here are written out independently of the
 parser in `dumpd.sources.elf`, so that round-trip tests check one against the other.
+The gABI's numbers (ET_CORE, PT_LOAD, PT_NOTE, PN_XNUM) are the reader's: a number
+has one spelling, and a layout written twice still checks the other.
 """
 
 from __future__ import annotations
@@ -25,15 +27,11 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from dumpd.sources.base import Segment
+from dumpd.sources.elf import ET_CORE, PN_XNUM, PT_LOAD, PT_NOTE
 
-ET_CORE = 4
 ET_EXEC = 2
 EM_386 = 3
 EM_X86_64 = 62
-EM_PPC64 = 21
-PT_LOAD = 1
-PT_NOTE = 4
-PN_XNUM = 0xFFFF
 NT_PRSTATUS = 1
 PF_RWX = 7
 
