@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dumpd.client import AsyncClient
+from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.errors import StartupError
 from dumpd.hooks.discovery import installed_plugins

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from dumpd.client import AsyncClient
+from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.engine import EngineConfig
 from dumpd.server import Server

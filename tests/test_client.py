@@ -25,7 +25,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from dumpd.client import AsyncClient, Client, RemoteError, ServerUnreachable
+from dumpd.client import Client, RemoteError, ServerUnreachable
+from dumpd.client.aio import AsyncClient
 from dumpd.errors import DumpdError
 from dumpd.protocol import Notification, ProtocolViolation
 

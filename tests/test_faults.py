@@ -27,10 +27,9 @@ from typing import Any
 
 import pytest
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import Client, RemoteError, StreamData, StreamError
 from dumpd.engine import EngineConfig
 from dumpd.protocol import encode_request
-from dumpd.receiver import StreamData, StreamError
 from tests.conftest import Figures, client_of, memory, reset_peak, serving, until
 from tests.daemon import ENV, log_lines, served, server_pid
 from tests.dumps import build_raw, file_bytes

@@ -19,9 +19,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import Client, RemoteError, StreamData, StreamError, StreamHole
 from dumpd.errors import DumpdError
-from dumpd.receiver import StreamData, StreamError, StreamHole
 from dumpd.server.zerocopy import SocketWriter, SpanFrame
 from dumpd.sources.base import Source
 from tests.conftest import serving, until
