@@ -144,8 +144,8 @@ class AsyncClient:
                 del self._pending[msgid]
         return _calls.result(response)
 
-    async def run(self, call: Call[T]) -> T:
-        """Make `call` (one of `dumpd.client._calls`) and check its result."""
+    async def _run(self, call: Call[T]) -> T:
+        """Make `call` and check its result."""
         return call.check(await self.call(call.method, *call.params))
 
     def _allocate_msgid(self) -> int:
@@ -159,42 +159,42 @@ class AsyncClient:
 
     async def info(self) -> dict[str, Any]:
         """The dump and server description (see docs/protocol.md, `info`)."""
-        return await self.run(_calls.info())
+        return await self._run(_calls.info())
 
     async def read(self, offset: int, length: int) -> bytes:
         """File-view bytes `[offset, offset+length)`; short at the end, like pread."""
-        return await self.run(_calls.read(offset, length))
+        return await self._run(_calls.read(offset, length))
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes by physical address; ERANGE when PT_LOADs do not cover the range."""
-        return await self.run(_calls.read_phys(paddr, length))
+        return await self._run(_calls.read_phys(paddr, length))
 
     async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """`(offset, length, "data" | "zero")` runs of the file view."""
-        return await self.run(_calls.extents(offset, length))
+        return await self._run(_calls.extents(offset, length))
 
     async def digest(self, offset: int, length: int, algorithm: str = "sha256"
                      ) -> dict[str, Any]:
         """`{"algorithm", "digest": hex str, "offset", "length"}` of the file view."""
-        return await self.run(_calls.digest(offset, length, algorithm))
+        return await self._run(_calls.digest(offset, length, algorithm))
 
     async def stats(self) -> dict[str, Any]:
         """The server's counters."""
-        return await self.run(_calls.stats())
+        return await self._run(_calls.stats())
 
     async def hook_register(self, name: str, options: dict[str, Any] | None = None,
                             distribution: str = "") -> dict[str, Any]:
         """Install the is-RAM hook `name` with `options`, from `distribution` when several
         declare `name`; EBUSY when one is installed."""
-        return await self.run(_calls.hook_register(name, options, distribution))
+        return await self._run(_calls.hook_register(name, options, distribution))
 
     async def hook_unregister(self) -> dict[str, Any]:
         """Remove the installed is-RAM hook."""
-        return await self.run(_calls.hook_unregister())
+        return await self._run(_calls.hook_unregister())
 
     async def hook_reload(self) -> dict[str, Any]:
         """Have the installed hook reload its data; ENOSYS when it has none."""
-        return await self.run(_calls.hook_reload())
+        return await self._run(_calls.hook_reload())
 
     # -- life cycle ------------------------------------------------------------------
 

@@ -132,8 +132,8 @@ class Client:
             raise
         return _calls.result(response)
 
-    def run(self, call: Call[T]) -> T:
-        """Make `call` (one of `dumpd.client._calls`) and check its result."""
+    def _run(self, call: Call[T]) -> T:
+        """Make `call` and check its result."""
         return call.check(self.call(call.method, *call.params))
 
     def _send(self, data: bytes) -> None:
@@ -175,65 +175,72 @@ class Client:
                 raise self._lost(exc) from exc
             if not data:
                 raise self._lost(None) from self._server_error
-            try:
-                events = self._decoder.feed(data)
-                for event in events:
-                    if isinstance(event, Notification):
-                        self._server_error = check_notification(event) or self._server_error
-            except ProtocolViolation as exc:  # not the server's error: not the caller's
-                raise ServerUnreachable(self.address, "what answers there does not speak "
-                                        f"dumpd's protocol ({exc})", lost=True) from exc
+            response = self._take(data, msgid)
+        return response
+
+    def _take(self, data: bytes, msgid: int | None) -> Response | None:
+        """Decode and check `data`: the response to `msgid` if it is there; late ones to
+        abandoned calls are skipped, notifications go to `on_notification`."""
+        try:
+            events = self._decoder.feed(data)
             for event in events:
-                if isinstance(event, Response):
-                    if event.msgid == msgid:
-                        response = event
-                    elif event.msgid in self._abandoned:
-                        self._abandoned.discard(event.msgid)
-                    else:
-                        raise ProtocolViolation(
-                            "EINVAL", f"response to msgid {event.msgid}, which is not pending"
-                        )
-                elif isinstance(event, Notification) and self.on_notification is not None:
-                    self.on_notification(event)
+                if isinstance(event, Notification):
+                    self._server_error = check_notification(event) or self._server_error
+        except ProtocolViolation as exc:  # not the server's error: not the caller's
+            raise ServerUnreachable(self.address, "what answers there does not speak "
+                                    f"dumpd's protocol ({exc})", lost=True) from exc
+        response = None
+        for event in events:
+            if isinstance(event, Response):
+                if event.msgid == msgid:
+                    response = event
+                elif event.msgid in self._abandoned:
+                    self._abandoned.discard(event.msgid)
+                else:
+                    raise ProtocolViolation(
+                        "EINVAL", f"response to msgid {event.msgid}, which is not pending"
+                    )
+            elif isinstance(event, Notification) and self.on_notification is not None:
+                self.on_notification(event)
         return response
 
     def info(self) -> dict[str, Any]:
         """The dump and server description (see docs/protocol.md, `info`)."""
-        return self.run(_calls.info())
+        return self._run(_calls.info())
 
     def read(self, offset: int, length: int) -> bytes:
         """File-view bytes `[offset, offset+length)`; short at the end, like pread."""
-        return self.run(_calls.read(offset, length))
+        return self._run(_calls.read(offset, length))
 
     def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes by physical address; ERANGE when PT_LOADs do not cover the range."""
-        return self.run(_calls.read_phys(paddr, length))
+        return self._run(_calls.read_phys(paddr, length))
 
     def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """`(offset, length, "data" | "zero")` runs of the file view."""
-        return self.run(_calls.extents(offset, length))
+        return self._run(_calls.extents(offset, length))
 
     def digest(self, offset: int, length: int, algorithm: str = "sha256") -> dict[str, Any]:
         """`{"algorithm", "digest": hex str, "offset", "length"}` of the file view."""
-        return self.run(_calls.digest(offset, length, algorithm))
+        return self._run(_calls.digest(offset, length, algorithm))
 
     def stats(self) -> dict[str, Any]:
         """The server's counters."""
-        return self.run(_calls.stats())
+        return self._run(_calls.stats())
 
     def hook_register(self, name: str, options: dict[str, Any] | None = None,
                       distribution: str = "") -> dict[str, Any]:
         """Install the is-RAM hook `name` with `options`, from `distribution` when several
         declare `name`; EBUSY when one is installed."""
-        return self.run(_calls.hook_register(name, options, distribution))
+        return self._run(_calls.hook_register(name, options, distribution))
 
     def hook_unregister(self) -> dict[str, Any]:
         """Remove the installed is-RAM hook."""
-        return self.run(_calls.hook_unregister())
+        return self._run(_calls.hook_unregister())
 
     def hook_reload(self) -> dict[str, Any]:
         """Have the installed hook reload its data; ENOSYS when it has none."""
-        return self.run(_calls.hook_reload())
+        return self._run(_calls.hook_reload())
 
     def stream(self, offset: int, length: int, chunk: int | None = None,
                sink: int | None = None) -> Stream:
@@ -282,7 +289,7 @@ class Stream:
             yield from self._receiver
         finally:
             self._receiver.close()
-        client._decoder.feed(self._receiver.leftover)  # frames of later replies, if any
+        client._take(self._receiver.leftover, None)  # frames after the reply, if any
         if self._receiver.error is not None:
             raise RemoteError(*self._receiver.error)
         self.summary = self._receiver.summary
