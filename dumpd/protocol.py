@@ -322,7 +322,7 @@ class FrameDecoder:
                     if end - self._frame_start > limit:
                         raise oversized(end - self._frame_start, self.limits)
                     self._frame_start = end
-                    events.append(message(obj, self.role))
+                    events.append(_message(obj, self.role))
                 # tell() also advances over headers of an incomplete object, so measure it
                 # from where it began, not from tell().
                 if self._fed - self._frame_start > limit:
@@ -346,10 +346,10 @@ def decode_frame(frame: bytes | bytearray | memoryview, role: Role,
         obj = msgpack.unpackb(frame, **_UNPACK_OPTIONS)
     except Exception as exc:
         raise _violation_from(exc) from exc
-    return message(obj, role)
+    return _message(obj, role)
 
 
-def message(obj: Any, role: Role) -> Event:
+def _message(obj: Any, role: Role) -> Event:
     """The event a decoded msgpack object is, from a peer of a `role` endpoint (a
     "client" receives responses and notifications); `ProtocolViolation` if it is none."""
     if type(obj) is not list or not obj:
