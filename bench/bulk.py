@@ -44,8 +44,7 @@ from bench.common import (
     timed,
     warm,
 )
-from dumpd.client import Client
-from dumpd.receiver import StreamData
+from dumpd.client import Client, StreamData
 from dumpd.testing.elfwriter import Fill, LoadSpec, vmcoreinfo_note, write_elf_core
 
 TITLE = "Bulk throughput: `dumpd fetch` and `stream` beside `cp` and `cat`"

@@ -70,7 +70,7 @@ from bench.common import (
     warm,
 )
 from bench.echo import echo_server
-from dumpd.asyncclient import AsyncClient
+from dumpd.client.aio import AsyncClient
 
 TITLE = "Concurrency: 1, 8, 64 clients on the same and different regions"
 SCENARIO = "4. concurrency"

@@ -42,8 +42,8 @@ from bench.common import (
     timed,
 )
 from bench.echo import echo_server
-from dumpd.client import AsyncClient, Client
-from dumpd.receiver import StreamData
+from dumpd.client import Client, StreamData
+from dumpd.client.aio import AsyncClient
 
 TITLE = "Footprint: exec to READY=1, idle RSS, peak RSS while serving and fetching"
 SCENARIO = "5. footprint"

@@ -26,7 +26,7 @@ from typing import Any
 
 import dumpd_balloon
 
-from dumpd.client import AsyncClient
+from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.runner import loop_factory
 from dumpd.server import Server

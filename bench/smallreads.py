@@ -55,7 +55,7 @@ from bench.common import (
     warm,
 )
 from bench.echo import echo_server
-from dumpd.asyncclient import AsyncClient
+from dumpd.client.aio import AsyncClient
 
 TITLE = "Small reads: 8-byte reads, dependent and pipelined, beside a bare echo server"
 SCENARIO = "3. small reads"

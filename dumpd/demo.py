@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dumpd.client import AsyncClient
+from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.engine.layout import Layout
 from dumpd.errors import StartupError

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dumpd.client import AsyncClient
+from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, EngineConfig, HookConfig, ServerConfig, SourceConfig
 from dumpd.errors import DumpdError
 from dumpd.server import Server

@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 import trustme
 
-from dumpd.client import AsyncClient, Client, RemoteError
+from dumpd.client import Client, RemoteError, StreamData, StreamWritten
+from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, EngineConfig, ServerConfig, SourceConfig
 from dumpd.engine import Engine
 from dumpd.errors import StartupError
 from dumpd.protocol import FrameDecoder, Limits, Notification, Response, encode_request
-from dumpd.receiver import StreamData, StreamWritten
 from dumpd.server import Server
 from dumpd.server import tls as server_tls
 from dumpd.server.dispatch import Dispatcher

@@ -17,17 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
+import mypy.api
 import pytest
 
-from dumpd.client import AsyncClient, Client, RemoteError, ServerUnreachable
+from dumpd.client import (
+    Client,
+    RemoteError,
+    ServerUnreachable,
+    StreamData,
+    StreamError,
+    StreamHole,
+    StreamWritten,
+)
+from dumpd.client.aio import AsyncClient
 from dumpd.errors import DumpdError
-from dumpd.protocol import Notification, ProtocolViolation
+from dumpd.protocol import Notification, ProtocolViolation, encode_bin_notification_head
+from tests.daemon import ENV, ROOT, served
+from tests.dumps import build_raw
 
 DUMP = bytes(range(256)) * 64  # the fake's 16 KiB "file view"
 INFO = {
@@ -387,3 +402,227 @@ async def test_both_clients_say_why_they_cannot_connect(tmp_path: Path) -> None:
             assert (str(err.value), err.value.errno, err.value.lost) == (
                 f"cannot connect to {path}: {reason}", code, False)
             assert isinstance(err.value, ConnectionError)  # what callers caught before
+
+
+# -- one validation path: the stream receiver, both clients ------------------------------
+#
+# Each malformed frame is fed, as the server's answer to a `stream` (msgid 0), to the
+# blocking client's stream receiver over a real socket pair, and to both clients outside
+# a stream: all raise the same `ProtocolViolation`, the decoder's or the stream pieces'.
+
+def stream_frames(frames: bytes, max_frame_size: int = 1 << 20, sink: int | None = None
+                  ) -> tuple[list[Any], dict[str, Any] | None]:
+    """The pieces (data copied out) and summary of stream 0 answered with `frames`."""
+    mine, theirs = socket.socketpair()
+    with mine, theirs, Client(mine, max_frame_size=max_frame_size) as client:
+        theirs.sendall(frames)  # before the request: the socket pair buffers it
+        stream = client.stream(0, 1 << 20, sink=sink)
+        pieces = [StreamData(p.offset, memoryview(bytes(p.data)))
+                  if isinstance(p, StreamData) else p for p in stream]
+        request = msgpack.unpackb(theirs.recv(1 << 16))
+        assert request == [0, 0, "stream", [0, 1 << 20, {}]]
+        return pieces, stream.summary
+
+
+def violation_in_stream(frames: bytes, **kwargs: Any) -> tuple[str, str]:
+    with pytest.raises(ProtocolViolation) as err:
+        stream_frames(frames, **kwargs)
+    return err.value.code, err.value.message
+
+
+def violation_in_blocking_call(frames: bytes) -> tuple[str, str]:
+    mine, theirs = socket.socketpair()
+    with mine, theirs, Client(mine) as client, pytest.raises(ServerUnreachable) as err:
+        theirs.sendall(frames + packb([1, 0, None, INFO]))
+        client.info()
+    assert err.value.lost
+    cause = err.value.__cause__
+    assert isinstance(cause, ProtocolViolation)
+    assert str(err.value) == ("lost the connection to dumpd: what answers there does not "
+                              f"speak dumpd's protocol ({cause})")
+    return cause.code, cause.message
+
+
+async def violation_in_async_call(tmp_path: Path, frames: bytes) -> tuple[str, str]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(frames + packb([1, 0, None, INFO]))
+        await writer.drain()
+        await reader.read(100)  # until the client gives up on the connection
+        writer.close()
+
+    path = str(tmp_path / "frames.sock")
+    listener = await asyncio.start_unix_server(answer, path)
+    try:
+        async with await AsyncClient.connect(path) as client:
+            with pytest.raises(ConnectionError) as err:
+                await client.info()
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    cause = err.value.__cause__
+    assert isinstance(cause, ProtocolViolation)
+    return cause.code, cause.message
+
+
+def bad_utf8(method: str) -> bytes:
+    """`[2, method, [0, 0, <a str of the byte 0xff>]]`, which msgpack cannot build."""
+    return packb([2, method, [0, 0, "?"]])[:-1] + b"\xff"
+
+
+HOLE = "stream.hole params must be [msgid, offset, length], got "
+DATA = "stream.data params must be [msgid, offset, bin], got "
+ERROR = "stream.error params must be [msgid, offset, length, code, message], got "
+MALFORMED = [
+    (packb([2, "stream.hole", []]), HOLE + "[]"),
+    (packb([2, "stream.hole", [0, 0]]), HOLE + "[0, 0]"),
+    (packb([2, "stream.hole", [0, 0, 4096, 1]]), HOLE + "[0, 0, 4096, 1]"),
+    (packb([2, "stream.hole", [0, 0, "4096"]]), HOLE + "[0, 0, '4096']"),
+    (packb([2, "stream.hole", [0, -1, 4096]]), HOLE + "[0, -1, 4096]"),
+    (packb([2, "stream.hole", [0, 0, True]]), HOLE + "[0, 0, True]"),
+    (packb([2, "stream.hole", [0, 0, 1.5]]), HOLE + "[0, 0, 1.5]"),
+    (packb([2, "stream.hole", [2**32, 0, 1]]), HOLE + "[4294967296, 0, 1]"),
+    (packb([2, "stream.data", [0, 0, "not bin"]]), DATA + "[0, 0, 'not bin']"),
+    (packb([2, "stream.data", [0, "x", b"ab"]]), DATA + "[0, 'x', b'ab']"),
+    (packb([2, "stream.data", [None, 0, b"ab"]]), DATA + "[None, 0, b'ab']"),
+    (packb([2, "stream.data", [0, 0]]), DATA + "[0, 0]"),
+    (packb([2, "stream.error", [0, 0, 4096, "EIO"]]), ERROR + "[0, 0, 4096, 'EIO']"),
+    (packb([2, "stream.error", [0, 0, 4096, 5, "bad"]]), ERROR + "[0, 0, 4096, 5, 'bad']"),
+    (packb([2, "stream.error", [0, 0, 4096, "EIO", b"bad"]]),
+     ERROR + "[0, 0, 4096, 'EIO', b'bad']"),
+    (packb([2, "stream.error", [0, 0, -5, "EIO", "bad"]]), ERROR + "[0, 0, -5, 'EIO', 'bad']"),
+    (bad_utf8("stream.hole"), "invalid UTF-8 in a str: invalid start byte"),
+    (packb([2, "stream.hole", [0, 0, 1]])[:2] + b"\xab\xff" + b"tream.hole"
+     + packb([0, 0, 1]), "invalid UTF-8 in a str: invalid start byte"),
+    (packb([2, "stream.hole", {"a": 1}]),
+     "malformed notification [2, 'stream.hole', {'a': 1}]"),
+    (packb([2, "stream.hole", [0, 0, {b"k": 1}]]), "a map key must be a str, got bytes"),
+    (packb([3, "stream.hole", [0, 0, 1]]),
+     "expected a response or notification, got [3, 'stream.hole', [0, 0, 1]]"),
+    (b"\xc1", "bytes are not msgpack"),
+]
+
+
+@pytest.mark.parametrize(("frame", "message"), MALFORMED)
+async def test_a_malformed_frame_is_the_same_violation_for_every_reader(
+        tmp_path: Path, frame: bytes, message: str) -> None:
+    assert violation_in_stream(frame) == ("EINVAL", message)
+    assert violation_in_blocking_call(frame) == ("EINVAL", message)
+    assert await violation_in_async_call(tmp_path, frame) == ("EINVAL", message)
+
+
+@pytest.mark.parametrize(("result", "shown"), [
+    ([1], "[1]"),
+    ({"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}, None),
+    ({"bytes": 0, "data_bytes": 0, "hole_bytes": "0", "error_bytes": 0, "cancelled": False},
+     None),
+    ({"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0, "cancelled": 0}, None),
+    (None, "None"),
+])
+def test_a_malformed_stream_summary_is_a_violation(result: Any, shown: str | None) -> None:
+    from dumpd.protocol import brief
+
+    want = ("EINVAL", f"stream returned {shown or brief(result)}, expected {{bytes, "
+            "data_bytes, hole_bytes, error_bytes: uint, cancelled: bool}")
+    assert violation_in_stream(packb([1, 0, None, result])) == want
+
+
+SUMMARY = {"bytes": 8, "data_bytes": 8, "hole_bytes": 0, "error_bytes": 0,
+           "cancelled": False}
+
+
+def test_a_data_head_for_another_msgid_or_beyond_a_uint32_is_a_violation() -> None:
+    other = encode_bin_notification_head("stream.data", [7, 0], 2) + b"ab"
+    assert violation_in_stream(other) == ("EINVAL", "stream.data for msgid 7, not 0")
+    huge = encode_bin_notification_head("stream.data", [2**32, 0], 2) + b"ab"
+    assert violation_in_stream(huge) == (
+        "EINVAL", DATA + "[4294967296, 0, '<2 bytes>']")
+
+
+def test_a_data_frame_over_the_limit_is_refused_before_its_payload() -> None:
+    head = encode_bin_notification_head("stream.data", [0, 0], 1 << 20)
+    assert violation_in_stream(head, max_frame_size=1 << 16) == (
+        "E2BIG", f"frame of {len(head) + (1 << 20)} bytes exceeds 65536")
+    hole = packb([2, "stream.hole", [0, 0, 1, "x" * 70000]])  # a complete frame too big
+    assert violation_in_stream(hole + packb([1, 0, None, SUMMARY]), max_frame_size=1 << 16
+                               ) == ("E2BIG", f"frame of {len(hole)} bytes exceeds 65536")
+
+
+def test_a_data_frame_the_fast_path_does_not_recognise_is_decoded_whole(
+        tmp_path: Path) -> None:
+    # "stream.data" as str8 instead of fixstr: valid msgpack-RPC, not the fast path's head.
+    frame = (b"\x93\x02\xd9\x0bstream.data" + packb([0, 3, b"abcdefgh"])
+             + packb([2, "stream.hole", [0, 11, 5]]) + packb([1, 0, None, SUMMARY]))
+    assert stream_frames(frame) == ([StreamData(3, memoryview(b"abcdefgh")),
+                                     StreamHole(11, 5)], SUMMARY)
+    with open(tmp_path / "sink", "w+b") as sink:
+        assert stream_frames(frame, sink=sink.fileno()) == (
+            [StreamWritten(3, 8), StreamHole(11, 5)], SUMMARY)
+        assert sink.read() == b"\0\0\0abcdefgh"
+
+
+def test_pieces_of_every_kind_through_the_fast_path_and_the_decoder() -> None:
+    frames = (encode_bin_notification_head("stream.data", [0, 0], 4) + b"abcd"
+              + packb([2, "stream.hole", [0, 4, 4096]])
+              + packb([2, "stream.error", [0, 4100, 4096, "EIO", "bad page"]])
+              + packb([1, 0, None, {**SUMMARY, "extra": "ignored"}]))
+    assert stream_frames(frames) == ([StreamData(0, memoryview(b"abcd")),
+                                      StreamHole(4, 4096),
+                                      StreamError(4100, 4096, "EIO", "bad page")],
+                                     {**SUMMARY, "extra": "ignored"})
+
+
+# -- the client package's shape ------------------------------------------------------------
+
+NO_ASYNCIO = """
+import sys
+from dumpd.cli import main
+from dumpd.client import Client
+status = main(sys.argv[2:])
+with Client.connect(sys.argv[1], timeout=30) as client:
+    pieces = sum(1 for _ in client.stream(0, 1 << 20))
+    client.info()
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("asyncio", "uvloop"))
+print(status, pieces > 0, loaded)
+"""
+
+
+def test_the_blocking_client_and_fetch_load_no_asyncio(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 1 << 20)
+    with served(tmp_path, dump.path) as sock:
+        result = subprocess.run(
+            [sys.executable, "-c", NO_ASYNCIO, sock, "fetch", "-q", "-o",
+             str(tmp_path / "copy"), "--verify", "--socket", sock],
+            capture_output=True, env=ENV, timeout=60, check=False)
+    assert (result.stdout.decode(), result.stderr) == ("0 True []\n", b"")
+    assert (tmp_path / "copy").read_bytes() == Path(dump.path).read_bytes()
+
+
+MISTYPED = """
+import asyncio
+from dumpd.client import Client
+from dumpd.client.aio import AsyncClient
+
+async def main() -> None:
+    client = await AsyncClient.connect("/nonexistent")
+    await client.no_such_method()
+    data: str = await client.read(0, 1)
+
+Client.connect("/nonexistent").no_such_method()
+"""
+
+
+def test_mypy_knows_both_clients_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    (tmp_path / "snippet.py").write_text(MISTYPED)
+    monkeypatch.setenv("MYPYPATH", ROOT)  # this checkout's dumpd, whatever is installed
+    out, _, status = mypy.api.run([
+        "--strict", "--no-incremental", "--cache-dir", os.devnull, "--config-file",
+        os.path.join(ROOT, "pyproject.toml"), str(tmp_path / "snippet.py")])
+    found = [line.split(": ", 1)[1] for line in out.splitlines() if ": error: " in line]
+    assert (status, found) == (1, [
+        'error: "AsyncClient" has no attribute "no_such_method"  [attr-defined]',
+        'error: Incompatible types in assignment (expression has type "bytes", variable '
+        'has type "str")  [assignment]',
+        'error: "Client" has no attribute "no_such_method"  [attr-defined]',
+    ])

@@ -27,10 +27,9 @@ from typing import Any
 
 import pytest
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import Client, RemoteError, StreamData, StreamError
 from dumpd.config import EngineConfig
 from dumpd.protocol import encode_request
-from dumpd.receiver import StreamData, StreamError
 from tests.daemon import ENV, log_lines, served, server_pid
 from tests.dumps import build_raw, file_bytes
 from tests.figures import Figures, memory, reset_peak

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dumpd.framescan import DATA_PREFIX, data_head, object_end
+from dumpd.client.framescan import DATA_PREFIX, data_head, object_end
 from dumpd.protocol import encode_bin_notification_head
 
 leaves = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()

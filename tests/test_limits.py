@@ -23,9 +23,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from dumpd.client import AsyncClient, Client, RemoteError
+from dumpd.client import Client, RemoteError, StreamData
+from dumpd.client.aio import AsyncClient
 from dumpd.protocol import encode_request
-from dumpd.receiver import StreamData
 from dumpd.server import Server
 from dumpd.server.budget import ByteBudget
 from dumpd.server.zerocopy import SocketWriter

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from dumpd.client import AsyncClient, Client
+from dumpd.client import Client
+from dumpd.client.aio import AsyncClient
 from dumpd.protocol import FrameDecoder, Response, encode_request
 from dumpd.sources.base import Segment
 from tests.daemon import ENV, served, server_pid

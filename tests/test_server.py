@@ -16,7 +16,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from dumpd.client import AsyncClient, RemoteError
+from dumpd.client import RemoteError
+from dumpd.client.aio import AsyncClient
 from dumpd.config import EngineConfig
 from dumpd.errors import StartupError
 from dumpd.protocol import (

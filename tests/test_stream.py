@@ -16,8 +16,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from dumpd.client import Client, RemoteError
-from dumpd.receiver import StreamData, StreamError, StreamHole
+from dumpd.client import Client, RemoteError, StreamData, StreamError, StreamHole
+from dumpd.errors import DumpdError
 from dumpd.server.zerocopy import SocketWriter, SpanFrame
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 from tests.servers import failing, serving, until

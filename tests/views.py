@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from dumpd.client import AsyncClient
+from dumpd.client.aio import AsyncClient
 from dumpd.sources.base import Segment, Source
 from tests.dumps import file_bytes
 

@@ -25,7 +25,6 @@ Design rules:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 import sys
@@ -35,16 +34,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
+from dumpd.client.pieces import SinkError, StreamData, StreamError, StreamHole, StreamWritten
 from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.output import NO_SPACE, STDOUT, Output, Served, look, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.state import SUFFIX, FetchState
-from dumpd.receiver import SinkError, StreamData, StreamError, StreamHole, StreamWritten
 
 CHECKPOINT_SECONDS = 5.0
 FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
-BLOCK = 1 << 20  # bytes per read of the copy (--verify)
 EXTENTS_STEP = 1 << 30  # the largest range `extents` answers at once
 
 
@@ -111,7 +109,7 @@ def _identity(client: Client, info: dict[str, Any]) -> dict[str, Any]:
     """What tells this dump from another: its shape and a digest of its first MiB (the
     ELF header and notes, which differ between two crashes of one machine)."""
     try:
-        head = client.call("digest", 0, min(info["size"], FINGERPRINT), "sha256")["digest"]
+        head = client.digest(0, min(info["size"], FINGERPRINT))["digest"]
     except RemoteError as exc:
         if exc.code != "EIO":
             raise
@@ -380,8 +378,8 @@ def _verify(client: Client, info: dict[str, Any], job: _Job, quiet: bool) -> int
         print(f"dumpd: verify: the served dump changed during the copy ({changed} differs): "
               f"{out.name} cannot equal it", file=sys.stderr)
         return 1
-    remote = client.call("digest", state.offset, state.length, "sha256")["digest"]
-    local = out.hash.hexdigest() if out.hash is not None else _digest_of(out, state)
+    remote = client.digest(state.offset, state.length)["digest"]
+    local = out.sha256(state.offset, state.end)
     if local != remote:
         print(f"dumpd: verify: {out.name} differs from the server's view (sha256 "
               f"{local} != {remote})", file=sys.stderr)
@@ -390,18 +388,3 @@ def _verify(client: Client, info: dict[str, Any], job: _Job, quiet: bool) -> int
         print(f"verify: sha256 {remote} matches", file=sys.stderr)
     return 0
 
-
-def _digest_of(out: Output, state: FetchState) -> str:
-    """sha256 of the copy's `[offset, end)`, read back through its descriptor."""
-    h = hashlib.sha256()
-    pos = state.offset
-    try:
-        while pos < state.end:
-            block = os.pread(out.fd, min(BLOCK, state.end - pos), pos)
-            if not block:
-                break
-            h.update(block)
-            pos += len(block)
-    except OSError as exc:
-        raise os_error(out.name, "read the copy back", exc) from exc
-    return h.hexdigest()

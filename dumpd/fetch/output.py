@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.bootid import boot_id
+from dumpd.client import SinkError
 from dumpd.errors import OutputError, Refused
-from dumpd.receiver import SinkError
 
 STDOUT = "-"
 STDOUT_FD = 1
 ZEROS = bytes(1 << 20)  # written for holes where the output cannot have holes
+BLOCK = 1 << 20  # bytes per read of the copy (fetch --verify)
 
 
 def os_error(name: str, what: str, exc: OSError) -> OutputError:
@@ -144,6 +145,23 @@ class Output:
                 self.hash.update(data[:n])
             data = data[n:]
             self.position += n
+
+    def sha256(self, offset: int, end: int) -> str:
+        """The hex sha256 of the copy's `[offset, end)`: of the bytes written to a
+        stream, else read back through the descriptor (as it is on disk)."""
+        if self.hash is not None:
+            return self.hash.hexdigest()
+        h = hashlib.sha256()
+        try:
+            while offset < end:
+                block = os.pread(self.fd, min(BLOCK, end - offset), offset)
+                if not block:
+                    break
+                h.update(block)
+                offset += len(block)
+        except OSError as exc:
+            raise os_error(self.name, "read the copy back", exc) from exc
+        return h.hexdigest()
 
     def remove_if_created(self) -> None:
         """Undo the creation of a copy that never started."""

@@ -1,23 +1,21 @@
-"""The pipelined asyncio client (`dumpd.client.AsyncClient`), kept apart so that the
-blocking client does not import asyncio."""
+"""The pipelined asyncio client: many concurrent `call`s share one connection, each
+matched to its response by msgid, in whatever order the server answers. A call is a
+future in a dict, no task per call.
+
+Import it as `from dumpd.client.aio import AsyncClient`: `dumpd.client` itself exports
+only what loads no asyncio (the blocking client, errors, stream pieces).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self, TypeVar, cast
 
-from dumpd.client import (
-    NotificationCallback,
-    RemoteError,
-    ServerUnreachable,
-    _closing_error,
-    _expect,
-    _extents,
-    _result,
-    unreachable,
-)
+from dumpd.client import _calls
+from dumpd.client._calls import Call, NotificationCallback, check_notification
+from dumpd.client.errors import RemoteError, ServerUnreachable, unreachable
 from dumpd.hostport import join_host_port
 from dumpd.protocol import (
     DEFAULT_CLIENT_MAX_FRAME_SIZE,
@@ -30,6 +28,8 @@ from dumpd.protocol import (
     encode_request,
 )
 from dumpd.unixpath import unusable
+
+T = TypeVar("T")
 
 
 class _ClientProtocol(asyncio.Protocol):
@@ -142,7 +142,11 @@ class AsyncClient:
             # On cancellation a late response finds no entry and is dropped.
             if self._pending.get(msgid) is future:
                 del self._pending[msgid]
-        return _result(response)
+        return _calls.result(response)
+
+    async def _run(self, call: Call[T]) -> T:
+        """Make `call` and check its result."""
+        return call.check(await self.call(call.method, *call.params))
 
     def _allocate_msgid(self) -> int:
         if len(self._pending) > MAX_MSGID:
@@ -155,42 +159,42 @@ class AsyncClient:
 
     async def info(self) -> dict[str, Any]:
         """The dump and server description (see docs/protocol.md, `info`)."""
-        info: dict[str, Any] = _expect(await self.call("info"), dict, "info")
-        return info
+        return await self._run(_calls.info())
 
     async def read(self, offset: int, length: int) -> bytes:
         """File-view bytes `[offset, offset+length)`; short at the end, like pread."""
-        data: bytes = _expect(await self.call("read", offset, length), bytes, "read")
-        return data
+        return await self._run(_calls.read(offset, length))
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes by physical address; ERANGE when PT_LOADs do not cover the range."""
-        data: bytes = _expect(await self.call("read_phys", paddr, length), bytes, "read_phys")
-        return data
+        return await self._run(_calls.read_phys(paddr, length))
 
     async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """`(offset, length, "data" | "zero")` runs of the file view."""
-        return _extents(await self.call("extents", offset, length))
+        return await self._run(_calls.extents(offset, length))
+
+    async def digest(self, offset: int, length: int, algorithm: str = "sha256"
+                     ) -> dict[str, Any]:
+        """`{"algorithm", "digest": hex str, "offset", "length"}` of the file view."""
+        return await self._run(_calls.digest(offset, length, algorithm))
 
     async def stats(self) -> dict[str, Any]:
         """The server's counters."""
-        stats: dict[str, Any] = _expect(await self.call("stats"), dict, "stats")
-        return stats
+        return await self._run(_calls.stats())
 
     async def hook_register(self, name: str, options: dict[str, Any] | None = None,
-                            distribution: str = "") -> Any:
+                            distribution: str = "") -> dict[str, Any]:
         """Install the is-RAM hook `name` with `options`, from `distribution` when several
         declare `name`; EBUSY when one is installed."""
-        extra = (distribution,) if distribution else ()
-        return await self.call("hook.register", name, options or {}, *extra)
+        return await self._run(_calls.hook_register(name, options, distribution))
 
-    async def hook_unregister(self) -> Any:
+    async def hook_unregister(self) -> dict[str, Any]:
         """Remove the installed is-RAM hook."""
-        return await self.call("hook.unregister")
+        return await self._run(_calls.hook_unregister())
 
-    async def hook_reload(self) -> Any:
+    async def hook_reload(self) -> dict[str, Any]:
         """Have the installed hook reload its data; ENOSYS when it has none."""
-        return await self.call("hook.reload")
+        return await self._run(_calls.hook_reload())
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -218,6 +222,9 @@ class AsyncClient:
     def _data_received(self, data: bytes) -> None:
         try:
             events = self._decoder.feed(data)
+            for event in events:
+                if isinstance(event, Notification):
+                    self._server_error = check_notification(event) or self._server_error
         except ProtocolViolation as exc:
             self._lost = exc
             assert self._transport is not None
@@ -228,10 +235,7 @@ class AsyncClient:
                 future = self._pending.pop(event.msgid, None)
                 if future is not None and not future.done():
                     future.set_result(event)
-            elif isinstance(event, Notification):
-                self._server_error = _closing_error(event) or self._server_error
-                if self.on_notification is None:
-                    continue
+            elif isinstance(event, Notification) and self.on_notification is not None:
                 try:
                     self.on_notification(event)
                 except Exception as exc:

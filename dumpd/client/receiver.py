@@ -1,9 +1,16 @@
 """Receiving one stream on a blocking socket, payloads straight into a buffer.
 
 `stream.data` payloads never pass through a decoder: the head is recognised by
-`dumpd.framescan.data_head`, then the payload is received into one reusable
+`dumpd.client.framescan.data_head`, then the payload is received into one reusable
 buffer and handed out as a view (valid until the next piece is asked for).
 Other frames (holes, errors, the final reply) are small and decoded whole.
+
+Every byte from the server passes the checks any dumpd client applies: whole frames
+go through `dumpd.protocol.decode_frame` (the decoder's own checks and limits), then
+`dumpd.client.pieces` checks what a stream's notifications and reply carry. The fast
+path skips decoding payloads, nothing else: a data head's msgid and offset are
+checked as `pieces` checks them, its frame size against the same limit, and a frame
+the fast path does not recognise is decoded whole and checked like any other.
 
 With a `sink` (a file descriptor), payloads go from the socket to the file at
 their offsets through a pipe with `splice`, never copied through user space; the
@@ -19,78 +26,50 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+from dumpd.client.framescan import DATA_PREFIX, data_head, object_end
+from dumpd.client.pieces import (
+    SinkError,
+    StreamData,
+    StreamPiece,
+    StreamWritten,
+    malformed,
+    stream_piece,
+    stream_summary,
+)
+from dumpd.protocol import (
+    MAX_MSGID,
+    Event,
+    Limits,
+    Notification,
+    ProtocolViolation,
+    Response,
+    decode_frame,
+    oversized,
+)
 
-from dumpd.framescan import DATA_PREFIX, data_head, object_end
-from dumpd.protocol import NOTIFICATION, RESPONSE, ProtocolViolation
-
-HEAD_MAX = len(DATA_PREFIX) + 9 + 9 + 5  # prefix, two uint64, a bin32 header
 BUFFER = 256 * 1024
 SINK_RECV = 4096  # bytes asked of the socket at a time when payloads are spliced
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 
 
-@dataclass(frozen=True, slots=True)
-class StreamData:
-    """File-view bytes at `offset`; `data` is only valid until the next piece."""
-
-    offset: int
-    data: memoryview
-
-
-@dataclass(frozen=True, slots=True)
-class StreamHole:
-    """Non-RAM pages: zeros in the file view, not sent."""
-
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class StreamError:
-    """A range the source could not read; the stream goes on past it."""
-
-    offset: int
-    length: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StreamWritten:
-    """File-view bytes at `offset` already written to the receiver's sink."""
-
-    offset: int
-    length: int
-
-
-StreamPiece = StreamData | StreamHole | StreamError | StreamWritten
-
-
-class SinkError(OSError):
-    """Writing to the sink failed (ENOSPC, EIO, ...): the sink's fault, not the
-    connection's; `errno` and `strerror` are those of the failed write."""
-
-
 class StreamReceiver:
     """The pieces of stream `msgid` arriving on `sock`, then its summary (`summary`).
 
-    `on_reply(msgid, error, result)` gets replies to other requests sent meanwhile
-    (a `stream.cancel`); `on_notification(method, params)` gets other notifications.
-    With `sink`, data arrives as `StreamWritten` (already in the sink file).
+    `on_reply` gets replies to other requests sent meanwhile (a `stream.cancel`);
+    `on_notification` gets other notifications. With `sink`, data arrives as
+    `StreamWritten` (already in the sink file).
     """
 
-    def __init__(self, sock: socket.socket, msgid: int, max_frame: int,
-                 on_reply: Callable[[int, Any, Any], None],
-                 on_notification: Callable[[str, Any], None], sink: int | None = None
+    def __init__(self, sock: socket.socket, msgid: int, limits: Limits,
+                 on_reply: Callable[[Response], None],
+                 on_notification: Callable[[Notification], None], sink: int | None = None
                  ) -> None:
         self._sock = sock
         self._msgid = msgid
-        self._max_frame = max_frame
+        self._limits = limits
         self._on_reply = on_reply
         self._on_notification = on_notification
         self._buf = bytearray(BUFFER)
@@ -112,34 +91,32 @@ class StreamReceiver:
         while self.summary is None and self.error is None:
             start, end = self._start, self._end
             prefix = min(end - start, len(DATA_PREFIX))
-            if prefix and view[start : start + prefix] == DATA_PREFIX[:prefix]:
-                head = data_head(view, start, end)
-                if head is None:
-                    if end - start >= HEAD_MAX:
-                        raise ProtocolViolation("EINVAL", "malformed stream.data frame")
-                    view = self._fill()
-                    continue
-                yield from self._payload_pieces(view, *head)
+            data = prefix > 0 and view[start : start + prefix] == DATA_PREFIX[:prefix]
+            head = data_head(view, start, end) if data else None
+            if head is not None:
+                yield from self._payload_pieces(view, start, *head)
                 view = memoryview(self._buf)
                 continue
             try:
                 frame_end = object_end(view, start, end) if end > start else None
-            except ValueError as exc:
-                raise ProtocolViolation("EINVAL", str(exc)) from None
-            if frame_end is None:
+            except ValueError:
+                frame_end = end  # not msgpack: the decoder names what is wrong
+            if frame_end is None:  # a data head not recognised, too, waits to be whole
                 view = self._fill()
                 continue
-            obj = msgpack.unpackb(view[start:frame_end], raw=False)
+            event = decode_frame(view[start:frame_end], "client", self._limits)
             self._start = frame_end
-            piece = self._frame(obj)
-            if piece is not None:
-                yield piece
+            yield from self._event(event)
 
-    def _payload_pieces(self, view: memoryview, msgid: int, offset: int, length: int,
-                        pos: int) -> Iterator[StreamPiece]:
+    def _payload_pieces(self, view: memoryview, start: int, msgid: int, offset: int,
+                        length: int, pos: int) -> Iterator[StreamPiece]:
+        if msgid > MAX_MSGID:
+            raise malformed("stream.data", [msgid, offset, f"<{length} bytes>"])
         if msgid != self._msgid:
             raise ProtocolViolation("EINVAL", f"stream.data for msgid {msgid}, not "
                                     f"{self._msgid}")
+        if pos - start + length > self._limits.max_frame_size:
+            raise oversized(pos - start + length, self._limits)
         take = min(length, self._end - pos)
         self._start = pos + take
         if self._sink is not None:
@@ -212,27 +189,28 @@ class StreamReceiver:
                 os.close(fd)
             self._pipe = None
 
-    def _frame(self, obj: Any) -> StreamPiece | None:
-        if not isinstance(obj, list) or not obj:
-            raise ProtocolViolation("EINVAL", "a frame that is not a msgpack-RPC message")
-        if obj[0] == NOTIFICATION and len(obj) == 3:
-            method, params = obj[1], obj[2]
-            if method == "stream.hole" and params[0] == self._msgid:
-                return StreamHole(params[1], params[2])
-            if method == "stream.error" and params[0] == self._msgid:
-                return StreamError(params[1], params[2], params[3], params[4])
-            self._on_notification(method, params)
-            return None
-        if obj[0] == RESPONSE and len(obj) == 4:
-            msgid, error, result = obj[1], obj[2], obj[3]
-            if msgid != self._msgid:
-                self._on_reply(msgid, error, result)
-            elif error is not None:
-                self.error = (str(error[0]), str(error[1]))
+    def _event(self, event: Event) -> Iterator[StreamPiece]:
+        """The piece of a frame decoded whole, if it is one of this stream's."""
+        if isinstance(event, Notification):
+            found = stream_piece(event)
+            if found is None or found[0] != self._msgid:
+                if found is not None and event.method == "stream.data":
+                    raise ProtocolViolation("EINVAL", f"stream.data for msgid {found[0]}, "
+                                            f"not {self._msgid}")
+                self._on_notification(event)
+                return
+            piece = found[1]
+            if isinstance(piece, StreamData) and self._sink is not None:
+                _write_all(self._sink, piece.data, piece.offset)
+                piece = StreamWritten(piece.offset, len(piece.data))
+            yield piece
+        elif isinstance(event, Response):
+            if event.msgid != self._msgid:
+                self._on_reply(event)
+            elif event.error is not None:
+                self.error = event.error
             else:
-                self.summary = result
-            return None
-        raise ProtocolViolation("EINVAL", f"unexpected frame {obj[:2]!r}")
+                self.summary = stream_summary(event.result)
 
     def _fill(self) -> memoryview:
         """Receive more bytes after what is buffered, making room as needed."""
@@ -241,9 +219,8 @@ class StreamReceiver:
             self._buf[: end - start] = self._buf[start:end]
             self._start, self._end = 0, end - start
         if self._end == len(self._buf):
-            if len(self._buf) >= self._max_frame:
-                raise ProtocolViolation("E2BIG", f"a frame is larger than {self._max_frame} "
-                                        "bytes")
+            if len(self._buf) >= self._limits.max_frame_size:
+                raise oversized(self._end, self._limits, complete=False)
             grown = bytearray(2 * len(self._buf))  # a new buffer: views of the old stay valid
             grown[: self._end] = self._buf[: self._end]
             self._buf = grown

@@ -4,7 +4,8 @@ A receiver of `stream.data` notifications wants each payload read straight into
 the buffer it writes out, never copied through a decoder. `data_head` recognises
 the head of `[2, "stream.data", [msgid, offset, <bin>]]` and says how long the
 payload is; `object_end` finds where any other (small) frame ends, so it can be
-handed whole to `msgpack.unpackb`. Both look at bytes only: no I/O (sans-IO).
+handed whole to `dumpd.protocol.decode_frame`. Both look at bytes only: no I/O
+(sans-IO), and neither validates: `data_head` only recognises.
 """
 
 from __future__ import annotations
