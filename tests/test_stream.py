@@ -17,7 +17,6 @@ import msgpack
 import pytest
 
 from dumpd.client import Client, RemoteError, StreamData, StreamError, StreamHole
-from dumpd.errors import DumpdError
 from dumpd.server.zerocopy import SocketWriter, SpanFrame
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 from tests.servers import failing, serving, until
