@@ -53,7 +53,6 @@ from dumpd.protocol import (
     Notification,
     ProtocolViolation,
     Request,
-    as_uint,
     brief,
     encode_bin_notification_head,
     encode_bin_response_head,
@@ -63,6 +62,7 @@ from dumpd.protocol import (
 )
 from dumpd.server.budget import ByteBudget
 from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
+from dumpd.server.params import as_uint
 from dumpd.server.zerocopy import Item, SendTimeout, SocketWriter, SpanFrame
 
 log = logging.getLogger("dumpd.server")

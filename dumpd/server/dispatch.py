@@ -21,7 +21,8 @@ from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_plugin
-from dumpd.protocol import as_map, as_str, as_uint, brief, integral
+from dumpd.protocol import brief, integral
+from dumpd.server.params import as_map, as_str, as_uint
 
 log = logging.getLogger("dumpd.server")
 
