@@ -119,10 +119,9 @@ def test_fetch_of_a_raw_dump_a_range_and_quiet(tmp_path: Path) -> None:
 SLOW_DISK = """
 import sys, time
 from dumpd.sources.base import Source
-from dumpd.server.zerocopy import SocketWriter
 from dumpd.cli import main
 
-read_into, copy = Source.read_into, SocketWriter._copy
+read_into, copy = Source.read_into, Source.copy_to
 
 def slow_read_into(self, offset, view):
     time.sleep(0.04)  # a slow disk: 40 ms a read (four reader threads)
@@ -134,7 +133,7 @@ def slow_copy(self, fd, offset, count):
 
 Source.read_into = slow_read_into
 Source.read_cached_into = lambda self, offset, view: 0  # nothing is ever cached
-SocketWriter._copy = slow_copy
+Source.copy_to = slow_copy
 sys.exit(main(sys.argv[1:]))
 """
 

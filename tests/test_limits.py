@@ -29,6 +29,7 @@ from dumpd.receiver import StreamData
 from dumpd.server import Server
 from dumpd.server.budget import ByteBudget
 from dumpd.server.zerocopy import SocketWriter
+from dumpd.sources.base import Source
 from tests.conftest import Figures, GatedHook, client_of, serving, until
 from tests.dumps import build_raw, file_bytes
 
@@ -237,13 +238,13 @@ def _stream_all(path: str, size: int, chunk: int) -> tuple[bytes, dict[str, Any]
 
 async def test_a_long_stream_is_not_idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         figures: Figures) -> None:
-    real_copy = SocketWriter._copy
+    real_copy = Source.copy_to
 
-    def slow_copy(writer: SocketWriter, source_fd: int, offset: int, count: int) -> int:
+    def slow_copy(source: Source, fd: int, offset: int, count: int) -> int:
         time.sleep(0.05)  # a slow source: the stream runs, the socket stays quiet
-        return real_copy(writer, source_fd, offset, min(count, 64 * 1024))
+        return real_copy(source, fd, offset, min(count, 64 * 1024))
 
-    monkeypatch.setattr(SocketWriter, "_copy", slow_copy)
+    monkeypatch.setattr(Source, "copy_to", slow_copy)
     dump = build_raw(tmp_path / "oldmem", 2 * MiB)
     async with serving(tmp_path, dump.path, idle_timeout=0.3) as server:
         view, summary, took = await asyncio.to_thread(

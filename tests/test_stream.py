@@ -20,9 +20,10 @@ import msgpack
 import pytest
 
 from dumpd.client import Client, RemoteError
+from dumpd.engine.bulk import Span
 from dumpd.errors import DumpdError
 from dumpd.receiver import StreamData, StreamError, StreamHole
-from dumpd.server.zerocopy import SocketWriter, SpanFrame
+from dumpd.server.zerocopy import SocketWriter
 from dumpd.sources.base import Source
 from tests.conftest import serving, until
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
@@ -71,29 +72,29 @@ def failing(source: Source, bad: range) -> Iterator[None]:
     """While inside, the source's bytes in `bad` cannot be read, as on a dying disk:
     through the engine's reads and through a stream's sendfile alike."""
     real_read, real_cached = source.read_into, source.read_cached_into
-    real_copy = SocketWriter._copy
+    real_copy = source.copy_to
 
     def read_into(offset: int, view: memoryview) -> None:
         if offset < bad.stop and bad.start < offset + len(view):
             raise DumpdError("EIO", f"source read failed at {offset:#x}: Input/output error")
         real_read(offset, view)
 
-    def copy(writer: SocketWriter, fd: int, offset: int, count: int) -> int:
+    def copy(fd: int, offset: int, count: int) -> int:
         if bad.start <= offset < bad.stop:
             raise OSError(errno.EIO, "Input/output error")
         if offset < bad.start < offset + count:
             count = bad.start - offset  # the bytes before the bad ones still go
-        return real_copy(writer, fd, offset, count)
+        return real_copy(fd, offset, count)
 
     source.read_into = read_into  # type: ignore[method-assign]
     source.read_cached_into = lambda offset, view: 0  # type: ignore[method-assign]
-    SocketWriter._copy = copy  # type: ignore[method-assign]
+    source.copy_to = copy  # type: ignore[method-assign]
     try:
         yield
     finally:
         source.read_into = real_read  # type: ignore[method-assign]
         source.read_cached_into = real_cached  # type: ignore[method-assign]
-        SocketWriter._copy = real_copy  # type: ignore[method-assign]
+        source.copy_to = real_copy  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("kind", ["elf", "raw"])
@@ -106,7 +107,7 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(
     real_batch = SocketWriter.batch
 
     def batch(writer: SocketWriter, items: list[Any], *args: Any) -> Any:
-        sent_frames.extend(item.length for item in items if isinstance(item, SpanFrame))
+        sent_frames.extend(item.length for item in items if isinstance(item, Span))
         return real_batch(writer, items, *args)
 
     monkeypatch.setattr(SocketWriter, "batch", batch)
