@@ -17,6 +17,7 @@ from dumpd.client import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.engine import EngineConfig
 from dumpd.server import Server
+from dumpd.server.deadlines import Clock
 
 
 def pytest_asyncio_loop_factories(
@@ -80,17 +81,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 async def serving(
     tmp_path: Path, source: str | Path, *, hook: str = "",
     hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
-    engine: EngineConfig | None = None,
+    engine: EngineConfig | None = None, clock: Clock | None = None,
     **server: Any,
 ) -> AsyncIterator[Server]:
-    """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit."""
+    """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit.
+    `clock`: the one its connections' deadlines are kept on (None: the loop's)."""
     config = Config(
         source=SourceConfig(path=str(source), kind=kind, page_size=page_size),
         server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
         engine=engine or EngineConfig(),
         hook=HookConfig(name=hook, options=hook_options or {}),
     )
-    srv = Server(config)
+    srv = Server(config, clock=clock)
     await srv.start()
     try:
         yield srv

@@ -30,6 +30,7 @@ from dumpd.server import Server
 from dumpd.server.budget import ByteBudget
 from dumpd.server.zerocopy import SocketWriter
 from dumpd.sources.base import Source
+from tests.clock import FakeClock
 from tests.conftest import Figures, GatedHook, client_of, serving, until
 from tests.dumps import build_raw, file_bytes
 
@@ -178,47 +179,71 @@ async def test_peers_refused_for_access_hold_no_slot() -> None:
 # -- idle timeout ---------------------------------------------------------------------
 
 
-async def _until_eof_at(reader: asyncio.StreamReader) -> tuple[bytes, float]:
-    data = await until_eof(reader)
-    return data, asyncio.get_running_loop().time()
+def the_connection(server: Server, *known: object) -> Any:
+    """The one connection of `server` not among `known`."""
+    (conn,) = [c for c in server.connections if c not in known]
+    return conn
 
 
 async def test_idle_connections_are_closed_with_etimedout_busy_ones_are_not(
         tmp_path: Path, figures: Figures) -> None:
+    """On a fake clock: all connect at 0 s; the idle ones are closed at 0.3 s exactly
+    (not at 0.299 s), the one that asks every 0.1 s never."""
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     want = file_bytes(dump.path)
-    loop = asyncio.get_running_loop()
-    async with serving(tmp_path, dump.path, idle_timeout=0.3) as server:
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, idle_timeout=0.3, clock=clock) as server:
         path = server.config.server.socket
         silent_reader, silent_writer = await asyncio.open_unix_connection(path)
-        connected_at = loop.time()
-        silent = asyncio.ensure_future(_until_eof_at(silent_reader))
         once_reader, once_writer = await asyncio.open_unix_connection(path)
         once_writer.write(encode_request(0, "read", [PAGE, 8]))
-        asked_at = loop.time()
-        once = asyncio.ensure_future(_until_eof_at(once_reader))
+        once_reply = await responses(once_reader, 1)
+        earlier = set(server.connections)
         half_reader, half_writer = await asyncio.open_unix_connection(path)
         half_writer.write(encode_request(1, "read", [0, 8])[:5])  # stops inside a frame
-        half = asyncio.ensure_future(until_eof(half_reader))
+        await until(lambda: len(server.connections) == 3)
+        half = the_connection(server, *earlier)
+        await until(lambda: half._decoder.buffered == 5)  # its 5 bytes wait in the decoder
+        looks: list[tuple[float, int]] = []
         async with client_of(server) as busy:
             for i in range(12):  # a request every 0.1 s: never idle for 0.3 s
                 assert await busy.read(i * 8, 8) == want[i * 8 : i * 8 + 8]
-                await asyncio.sleep(0.1)
-            (silent_data, silent_at), (once_data, once_at), half_data = await asyncio.gather(
-                silent, once, half)
+                if i == 2:
+                    clock.advance_to(0.299)
+                    looks.append((clock.now, server.shared.idle_timeouts))
+                clock.advance_to((i + 1) / 10)
+                looks.append((clock.now, server.shared.idle_timeouts))
+            silent_data, once_data, half_data = await asyncio.gather(
+                until_eof(silent_reader), until_eof(once_reader), until_eof(half_reader))
             stats = await busy.stats()
         for writer in (silent_writer, once_writer, half_writer):
             writer.close()
-    assert silent_data == note("ETIMEDOUT", "idle for 0.3 s")
-    assert once_data == reply(0, want[PAGE : PAGE + 8]) + note("ETIMEDOUT", "idle for 0.3 s")
-    assert half_data == note("ETIMEDOUT", "idle for 0.3 s")
-    # never early (give or take uvloop's timers, which count whole milliseconds)
-    assert silent_at - asked_at > 0.299 and once_at - asked_at > 0.299
+    timed_out = note("ETIMEDOUT", "idle for 0.3 s")
+    assert once_reply == [[1, 0, None, want[PAGE : PAGE + 8]]]
+    assert (silent_data, once_data, half_data) == (timed_out, timed_out, timed_out)
+    assert looks == [(0.1, 0), (0.2, 0), (0.299, 0), (0.3, 3),
+                     *[((i + 1) / 10, 3) for i in range(3, 12)]]
     assert (stats["idle_timeouts"], stats["connections"]) == (3, 1)
-    figures.add(f"idle_timeout 0.3 s ({loop_name()})",
-                silent_client_closed_after=seconds(silent_at - connected_at),
-                or_after_its_one_request=seconds(once_at - asked_at),
-                requests_every_100_ms_kept=12, idle_timeouts=stats["idle_timeouts"])
+    figures.add(f"idle_timeout 0.3 s, fake clock ({loop_name()})",
+                idle_clients_closed_at=seconds(0.3), requests_every_100_ms_kept=12,
+                idle_timeouts=stats["idle_timeouts"])
+
+
+async def test_an_idle_timer_that_fires_early_still_closes(tmp_path: Path) -> None:
+    """uvloop's timers may fire up to a millisecond early: a timer that fires acts as
+    if its time had come, instead of looking again a millisecond later."""
+    dump = build_raw(tmp_path / "oldmem", PAGE)
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, idle_timeout=0.3, clock=clock) as server:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        await until(lambda: len(server.connections) == 1)
+        clock.advance_to(0.2995, early=0.001)  # the 0.3 s timer fires at 0.299 s
+        timeouts = server.shared.idle_timeouts
+        data = await until_eof(reader)
+        writer.close()
+    assert clock.fired == [pytest.approx(0.299)]  # one look, not one more 1 ms later
+    assert timeouts == 1
+    assert data == note("ETIMEDOUT", "idle for 0.3 s")
 
 
 def _stream_all(path: str, size: int, chunk: int) -> tuple[bytes, dict[str, Any] | None, float]:
