@@ -43,14 +43,12 @@ from dumpd.protocol import (
     Notification,
     ProtocolViolation,
     Request,
-    brief,
-    encode_error,
     encode_notification,
 )
 from dumpd.server.budget import ByteBudget
 from dumpd.server.deadlines import Deadlines, LoopClock
 from dumpd.server.dispatch import NOT_READY, Dispatcher, Peer
-from dumpd.server.frames import WRITE_SLICE, coalesced, reply_frames
+from dumpd.server.frames import WRITE_SLICE, coalesced, error_frames, refusal, reply_frames
 from dumpd.server.shared import ConnectionLimits, Shared
 from dumpd.server.streams import Streams
 
@@ -84,8 +82,8 @@ class RpcConnection(asyncio.Protocol):
                                 clock.time)
         self._spans = spans
         self._drained = asyncio.Event()
-        self.writing = asyncio.Lock()  # one reply at a time: slices must not interleave
         self._drained.set()
+        self.writing = asyncio.Lock()  # one reply at a time: slices must not interleave
         self._reading = True
         self._closing_when_idle = False
         self._corked: list[Any] | None = None  # replies of this _pump, written at its end
@@ -271,23 +269,16 @@ class RpcConnection(asyncio.Protocol):
             return None
         return self._written, transport.get_write_buffer_size()
 
-    def pending(self) -> int | None:
-        """Bytes the transport still holds; None once it is closing."""
-        output = self.output()
-        return None if output is None else output[1]
-
     def socket(self) -> tuple[socket.socket, bool] | None:
         """The connection's socket, and whether it is a plain one (not TLS)."""
         transport = self._transport
-        sock = transport.get_extra_info("socket") if transport else None
-        if sock is None or transport is None:
-            return None
-        return cast(socket.socket, sock), not transport.get_extra_info("sslcontext")
+        sock = transport and transport.get_extra_info("socket")
+        return None if not transport or sock is None else (
+            cast(socket.socket, sock), not transport.get_extra_info("sslcontext"))
 
     def idle_out(self) -> None:
         self._shared.idle_timeouts += 1
-        idle = self._limits.idle_timeout
-        self._close_with("ETIMEDOUT", f"idle for {idle:g} s")
+        self._close_with("ETIMEDOUT", f"idle for {self._limits.idle_timeout:g} s")
 
     def send_timed_out(self) -> None:
         """Abort a connection whose client stopped reading: its requests and streams
@@ -392,19 +383,12 @@ class RpcConnection(asyncio.Protocol):
                     await self._drained.wait()
 
     def _error_frames(self, event: Request, exc: Exception) -> list[Any]:
-        if isinstance(exc, DumpdError):
-            return self._refusal(event.msgid, event.method, exc.code, exc.message)
-        log.error("%s failed", event.method, exc_info=exc)  # a bug of ours, not the client's
-        return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]
+        assert self.peer is not None  # requests are read from served connections only
+        return error_frames(event, exc, self.id, self.peer.who)
 
     def _refusal(self, msgid: int, method: str, code: str, message: str) -> list[Any]:
-        """The error reply to a request, logged at debug: the client's mistake or a limit."""
-        assert self.peer is not None  # requests are read from served connections only
-        # one short line, whatever it is (a method name may fill a frame)
-        shown = method if method.isprintable() and len(method) <= 40 else brief(method)
-        log.debug("connection %d (%s): %s refused: %s: %s", self.id, self.peer.who, shown,
-                  code, message)
-        return [encode_error(msgid, code, message)]
+        assert self.peer is not None
+        return refusal(msgid, method, code, message, self.id, self.peer.who)
 
     def _violation(self, exc: ProtocolViolation) -> None:
         assert self.peer is not None

@@ -1,12 +1,16 @@
-"""Pure helpers from results to the frames written: no transport, no state."""
+"""From results and refusals to the frames written: no transport, no state."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
-from dumpd.protocol import encode_bin_response_head, encode_response
+from dumpd.errors import DumpdError
+from dumpd.protocol import Request, brief, encode_bin_response_head, encode_error, encode_response
 from dumpd.server.dispatch import BinParts
+
+log = logging.getLogger("dumpd.server")
 
 WRITE_SLICE = 256 * 1024  # bytes handed to the transport at a time
 
@@ -41,3 +45,21 @@ def coalesced(frames: list[Any]) -> Iterator[Any]:
             run, run_bytes = [], 0
     if run:
         yield run[0] if len(run) == 1 else b"".join(run)
+
+
+def error_frames(event: Request, exc: Exception, conn: int, who: str) -> list[Any]:
+    """The error reply to `event` that raised `exc` on connection `conn` (of `who`):
+    its code for a DumpdError, EFAULT (logged with the traceback) for a bug of ours."""
+    if isinstance(exc, DumpdError):
+        return refusal(event.msgid, event.method, exc.code, exc.message, conn, who)
+    log.error("%s failed", event.method, exc_info=exc)  # a bug of ours, not the client's
+    return [encode_error(event.msgid, "EFAULT", f"internal error: {type(exc).__name__}")]
+
+
+def refusal(msgid: int, method: str, code: str, message: str, conn: int, who: str
+            ) -> list[Any]:
+    """The error reply to a request, logged at debug: the client's mistake or a limit."""
+    # one short line, whatever it is (a method name may fill a frame)
+    shown = method if method.isprintable() and len(method) <= 40 else brief(method)
+    log.debug("connection %d (%s): %s refused: %s: %s", conn, who, shown, code, message)
+    return [encode_error(msgid, code, message)]

@@ -80,8 +80,8 @@ class Link(Protocol):
 
     writing: asyncio.Lock  # held by whoever writes: replies and streams never interleave
 
-    def pending(self) -> int | None:
-        """Bytes the transport still holds; None once it is closing."""
+    def output(self) -> tuple[int, int] | None:
+        """(bytes handed to the transport, bytes it still holds); None once closing."""
 
     def socket(self) -> tuple[socket.socket, bool] | None:
         """The connection's socket, and whether it is a plain one (not TLS)."""
@@ -146,7 +146,7 @@ class Streams:
                     await link.send([f for p in batch for f in stream.frames(msgid, p)])
                 else:
                     await _send_with_sendfile(link, msgid, stream, batch, writer, spans)
-                if link.pending() is None:
+                if link.output() is None:
                     return None
                 await asyncio.sleep(0)  # let the loop read requests (a cancel) between chunks
             summary = {**stream.counts, "cancelled": stream.cancelled}
@@ -176,10 +176,10 @@ async def _send_with_sendfile(link: Link, msgid: int, stream: Stream, batch: lis
 
     async with link.writing:
         pause = TRANSPORT_POLL
-        while pending := link.pending():  # the thread writes after it
+        while (output := link.output()) is not None and output[1]:  # the thread writes after
             await asyncio.sleep(pause)
             pause = min(2 * pause, 0.05)
-        if pending is None:
+        if output is None:
             return
         sent = await asyncio.to_thread(writer.batch, items, spans, error_frame)
     for _, outcome in zip(sent_spans, sent, strict=True):
