@@ -29,10 +29,12 @@ class FakeClock:
         self._timers: list[tuple[float, int, FakeTimer]] = []
         self._order = itertools.count()
         self.fired: list[float] = []  # the time of each timer that ran, in order
+        self.reads = 0  # `time()` calls
         self.off_loop_reads = 0  # `time()` calls from other threads (a sendfile worker's)
         self._loop_thread = threading.get_ident()
 
     def time(self) -> float:
+        self.reads += 1
         if threading.get_ident() != self._loop_thread:
             self.off_loop_reads += 1
         return self.now

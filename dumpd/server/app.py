@@ -61,8 +61,8 @@ class Server:
                  clock: Clock | None = None) -> None:
         """`given_page_size`: a page size the operator named (`--page-size`); a dump whose
         VMCOREINFO says another stops start-up (the pfns a hook is asked would differ).
-        `clock`: what the connections' idle and send deadlines are kept on (None: the
-        running loop; tests pass a fake one)."""
+        `clock`: what the connections' idle and send deadlines, and the shutdown deadline,
+        are kept on (None: the running loop; tests pass a fake one)."""
         self.config = config
         self._clock = clock
         self._given_page_size = given_page_size
@@ -268,9 +268,9 @@ class Server:
             await self._tls.close()
         for conn in list(self.connections):
             conn.close_when_idle()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-        while self.connections and loop.time() < end:
+        clock = self._clock or asyncio.get_running_loop()
+        end = clock.time() + deadline
+        while self.connections and clock.time() < end:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.abort()
