@@ -341,17 +341,10 @@ class RpcConnection(asyncio.Protocol):
     async def _stream(self, event: Request) -> None:
         """Send the pieces of a `stream` request as notifications, then its summary."""
         assert self.peer is not None
+        peer, streams = self.peer, self._streams
         try:
-            self._streams.check_room()
-            sock = self._streams.sendfile_socket(self)
-            reader = await self._dispatcher.call(self.peer, event.method, event.params,
-                                                 self._streams)
-            reader.spans = sock is not None
-        except DumpdError as exc:
-            await self.send(self._error_frames(event, exc))
-            return
-        try:
-            frames = await self._streams.run(self, event.msgid, reader, sock, self._spans)
+            frames = await streams.serve(self, event.msgid, lambda: self._dispatcher.call(
+                peer, event.method, event.params, streams), self._spans)
         except DumpdError as exc:
             frames = self._error_frames(event, exc)
         if frames is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from dumpd.engine.bulk import BulkReader, Data, Hole, Piece, Span
@@ -112,13 +112,20 @@ class Streams:
             stream.cancel()
         return stream is not None
 
-    def check_room(self) -> None:
-        """EBUSY when `max_streams` run already."""
+    async def serve(self, link: Link, msgid: int, open_reader: Callable[[], Awaitable[Any]],
+                    spans: SpanSender) -> list[Any] | None:
+        """Run the stream of request `msgid` on `link`: EBUSY when `max_streams` run
+        already, else the reader `open_reader` gives (a DumpdError when the request's
+        arguments are wrong) is run; returns what `run` returns."""
         if len(self._running) >= self._max:
             raise DumpdError("EBUSY", f"{self._max} streams are running on this connection "
                              "already")
+        sock = self._sendfile_socket(link)
+        reader: BulkReader = await open_reader()
+        reader.spans = sock is not None
+        return await self.run(link, msgid, reader, sock, spans)
 
-    def sendfile_socket(self, link: Link) -> socket.socket | None:
+    def _sendfile_socket(self, link: Link) -> socket.socket | None:
         """The socket a stream may `sendfile` to: a plain one (never TLS), when the
         option is on; widens its send buffer too (a bulk stream moves in larger steps)."""
         found = link.socket()
