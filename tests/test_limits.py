@@ -28,6 +28,7 @@ from dumpd.protocol import encode_request
 from dumpd.receiver import StreamData
 from dumpd.server import Server
 from dumpd.server.budget import ByteBudget
+from dumpd.server.deadlines import Deadlines
 from dumpd.server.zerocopy import SocketWriter
 from dumpd.sources.base import Source
 from tests.clock import FakeClock
@@ -299,6 +300,66 @@ async def test_a_long_stream_is_not_idle(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # -- send timeout ---------------------------------------------------------------------
+
+
+class Output:
+    """A connection as its deadlines see it, moved by hand."""
+
+    def __init__(self) -> None:
+        self.written, self.pending, self.busy = 0, 0, False
+        self.idled: list[float] = []
+        self.aborted: list[float] = []
+        self.clock = FakeClock()
+
+    def output(self) -> tuple[int, int] | None:
+        return self.written, self.pending
+
+    def idle_out(self) -> None:
+        self.idled.append(self.clock.now)
+
+    def send_timed_out(self) -> None:
+        self.aborted.append(self.clock.now)
+
+
+def test_the_send_deadline_counts_from_the_last_look_that_saw_output_move() -> None:
+    """Looks every 0.075 s (a quarter of 0.3 s): output seen moving at 0.15 s for the
+    last time is aborted at 0.45 s (0.3 s later), 1.25x of the timeout after it moved;
+    a reply that goes on moving, however long, never."""
+    conn = Output()
+    deadlines = Deadlines(conn, conn.clock, idle_timeout=0.0, send_timeout=0.3)
+    deadlines.opened()
+    conn.written, conn.pending, conn.busy = 4096, 1024, True
+    deadlines.received()  # bytes in at 0 s: the first look at 0.075 s
+    at = 0.0
+    for _ in range(40):  # 3 s of output that moves a little between looks
+        at += 0.3 / 4
+        conn.written += 1
+        conn.clock.advance_to(at)
+    assert conn.aborted == []
+    conn.written += 1  # seen moving at the next look, for the last time
+    for _ in range(10):
+        at += 0.3 / 4
+        conn.clock.advance_to(at)
+    last_move = 41 * 0.075
+    assert conn.clock.fired[41 - 1] == pytest.approx(last_move)
+    assert conn.aborted == [pytest.approx(last_move + 0.3)]
+    assert len(conn.clock.fired) == 41 + 4  # no look after the abort
+    deadlines.close()
+
+
+def test_the_idle_deadline_counts_from_the_last_activity() -> None:
+    conn = Output()
+    deadlines = Deadlines(conn, conn.clock, idle_timeout=0.3, send_timeout=0.0)
+    deadlines.opened()  # at 0 s: due at 0.3 s
+    conn.clock.advance_to(0.1)
+    deadlines.received()  # at 0.1 s: the look at 0.3 s moves on to 0.4 s
+    conn.clock.advance_to(0.3999)
+    assert conn.idled == []
+    conn.clock.advance_to(0.4)
+    assert (conn.idled, conn.clock.fired) == ([0.4], [0.3, 0.4])
+    deadlines.close()
+
+
 
 
 def looks_until_aborted(server: Server, clock: FakeClock, period: float, count: int
