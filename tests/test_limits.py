@@ -461,8 +461,9 @@ async def test_stalled_sendfile_streams_give_their_worker_threads_back(
     they are free again and a new stream runs. On a fake clock: the two threads give
     up at 0.3 s, the third stream (queued for a thread until then) at 0.6 s."""
     running = [0]
+    waiting = [0]  # threads waiting for a socket to take more
     lock = threading.Lock()
-    real_batch = SocketWriter.batch
+    real_batch, real_wait = SocketWriter.batch, SocketWriter.wait
 
     def batch(writer: SocketWriter, *args: Any) -> Any:
         with lock:
@@ -473,7 +474,17 @@ async def test_stalled_sendfile_streams_give_their_worker_threads_back(
             with lock:
                 running[0] -= 1
 
+    def wait(writer: SocketWriter) -> None:
+        with lock:
+            waiting[0] += 1
+        try:
+            real_wait(writer)
+        finally:
+            with lock:
+                waiting[0] -= 1
+
     monkeypatch.setattr(SocketWriter, "batch", batch)
+    monkeypatch.setattr(SocketWriter, "wait", wait)
     workers = 2
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers))
     dump = build_raw(tmp_path / "oldmem", 64 * MiB)
@@ -483,10 +494,10 @@ async def test_stalled_sendfile_streams_give_their_worker_threads_back(
         with contextlib.ExitStack() as stack:
             for _ in range(workers + 1):  # one more than there are threads
                 stack.enter_context(never_reading(server, request))
-            await until(lambda: running[0] == workers)
+            await until(lambda: waiting[0] == workers)  # both since 0 s, the third queued
             clock.advance_to(0.3)
             await until(lambda: server.shared.send_timeouts == workers)
-            await until(lambda: running[0] == 1)  # the third stream has a thread now
+            await until(lambda: waiting[0] == 1)  # the third stream has a thread, since 0.3 s
             clock.advance_to(0.6)
             await until(lambda: server.shared.send_timeouts == workers + 1)
             await until(lambda: running[0] == 0)
