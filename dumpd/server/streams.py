@@ -116,14 +116,14 @@ class Streams:
                     spans: SpanSender) -> list[Any] | None:
         """Run the stream of request `msgid` on `link`: EBUSY when `max_streams` run
         already, else the reader `open_reader` gives (a DumpdError when the request's
-        arguments are wrong) is run; returns what `run` returns."""
+        arguments are wrong) is run; returns what `_run` returns."""
         if len(self._running) >= self._max:
             raise DumpdError("EBUSY", f"{self._max} streams are running on this connection "
                              "already")
         sock = self._sendfile_socket(link)
         reader: BulkReader = await open_reader()
         reader.spans = sock is not None
-        return await self.run(link, msgid, reader, sock, spans)
+        return await self._run(link, msgid, reader, sock, spans)
 
     def _sendfile_socket(self, link: Link) -> socket.socket | None:
         """The socket a stream may `sendfile` to: a plain one (never TLS), when the
@@ -136,7 +136,7 @@ class Streams:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
         return sock if self._sendfile and plain else None
 
-    async def run(self, link: Link, msgid: int, reader: BulkReader,
+    async def _run(self, link: Link, msgid: int, reader: BulkReader,
                   sock: socket.socket | None, spans: SpanSender) -> list[Any] | None:
         """Send the pieces of `reader` on `link` as notifications; the summary frames to send
         last, or None when the connection went away meanwhile. A DumpdError of the
