@@ -8,7 +8,7 @@ read that touches one traps to the hypervisor, which asks qemu-dm for it, and qe
 serves one request at a time. This models that inside the server process: every
 source access (the worker threads' `Source.read_into`, the inline RWF_NOWAIT reads of
 `Source.read_cached_into`, and the `sendfile` calls of streams in
-`SocketWriter._copy`) sleeps `--cost-ms` for each ballooned page its bytes touch,
+`Source.copy_to`) sleeps `--cost-ms` for each ballooned page its bytes touch,
 under one process-wide lock, for real. Accesses that touch no ballooned page cost
 nothing extra. On exit (dumpd exits cleanly on SIGTERM) the counts are written to
 `--report` as JSON.
@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 
 import dumpd_balloon
 
-from dumpd.server.zerocopy import SocketWriter
 from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun, Source
 
@@ -127,7 +126,7 @@ class Wrapped(NamedTuple):
 
     read_into: Callable[[Source, int, memoryview], None]
     read_cached_into: Callable[[Source, int, memoryview], int]
-    copy: Callable[[SocketWriter, int, int, int], int]
+    copy: Callable[[Source, int, int, int], int]
 
 
 def install(model: QemuDm) -> None:
@@ -135,14 +134,14 @@ def install(model: QemuDm) -> None:
     read_into, read_cached_into, copy = wrapped(model)
     Source.read_into = read_into  # type: ignore[method-assign, assignment]
     Source.read_cached_into = read_cached_into  # type: ignore[method-assign, assignment]
-    SocketWriter._copy = copy  # type: ignore[method-assign, assignment]
+    Source.copy_to = copy  # type: ignore[method-assign, assignment]
 
 
 def wrapped(model: QemuDm) -> Wrapped:
     """Source reads that pay `model` for what they touch: before a positional read
     (its length is known), after an inline read or a `sendfile` call (what they moved)."""
     read_into, read_cached_into = Source.read_into, Source.read_cached_into
-    copy = SocketWriter._copy
+    copy = Source.copy_to
 
     def slow_read_into(source: Source, offset: int, view: memoryview) -> None:
         model.access("read_into", offset, len(view))
@@ -154,8 +153,8 @@ def wrapped(model: QemuDm) -> Wrapped:
             model.access("read_cached_into", offset, n)
         return n
 
-    def slow_copy(writer: SocketWriter, source_fd: int, offset: int, count: int) -> int:
-        n = copy(writer, source_fd, offset, count)
+    def slow_copy(source: Source, fd: int, offset: int, count: int) -> int:
+        n = copy(source, fd, offset, count)
         if n:
             model.access("sendfile", offset, n)
         return n

@@ -139,10 +139,9 @@ def server_pid(sock_path: str) -> int:
 SLOW_DISK = """
 import sys, time
 from dumpd.sources.base import Source
-from dumpd.server.zerocopy import SocketWriter
 from dumpd.cli import main
 
-read_into, copy = Source.read_into, SocketWriter._copy
+read_into, copy = Source.read_into, Source.copy_to
 
 def slow_read_into(self, offset, view):
     time.sleep(0.04)  # a slow disk: 40 ms a read (four reader threads)
@@ -154,7 +153,7 @@ def slow_copy(self, fd, offset, count):
 
 Source.read_into = slow_read_into
 Source.read_cached_into = lambda self, offset, view: 0  # nothing is ever cached
-SocketWriter._copy = slow_copy
+Source.copy_to = slow_copy
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -173,3 +172,9 @@ def slow_server(tmp_path: Path, image: str, sock: Path, *args: str
         assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     return proc
+
+
+def state_of(copy: Path) -> dict[str, Any]:
+    """The resume state `dumpd fetch` keeps beside `copy`."""
+    state: dict[str, Any] = json.loads(Path(f"{copy}.dumpd-fetch").read_text())
+    return state

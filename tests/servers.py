@@ -17,7 +17,7 @@ from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, EngineConfig, HookConfig, ServerConfig, SourceConfig
 from dumpd.errors import DumpdError
 from dumpd.server import Server
-from dumpd.server.zerocopy import SocketWriter
+from dumpd.server.deadlines import Clock
 from dumpd.sources.base import Source
 
 
@@ -25,17 +25,18 @@ from dumpd.sources.base import Source
 async def serving(
     tmp_path: Path, source: str | Path, *, hook: str = "",
     hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
-    engine: EngineConfig | None = None,
+    engine: EngineConfig | None = None, clock: Clock | None = None,
     **server: Any,
 ) -> AsyncIterator[Server]:
-    """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit."""
+    """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit.
+    `clock`: the one its connections' deadlines are kept on (None: the loop's)."""
     config = Config(
         source=SourceConfig(path=str(source), kind=kind, page_size=page_size),
         server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
         engine=engine or EngineConfig(),
         hook=HookConfig(name=hook, options=hook_options or {}),
     )
-    srv = Server(config)
+    srv = Server(config, clock=clock)
     await srv.start()
     try:
         yield srv
@@ -86,26 +87,26 @@ def failing(source: Source, bad: range) -> Iterator[None]:
     """While inside, the source's bytes in `bad` cannot be read, as on a dying disk:
     through the engine's reads and through a stream's sendfile alike."""
     real_read, real_cached = source.read_into, source.read_cached_into
-    real_copy = SocketWriter._copy
+    real_copy = source.copy_to
 
     def read_into(offset: int, view: memoryview) -> None:
         if offset < bad.stop and bad.start < offset + len(view):
             raise DumpdError("EIO", f"source read failed at {offset:#x}: Input/output error")
         real_read(offset, view)
 
-    def copy(writer: SocketWriter, fd: int, offset: int, count: int) -> int:
+    def copy(fd: int, offset: int, count: int) -> int:
         if bad.start <= offset < bad.stop:
             raise OSError(errno.EIO, "Input/output error")
         if offset < bad.start < offset + count:
             count = bad.start - offset  # the bytes before the bad ones still go
-        return real_copy(writer, fd, offset, count)
+        return real_copy(fd, offset, count)
 
     source.read_into = read_into  # type: ignore[method-assign]
     source.read_cached_into = lambda offset, view: 0  # type: ignore[method-assign]
-    SocketWriter._copy = copy  # type: ignore[method-assign]
+    source.copy_to = copy  # type: ignore[method-assign]
     try:
         yield
     finally:
         source.read_into = real_read  # type: ignore[method-assign]
         source.read_cached_into = real_cached  # type: ignore[method-assign]
-        SocketWriter._copy = real_copy  # type: ignore[method-assign]
+        source.copy_to = real_copy  # type: ignore[method-assign]

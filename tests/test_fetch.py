@@ -18,7 +18,7 @@ import pytest
 
 from dumpd.fetch import FetchRequest, fetch
 from dumpd.sources import open_source
-from tests.daemon import DUMPD, ENV, run, served, slow_server, stats_json
+from tests.daemon import DUMPD, ENV, run, served, slow_server, state_of, stats_json
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 from tests.servers import failing, serving
 from tests.views import PAGE, balloon_file, expected_view
@@ -113,11 +113,6 @@ def test_fetch_of_a_raw_dump_a_range_and_quiet(tmp_path: Path) -> None:
     lines = second.stderr.decode().splitlines()  # not a terminal: a line per tenth
     assert lines[-1].startswith(f"fetched 8.0 KiB of {part} in ")
     assert any(line.startswith("fetch: 8.0 KiB of 8.0 KiB (100%)") for line in lines)
-
-
-def state_of(copy: Path) -> dict[str, Any]:
-    state: dict[str, Any] = json.loads(Path(f"{copy}.dumpd-fetch").read_text())
-    return state
 
 
 def test_a_fetch_cut_by_killing_the_server_resumes_to_an_identical_copy(

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from dumpd.client import Client
 from dumpd.config import Config, EngineConfig, ServerConfig, SourceConfig
 from dumpd.engine import Engine
+from dumpd.engine.bulk import BulkReader
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -278,10 +279,24 @@ def dispatcher_over(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop,
         loop.close()
 
 
+class NoStreams:
+    """A connection's running streams, when none runs."""
+
+    def cancel(self, msgid: int) -> bool:
+        return False
+
+
+def opened(result: Any) -> Any:
+    """`result`, the reader of a stream closed (it is not run here)."""
+    if isinstance(result, BulkReader):
+        result.close()
+    return result
+
+
 def test_the_dispatcher_raises_nothing_but_documented_errors(tmp_path: Path) -> None:
-    """Every method, `call` and `call_now` (and `open_stream`, `cost`), with params of
-    any shape and type, by admins and others: a result or a DumpdError with a
-    documented code, nothing else."""
+    """Every method, `call` (a stream's reader included) and `call_now` (and `cost`),
+    with params of any shape and type, by admins and others: a result or a DumpdError
+    with a documented code, nothing else."""
     with dispatcher_over(tmp_path) as (loop, dispatcher):
         outcomes: Counter[str] = Counter()
 
@@ -292,9 +307,9 @@ def test_the_dispatcher_raises_nothing_but_documented_errors(tmp_path: Path) -> 
             peer = Peer(uid=0 if admin else 4242, admin=admin,
                         who=f"uid {0 if admin else 4242} pid 1")
             attempts: list[Callable[[], Any]] = [
-                lambda: loop.run_until_complete(dispatcher.call(peer, method, params)),
+                lambda: opened(loop.run_until_complete(
+                    dispatcher.call(peer, method, params, NoStreams()))),
                 lambda: dispatcher.call_now(peer, method, params),
-                lambda: dispatcher.open_stream(params).close(),
             ]
             assert type(dispatcher.cost(method, params)) is int
             for attempt in attempts:
@@ -339,7 +354,7 @@ def test_an_integral_float_gets_the_reply_its_int_gets_in_every_method(tmp_path:
             return "ok", b"".join(result) if isinstance(result, BinParts) else result
 
         async def pieces(params: list[Any]) -> list[Any]:
-            reader = dispatcher.open_stream(params)
+            reader = await dispatcher.call(peer, "stream", params, NoStreams())
             try:
                 return [piece async for batch in reader for piece in batch]
             finally:
@@ -360,7 +375,7 @@ def test_an_integral_float_gets_the_reply_its_int_gets_in_every_method(tmp_path:
                 if method == "stream":
                     return [outcome(lambda: loop.run_until_complete(pieces(form)))]
                 return [outcome(lambda: loop.run_until_complete(
-                            dispatcher.call(peer, method, form))),
+                            dispatcher.call(peer, method, form, NoStreams()))),
                         outcome(lambda: dispatcher.call_now(peer, method, form))]
 
             got = replies(params)

@@ -28,7 +28,10 @@ from dumpd.client.aio import AsyncClient
 from dumpd.protocol import encode_request
 from dumpd.server import Server
 from dumpd.server.budget import ByteBudget
+from dumpd.server.deadlines import Deadlines
 from dumpd.server.zerocopy import SocketWriter
+from dumpd.sources.base import Source
+from tests.clock import FakeClock
 from tests.dumps import build_raw, file_bytes
 from tests.figures import Figures
 from tests.servers import GatedHook, client_of, serving, until
@@ -178,47 +181,71 @@ async def test_peers_refused_for_access_hold_no_slot() -> None:
 # -- idle timeout ---------------------------------------------------------------------
 
 
-async def _until_eof_at(reader: asyncio.StreamReader) -> tuple[bytes, float]:
-    data = await until_eof(reader)
-    return data, asyncio.get_running_loop().time()
+def the_connection(server: Server, *known: object) -> Any:
+    """The one connection of `server` not among `known`."""
+    (conn,) = [c for c in server.connections if c not in known]
+    return conn
 
 
 async def test_idle_connections_are_closed_with_etimedout_busy_ones_are_not(
         tmp_path: Path, figures: Figures) -> None:
+    """On a fake clock: all connect at 0 s; the idle ones are closed at 0.3 s exactly
+    (not at 0.299 s), the one that asks every 0.1 s never."""
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     want = file_bytes(dump.path)
-    loop = asyncio.get_running_loop()
-    async with serving(tmp_path, dump.path, idle_timeout=0.3) as server:
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, idle_timeout=0.3, clock=clock) as server:
         path = server.config.server.socket
         silent_reader, silent_writer = await asyncio.open_unix_connection(path)
-        connected_at = loop.time()
-        silent = asyncio.ensure_future(_until_eof_at(silent_reader))
         once_reader, once_writer = await asyncio.open_unix_connection(path)
         once_writer.write(encode_request(0, "read", [PAGE, 8]))
-        asked_at = loop.time()
-        once = asyncio.ensure_future(_until_eof_at(once_reader))
+        once_reply = await responses(once_reader, 1)
+        earlier = set(server.connections)
         half_reader, half_writer = await asyncio.open_unix_connection(path)
         half_writer.write(encode_request(1, "read", [0, 8])[:5])  # stops inside a frame
-        half = asyncio.ensure_future(until_eof(half_reader))
+        await until(lambda: len(server.connections) == 3)
+        half = the_connection(server, *earlier)
+        await until(lambda: half._decoder.buffered == 5)  # its 5 bytes wait in the decoder
+        looks: list[tuple[float, int]] = []
         async with client_of(server) as busy:
             for i in range(12):  # a request every 0.1 s: never idle for 0.3 s
                 assert await busy.read(i * 8, 8) == want[i * 8 : i * 8 + 8]
-                await asyncio.sleep(0.1)
-            (silent_data, silent_at), (once_data, once_at), half_data = await asyncio.gather(
-                silent, once, half)
+                if i == 2:
+                    clock.advance_to(0.299)
+                    looks.append((clock.now, server.shared.idle_timeouts))
+                clock.advance_to((i + 1) / 10)
+                looks.append((clock.now, server.shared.idle_timeouts))
+            silent_data, once_data, half_data = await asyncio.gather(
+                until_eof(silent_reader), until_eof(once_reader), until_eof(half_reader))
             stats = await busy.stats()
         for writer in (silent_writer, once_writer, half_writer):
             writer.close()
-    assert silent_data == note("ETIMEDOUT", "idle for 0.3 s")
-    assert once_data == reply(0, want[PAGE : PAGE + 8]) + note("ETIMEDOUT", "idle for 0.3 s")
-    assert half_data == note("ETIMEDOUT", "idle for 0.3 s")
-    # never early (give or take uvloop's timers, which count whole milliseconds)
-    assert silent_at - asked_at > 0.299 and once_at - asked_at > 0.299
+    timed_out = note("ETIMEDOUT", "idle for 0.3 s")
+    assert once_reply == [[1, 0, None, want[PAGE : PAGE + 8]]]
+    assert (silent_data, once_data, half_data) == (timed_out, timed_out, timed_out)
+    assert looks == [(0.1, 0), (0.2, 0), (0.299, 0), (0.3, 3),
+                     *[((i + 1) / 10, 3) for i in range(3, 12)]]
     assert (stats["idle_timeouts"], stats["connections"]) == (3, 1)
-    figures.add(f"idle_timeout 0.3 s ({loop_name()})",
-                silent_client_closed_after=seconds(silent_at - connected_at),
-                or_after_its_one_request=seconds(once_at - asked_at),
-                requests_every_100_ms_kept=12, idle_timeouts=stats["idle_timeouts"])
+    figures.add(f"idle_timeout 0.3 s, fake clock ({loop_name()})",
+                idle_clients_closed_at=seconds(0.3), requests_every_100_ms_kept=12,
+                idle_timeouts=stats["idle_timeouts"])
+
+
+async def test_an_idle_timer_that_fires_early_still_closes(tmp_path: Path) -> None:
+    """uvloop's timers may fire up to a millisecond early: a timer that fires acts as
+    if its time had come, instead of looking again a millisecond later."""
+    dump = build_raw(tmp_path / "oldmem", PAGE)
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, idle_timeout=0.3, clock=clock) as server:
+        reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
+        await until(lambda: len(server.connections) == 1)
+        clock.advance_to(0.2995, early=0.001)  # the 0.3 s timer fires at 0.299 s
+        timeouts = server.shared.idle_timeouts
+        data = await until_eof(reader)
+        writer.close()
+    assert clock.fired == [pytest.approx(0.299)]  # one look, not one more 1 ms later
+    assert timeouts == 1
+    assert data == note("ETIMEDOUT", "idle for 0.3 s")
 
 
 def _stream_all(path: str, size: int, chunk: int) -> tuple[bytes, dict[str, Any] | None, float]:
@@ -238,32 +265,123 @@ def _stream_all(path: str, size: int, chunk: int) -> tuple[bytes, dict[str, Any]
 
 async def test_a_long_stream_is_not_idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         figures: Figures) -> None:
-    real_copy = SocketWriter._copy
+    """On a fake clock, 0.1 s passes at each copy of a slow source (the socket stays
+    quiet meanwhile): the stream outlasts the idle timeout ten times, and is not cut."""
+    real_copy = Source.copy_to
+    clock = FakeClock()
+    copies = [0]
+    turn = threading.Semaphore(0)  # one copy per move of the clock
 
-    def slow_copy(writer: SocketWriter, source_fd: int, offset: int, count: int) -> int:
-        time.sleep(0.05)  # a slow source: the stream runs, the socket stays quiet
-        return real_copy(writer, source_fd, offset, min(count, 64 * 1024))
+    def slow_copy(source: Source, fd: int, offset: int, count: int) -> int:
+        copies[0] += 1
+        assert turn.acquire(timeout=10)
+        return real_copy(source, fd, offset, min(count, 64 * 1024))
 
-    monkeypatch.setattr(SocketWriter, "_copy", slow_copy)
+    monkeypatch.setattr(Source, "copy_to", slow_copy)
     dump = build_raw(tmp_path / "oldmem", 2 * MiB)
-    async with serving(tmp_path, dump.path, idle_timeout=0.3) as server:
-        view, summary, took = await asyncio.to_thread(
-            _stream_all, server.config.server.socket, dump.size, 256 * 1024)
+    async with serving(tmp_path, dump.path, idle_timeout=0.3, clock=clock) as server:
+        streamed = asyncio.ensure_future(asyncio.to_thread(
+            _stream_all, server.config.server.socket, dump.size, 256 * 1024))
+        moves = 0
+        while not streamed.done():
+            await until(lambda done=moves: copies[0] > done or streamed.done())
+            if copies[0] > moves:
+                moves += 1
+                clock.advance_to(moves / 10)
+                turn.release()
+        view, summary, _ = await streamed
         assert server.shared.idle_timeouts == 0
-    assert took > 3 * 0.3  # the stream outlasted the idle timeout several times
+    assert moves == dump.size // (64 * 1024)
+    assert clock.now == moves / 10 == 3.2  # the stream outlasted the idle timeout 10 times
     assert view == file_bytes(dump.path)
     assert summary == {"bytes": dump.size, "data_bytes": dump.size, "hole_bytes": 0,
                        "error_bytes": 0, "cancelled": False}
-    figures.add(f"idle_timeout 0.3 s, one stream ({loop_name()})", stream_took=seconds(took),
-                bytes_exact=dump.size, idle_timeouts=0)
+    figures.add(f"idle_timeout 0.3 s, one stream, fake clock ({loop_name()})",
+                stream_took=seconds(clock.now), bytes_exact=dump.size, idle_timeouts=0)
 
 
 # -- send timeout ---------------------------------------------------------------------
 
 
+class Output:
+    """A connection as its deadlines see it, moved by hand."""
+
+    def __init__(self) -> None:
+        self.written, self.pending, self.busy = 0, 0, False
+        self.idled: list[float] = []
+        self.aborted: list[float] = []
+        self.clock = FakeClock()
+
+    def output(self) -> tuple[int, int] | None:
+        return self.written, self.pending
+
+    def idle_out(self) -> None:
+        self.idled.append(self.clock.now)
+
+    def send_timed_out(self) -> None:
+        self.aborted.append(self.clock.now)
+
+
+def test_the_send_deadline_counts_from_the_last_look_that_saw_output_move() -> None:
+    """Looks every 0.075 s (a quarter of 0.3 s): output seen moving at 0.15 s for the
+    last time is aborted at 0.45 s (0.3 s later), 1.25x of the timeout after it moved;
+    a reply that goes on moving, however long, never."""
+    conn = Output()
+    deadlines = Deadlines(conn, conn.clock, idle_timeout=0.0, send_timeout=0.3)
+    deadlines.opened()
+    conn.written, conn.pending, conn.busy = 4096, 1024, True
+    deadlines.received()  # bytes in at 0 s: the first look at 0.075 s
+    at = 0.0
+    for _ in range(40):  # 3 s of output that moves a little between looks
+        at += 0.3 / 4
+        conn.written += 1
+        conn.clock.advance_to(at)
+    assert conn.aborted == []
+    conn.written += 1  # seen moving at the next look, for the last time
+    for _ in range(10):
+        at += 0.3 / 4
+        conn.clock.advance_to(at)
+    last_move = 41 * 0.075
+    assert conn.clock.fired[41 - 1] == pytest.approx(last_move)
+    assert conn.aborted == [pytest.approx(last_move + 0.3)]
+    assert len(conn.clock.fired) == 41 + 4  # no look after the abort
+    deadlines.close()
+
+
+def test_the_idle_deadline_counts_from_the_last_activity() -> None:
+    conn = Output()
+    deadlines = Deadlines(conn, conn.clock, idle_timeout=0.3, send_timeout=0.0)
+    deadlines.opened()  # at 0 s: due at 0.3 s
+    conn.clock.advance_to(0.1)
+    deadlines.received()  # at 0.1 s: the look at 0.3 s moves on to 0.4 s
+    conn.clock.advance_to(0.3999)
+    assert conn.idled == []
+    conn.clock.advance_to(0.4)
+    assert (conn.idled, conn.clock.fired) == ([0.4], [0.3, 0.4])
+    deadlines.close()
+
+
+
+
+def looks_until_aborted(server: Server, clock: FakeClock, period: float, count: int
+                        ) -> list[int]:
+    """`send_timeouts` after each of `count` looks of the connections' timers, one
+    `period` apart from 0 s on (the times the timers themselves compute)."""
+    seen, at = [], 0.0
+    for _ in range(count):
+        at += period
+        clock.advance_to(at)
+        seen.append(server.shared.send_timeouts)
+    return seen
+
+
 @pytest.mark.parametrize("what", ["read", "stream", "stream without sendfile"])
 async def test_a_client_that_never_reads_is_aborted_after_send_timeout(
         tmp_path: Path, what: str, figures: Figures) -> None:
+    """On a fake clock. Through the transport (a read, a stream without sendfile): the
+    timer looks every 0.075 s from the first bytes in (0 s); output seen still at
+    0.075 s and still at 0.375 s is aborted then, at the fifth look. With sendfile:
+    the worker thread gives up 0.3 s after it began to wait (0 s): not at 0.299 s."""
     dump = build_raw(tmp_path / "oldmem", 32 * MiB)
     want = file_bytes(dump.path)
     if what == "read":
@@ -271,54 +389,82 @@ async def test_a_client_that_never_reads_is_aborted_after_send_timeout(
                                                                          [8 * MiB, 8 * MiB])
     else:
         frames = encode_request(0, "stream", [0, dump.size, {}])
-    async with serving(tmp_path, dump.path, send_timeout=0.3,
+    clock = FakeClock()
+    waits = [0]
+    real_wait = SocketWriter.wait
+
+    def wait(writer: SocketWriter) -> None:
+        waits[0] += 1
+        real_wait(writer)
+
+    async with serving(tmp_path, dump.path, send_timeout=0.3, clock=clock,
                        stream_sendfile=what == "stream") as server, client_of(server) as honest:
-        loop = asyncio.get_running_loop()
-        with never_reading(server, frames):
-            asked_at = loop.time()
-            await until(lambda: len(server.connections) == 2)
-            for offset in (0, 5 * MiB + 3, 31 * MiB):  # served while the other one stalls
-                assert await honest.read(offset, MiB) == want[offset : offset + MiB]
-            await until(lambda: server.shared.send_timeouts == 1)
-            aborted_after = loop.time() - asked_at
+        SocketWriter.wait = wait  # type: ignore[method-assign]
+        try:
             await until(lambda: len(server.connections) == 1)
-            assert await honest.read(7, 3 * MiB) == want[7 : 7 + 3 * MiB]
-            stats = await honest.stats()
+            honest_conn = the_connection(server)
+            with never_reading(server, frames):
+                await until(lambda: len(server.connections) == 2)
+                stuck = the_connection(server, honest_conn)
+                if what == "stream":  # the thread waits for the socket to take more
+                    await until(lambda: waits[0] > 0)
+                else:  # the transport holds more than its high-water mark: nothing moves
+                    await until(lambda: stuck.output()[1] > 1 << 20)
+                for offset in (0, 5 * MiB + 3, 31 * MiB):  # served while the other stalls
+                    assert await honest.read(offset, MiB) == want[offset : offset + MiB]
+                if what == "stream":
+                    clock.advance_to(0.299)
+                    reads = clock.off_loop_reads
+                    await until(lambda: clock.off_loop_reads > reads + 1)  # it looked again
+                    looks = [server.shared.send_timeouts]
+                    clock.advance_to(0.3)
+                    await until(lambda: server.shared.send_timeouts == 1)
+                    looks.append(server.shared.send_timeouts)
+                else:
+                    looks = looks_until_aborted(server, clock, 0.3 / 4, 6)
+                await until(lambda: len(server.connections) == 1)
+                assert await honest.read(7, 3 * MiB) == want[7 : 7 + 3 * MiB]
+                stats = await honest.stats()
+        finally:
+            SocketWriter.wait = real_wait  # type: ignore[method-assign]
+    assert looks == ([0, 1] if what == "stream" else [0, 0, 0, 0, 1, 1])
     assert (stats["send_timeouts"], stats["connections"], stats["idle_timeouts"]) == (1, 1, 0)
     assert stats["reply_bytes_held"] == 0  # the aborted connection's budget came back
-    figures.add(f"send_timeout 0.3 s, {what} never read ({loop_name()})",
+    aborted_after = 0.3 if what == "stream" else 0.375
+    figures.add(f"send_timeout 0.3 s, {what} never read, fake clock ({loop_name()})",
                 aborted_after=seconds(aborted_after), honest_mib_exact=6,
                 send_timeouts=stats["send_timeouts"])
 
 
 async def test_a_slow_reader_that_keeps_reading_is_not_aborted(tmp_path: Path) -> None:
-    """The deadline is for output that does not move, not for a reply that takes long."""
+    """The deadline is for output that does not move, not for a reply that takes long:
+    on a fake clock, 0.02 s passes at each 32 KiB the client reads."""
     dump = build_raw(tmp_path / "oldmem", 2 * MiB)
-    loop = asyncio.get_running_loop()
-    async with serving(tmp_path, dump.path, send_timeout=0.3) as server:
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, send_timeout=0.3, clock=clock) as server:
         reader, writer = await asyncio.open_unix_connection(server.config.server.socket)
         writer.write(encode_request(0, "read", [0, 2 * MiB]))
-        start = loop.time()
         got = b""
         while len(got) < len(reply(0, file_bytes(dump.path))):
             data = await reader.read(32 * 1024)
             assert data, "the server closed the connection"
             got += data
-            await asyncio.sleep(0.02)
-        took = loop.time() - start
+            clock.advance_to(clock.now + 0.02)
         writer.close()
         assert server.shared.send_timeouts == 0
-    assert took > 2 * 0.3
+    assert clock.now > 2 * 0.3
     assert got == reply(0, file_bytes(dump.path))
 
 
 async def test_stalled_sendfile_streams_give_their_worker_threads_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, figures: Figures) -> None:
     """Every worker thread busy with a client that stopped reading: after send_timeout
-    they are free again and a new stream runs."""
+    they are free again and a new stream runs. On a fake clock: the two threads give
+    up at 0.3 s, the third stream (queued for a thread until then) at 0.6 s."""
     running = [0]
+    waiting = [0]  # threads waiting for a socket to take more
     lock = threading.Lock()
-    real_batch = SocketWriter.batch
+    real_batch, real_wait = SocketWriter.batch, SocketWriter.wait
 
     def batch(writer: SocketWriter, *args: Any) -> Any:
         with lock:
@@ -329,29 +475,41 @@ async def test_stalled_sendfile_streams_give_their_worker_threads_back(
             with lock:
                 running[0] -= 1
 
+    def wait(writer: SocketWriter) -> None:
+        with lock:
+            waiting[0] += 1
+        try:
+            real_wait(writer)
+        finally:
+            with lock:
+                waiting[0] -= 1
+
     monkeypatch.setattr(SocketWriter, "batch", batch)
+    monkeypatch.setattr(SocketWriter, "wait", wait)
     workers = 2
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers))
     dump = build_raw(tmp_path / "oldmem", 64 * MiB)
     request = encode_request(0, "stream", [0, dump.size, {}])
-    loop = asyncio.get_running_loop()
-    async with serving(tmp_path, dump.path, send_timeout=0.3) as server:
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, send_timeout=0.3, clock=clock) as server:
         with contextlib.ExitStack() as stack:
             for _ in range(workers + 1):  # one more than there are threads
                 stack.enter_context(never_reading(server, request))
-            started = loop.time()
-            await until(lambda: running[0] == workers)
+            await until(lambda: waiting[0] == workers)  # both since 0 s, the third queued
+            clock.advance_to(0.3)
+            await until(lambda: server.shared.send_timeouts == workers)
+            await until(lambda: waiting[0] == 1)  # the third stream has a thread, since 0.3 s
+            clock.advance_to(0.6)
             await until(lambda: server.shared.send_timeouts == workers + 1)
             await until(lambda: running[0] == 0)
-            freed_after = loop.time() - started
         with ThreadPoolExecutor(1) as own:  # the client's thread, not the server's
             view, summary, _ = await asyncio.get_running_loop().run_in_executor(
                 own, _stream_all, server.config.server.socket, 8 * MiB, MiB)
     assert view == file_bytes(dump.path, 0, 8 * MiB)
     assert summary is not None and summary["data_bytes"] == 8 * MiB
-    figures.add(f"send_timeout 0.3 s, 3 sendfile streams never read, 2 worker threads "
-                f"({loop_name()})", aborted=workers + 1, threads_free_after=seconds(freed_after),
-                next_stream_mib_exact=8)
+    figures.add(f"send_timeout 0.3 s, 3 sendfile streams never read, 2 worker threads, "
+                f"fake clock ({loop_name()})", aborted=workers + 1,
+                threads_free_after=seconds(0.6), next_stream_mib_exact=8)
 
 
 # -- the server-wide reply budget -----------------------------------------------------
@@ -390,23 +548,32 @@ async def test_the_total_reply_budget_bounds_all_connections_together(
 
 async def test_send_timeout_frees_the_total_for_clients_that_read(tmp_path: Path,
                                                                   figures: Figures) -> None:
+    """On a fake clock: two clients that never read hold the whole total; a read that
+    waits for it is answered once they are aborted, at the fifth look (0.375 s)."""
     dump = build_raw(tmp_path / "oldmem", 32 * MiB)
+    clock = FakeClock()
     async with serving(tmp_path, dump.path, reply_budget_total_mib=16, reply_budget_mib=8,
-                       max_read_mib=8, send_timeout=0.3) as server, client_of(server) as honest:
+                       max_read_mib=8, send_timeout=0.3, clock=clock) as server, \
+            client_of(server) as honest:
         budget = server.shared.reply_budget
+        await until(lambda: len(server.connections) == 1)
+        honest_conn = the_connection(server)
         with (never_reading(server, encode_request(0, "read", [0, 8 * MiB])),
               never_reading(server, encode_request(0, "read", [8 * MiB, 8 * MiB]))):
-            await until(lambda: budget.held == 16 * MiB)
-            asked_at = asyncio.get_running_loop().time()
-            data = await honest.read(16 * MiB, 8 * MiB)  # waits for the total, not refused
-            waited = asyncio.get_running_loop().time() - asked_at
-            await until(lambda: server.shared.send_timeouts == 2)  # one was enough for it
+            await until(lambda: budget.held == 16 * MiB and len(server.connections) == 3)
+            stuck = [c for c in server.connections if c is not honest_conn]
+            await until(lambda: all(c.output()[1] > 1 << 20 for c in stuck))  # no move
+            read = asyncio.ensure_future(honest.read(16 * MiB, 8 * MiB))
+            await until(lambda: budget.waits == 1)  # it waits for the total, not refused
+            looks = looks_until_aborted(server, clock, 0.3 / 4, 6)
+            data = await read
             stats = await honest.stats()
+    assert looks == [0, 0, 0, 0, 2, 2]  # one abort was enough for it: both at 0.375 s
     assert data == file_bytes(dump.path, 16 * MiB, 8 * MiB)
     assert (stats["send_timeouts"], stats["reply_budget_waits"]) == (2, 1)
     assert (stats["reply_bytes_held"], stats["reply_bytes_held_peak"]) == (0, 16 * MiB)
     figures.add(f"reply_budget_total_mib 16 held by 2 clients that never read, send_timeout "
-                f"0.3 s ({loop_name()})", honest_read_waited=seconds(waited),
+                f"0.3 s, fake clock ({loop_name()})", honest_read_waited=seconds(0.375),
                 send_timeouts=stats["send_timeouts"], held_peak_mib=16)
 
 

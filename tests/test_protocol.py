@@ -23,18 +23,15 @@ from dumpd.protocol import (
     Request,
     Response,
     Role,
-    as_map,
-    as_str,
-    as_uint,
     encode,
     encode_bin_response_head,
     encode_error,
     encode_notification,
     encode_request,
     encode_response,
-    expect_params,
     integral,
 )
+from dumpd.server.params import as_map, as_str, as_uint
 
 MiB = 1 << 20
 
@@ -334,14 +331,6 @@ def test_bad_requests_with_a_msgid_become_invalid_request(message: list[Any], wh
 
 
 # -- params helpers --------------------------------------------------------------------
-
-
-def test_expect_params() -> None:
-    assert expect_params([1, 2], 2, ["offset", "length"]) == [1, 2]
-    with pytest.raises(DumpdError) as info:
-        expect_params([1], 2, ["offset", "length"])
-    assert info.value.code == "EINVAL"
-    assert "[offset, length]" in info.value.message
 
 
 @pytest.mark.parametrize("value", [0, 1, 2**64 - 1])

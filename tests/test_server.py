@@ -18,7 +18,7 @@ import pytest
 
 from dumpd.client import RemoteError
 from dumpd.client.aio import AsyncClient
-from dumpd.config import EngineConfig
+from dumpd.config import Config, EngineConfig, ServerConfig, SourceConfig
 from dumpd.errors import StartupError
 from dumpd.protocol import (
     FrameDecoder,
@@ -28,6 +28,8 @@ from dumpd.protocol import (
     encode_notification,
     encode_request,
 )
+from dumpd.server import Server
+from tests.clock import FakeClock
 from tests.daemon import source_identity
 from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes, pattern
 from tests.servers import GatedHook, client_of, serving, until
@@ -433,3 +435,36 @@ async def test_tcp_listener_on_loopback_when_configured(tmp_path: Path) -> None:
                 await client.hook_register("none", {})
             assert err.value.code == "EACCES"
         assert server.engine is not None and server.engine.hook_name is None
+
+
+async def test_shutdown_waits_for_running_requests_until_its_deadline_then_aborts(
+        tmp_path: Path) -> None:
+    """On a fake clock: a read held by a hook keeps shutdown waiting at 0.299 s (it
+    looked at the time again and waits on); at 0.3 s its connection is aborted."""
+    dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
+    clock = FakeClock()
+    gate = GatedHook(1)
+    server = Server(Config(source=SourceConfig(path=dump.path),
+                           server=ServerConfig(socket=str(tmp_path / "dumpd.sock"))),
+                    clock=clock)
+    await server.start()
+    assert server.engine is not None
+    server.engine.register_hook("gate", gate)
+    client = await AsyncClient.connect(server.config.server.socket)
+    read = asyncio.ensure_future(client.read(PAGE, 8))
+    await until(lambda: bool(gate.asked))
+    reads = clock.reads
+    stopping = asyncio.ensure_future(server.shutdown(deadline=0.3))
+    await until(lambda: clock.reads > reads)  # shutdown began at 0 s
+    clock.advance_to(0.299)
+    reads = clock.reads
+    await until(lambda: clock.reads >= reads + 2)  # shutdown looked at the time, again
+    waiting = (len(server.connections), stopping.done())
+    clock.advance_to(0.3)
+    await until(lambda: not server.connections)
+    gate.release.set()
+    await stopping
+    with pytest.raises(ConnectionError):
+        await read
+    await client.close()
+    assert waiting == (1, False)

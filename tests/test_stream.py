@@ -17,7 +17,8 @@ import msgpack
 import pytest
 
 from dumpd.client import Client, RemoteError, StreamData, StreamError, StreamHole
-from dumpd.server.zerocopy import SocketWriter, SpanFrame
+from dumpd.engine.bulk import Span
+from dumpd.server.zerocopy import SocketWriter
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 from tests.servers import failing, serving, until
 from tests.views import PAGE, balloon_file, expected_view
@@ -70,7 +71,7 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(
     real_batch = SocketWriter.batch
 
     def batch(writer: SocketWriter, items: list[Any], *args: Any) -> Any:
-        sent_frames.extend(item.length for item in items if isinstance(item, SpanFrame))
+        sent_frames.extend(item.length for item in items if isinstance(item, Span))
         return real_batch(writer, items, *args)
 
     monkeypatch.setattr(SocketWriter, "batch", batch)

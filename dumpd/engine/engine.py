@@ -317,18 +317,6 @@ class Engine:
                 rest.append((offset + n, view[n:]))
         return rest
 
-    def count_sent(self, offset: int, length: int) -> None:
-        """Count `length` bytes at `offset` that a stream sent straight from the source
-        (`os.sendfile`) as the reads they are."""
-        if length <= 0:
-            return
-        ps = self.page_size
-        counters = self.counters
-        counters.source_read_calls += 1
-        counters.source_bytes_read += length
-        counters.source_pages_read += (offset + length - 1) // ps - offset // ps + 1
-        counters.bytes_served += length
-
     def _count_reads(self, reads: Reads, inline: int) -> None:
         counters = self.counters
         counters.source_read_calls += len(reads)

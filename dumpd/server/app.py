@@ -18,12 +18,14 @@ from typing import Any
 
 from dumpd.config import Config
 from dumpd.engine import Engine
+from dumpd.engine.spans import SpanSender
 from dumpd.errors import DumpdError, StartupError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_plugin
 from dumpd.hooks.slot import hook_label
 from dumpd.ratelog import RateLimitedLog
-from dumpd.server.connection import ConnectionLimits, RpcConnection, Shared
+from dumpd.server.connection import RpcConnection
+from dumpd.server.deadlines import Clock
 from dumpd.server.dispatch import Dispatcher, Peer, reload_hook
 from dumpd.server.listeners import (
     Credentials,
@@ -32,6 +34,7 @@ from dumpd.server.listeners import (
     peer_credentials,
     supplementary_groups,
 )
+from dumpd.server.shared import ConnectionLimits, Served, Shared
 from dumpd.server.systemd import Notifier, listen_fds
 from dumpd.server.tls import TlsListeners, address, subject
 from dumpd.sources import Source, open_source
@@ -54,16 +57,20 @@ def _address(sock: socket.socket) -> str:
 class Server:
     """One served dump: its source, engine, listeners and live connections."""
 
-    def __init__(self, config: Config, given_page_size: int | None = None) -> None:
+    def __init__(self, config: Config, given_page_size: int | None = None,
+                 clock: Clock | None = None) -> None:
         """`given_page_size`: a page size the operator named (`--page-size`); a dump whose
-        VMCOREINFO says another stops start-up (the pfns a hook is asked would differ)."""
+        VMCOREINFO says another stops start-up (the pfns a hook is asked would differ).
+        `clock`: what the connections' idle and send deadlines, and the shutdown deadline,
+        are kept on (None: the running loop; tests pass a fake one)."""
         self.config = config
+        self._clock = clock
         self._given_page_size = given_page_size
         self.source: Source | None = None
         self.engine: Engine | None = None
         self.shared = Shared(config.server.max_connections,
                              config.server.reply_budget_total_mib * MiB)
-        self.connections: set[RpcConnection] = self.shared.open  # served now
+        self.connections: set[Served] = self.shared.open  # served now
         self.refused = 0
         self._listeners: list[asyncio.AbstractServer] = []
         self._unix_path: str | None = None
@@ -102,10 +109,12 @@ class Server:
                                 srv.stream_window_mib * MiB)
         limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
                                   srv.reply_budget_mib * MiB, srv.max_streams,
-                                  srv.stream_sendfile, srv.idle_timeout, srv.send_timeout)
+                                  srv.stream_sendfile, srv.idle_timeout, srv.send_timeout,
+                                  self._clock)
+        spans = SpanSender(self.engine)
 
         def factory() -> RpcConnection:  # served (or refused) once connection_made
-            return RpcConnection(dispatcher, limits, self.shared, self._authorize)
+            return RpcConnection(dispatcher, spans, limits, self.shared, self._authorize)
 
         if srv.tls_cert:  # before binding: a bad file leaves no socket behind
             context = server_context(srv.tls_cert, srv.tls_key, srv.tls_client_ca)
@@ -259,9 +268,9 @@ class Server:
             await self._tls.close()
         for conn in list(self.connections):
             conn.close_when_idle()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline
-        while self.connections and loop.time() < end:
+        clock = self._clock or asyncio.get_running_loop()
+        end = clock.time() + deadline
+        while self.connections and clock.time() < end:
             await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.abort()

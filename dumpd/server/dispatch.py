@@ -1,8 +1,13 @@
-"""From a request to an engine call: method table, argument checks, limits.
+"""From a request to an engine call: the method table, argument checks, limits.
 
-Each method checks its own arguments (EINVAL, E2BIG) before touching the
-engine, and states its reply-size bound (`cost`) so the connection can reserve
-reply bytes before doing the work.
+Design rules:
+- One table (`Dispatcher.methods`) holds every method: its handler, its arity, who
+  may call it (administrators only, or anyone) and whether it streams. A request is
+  checked against its entry (ENOSYS, EINVAL, EACCES, in that order) before its
+  handler runs; the connection asks the table whether a method streams.
+- Each method checks its own arguments (EINVAL, E2BIG) before touching the engine,
+  and states its reply-size bound (`cost`) so the connection can reserve reply bytes
+  before doing the work.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dumpd import PROTOCOL_VERSION, __version__
 from dumpd.bootid import boot_id
@@ -21,7 +26,8 @@ from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_plugin
-from dumpd.protocol import as_map, as_str, as_uint, brief, integral
+from dumpd.protocol import brief, integral
+from dumpd.server.params import as_map, as_str, as_uint
 
 log = logging.getLogger("dumpd.server")
 
@@ -30,7 +36,6 @@ NOT_READY = object()  # `call_now` cannot answer without waiting
 MAX_EXTENTS_LENGTH = 1 << 30
 EXTENT_ENTRY_BYTES = 24
 STREAM_CHUNK = 1 << 20  # bytes per stream.data frame unless the client asks otherwise
-OPTIONAL_PARAMS = {"hook.register": 1}  # trailing parameters a caller may leave out
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +48,26 @@ class Peer:
     who: str
 
 
-Handler = Callable[[Peer, Sequence[Any]], Awaitable[Any]]
+class RunningStreams(Protocol):
+    """The streams running on the connection a request came on."""
+
+    def cancel(self, msgid: int) -> bool:
+        """Stop the stream of request `msgid`; False when none runs."""
+
+
+Handler = Callable[[Peer, Sequence[Any], RunningStreams], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One entry of the method table."""
+
+    handler: Handler
+    arity: int
+    optional: int = 0  # trailing parameters a caller may leave out
+    admin: bool = False  # administrators only (EACCES for anyone else)
+    streams: bool = False  # answered by `stream.*` notifications and a summary: the
+    # handler returns the `BulkReader` the connection runs
 
 
 class BinParts(list[bytes | memoryview]):
@@ -63,16 +87,18 @@ class Dispatcher:
         self._live = live
         self._started = time.monotonic()
         self._boot_id = boot_id()  # read once: it names this boot
-        self._methods: dict[str, tuple[int, Handler]] = {
-            "info": (0, self._info),
-            "read": (2, self._read),
-            "read_phys": (2, self._read_phys),
-            "extents": (2, self._extents),
-            "digest": (3, self._digest),
-            "stats": (0, self._stats),
-            "hook.register": (2, self._register),
-            "hook.unregister": (0, self._unregister),
-            "hook.reload": (0, self._reload),
+        self.methods: Mapping[str, Method] = {
+            "info": Method(self._info, 0),
+            "read": Method(self._read, 2),
+            "read_phys": Method(self._read_phys, 2),
+            "extents": Method(self._extents, 2),
+            "digest": Method(self._digest, 3),
+            "stats": Method(self._stats, 0),
+            "stream": Method(self._stream, 3, streams=True),
+            "stream.cancel": Method(self._cancel, 1),
+            "hook.register": Method(self._register, 2, optional=1, admin=True),
+            "hook.unregister": Method(self._unregister, 0, admin=True),
+            "hook.reload": Method(self._reload, 0, admin=True),
         }
         self._now = {"info": self._info_now, "stats": self._stats_now}
 
@@ -89,17 +115,21 @@ class Dispatcher:
             return max(STREAM_CHUNK, self.stream_window) + STREAM_CHUNK
         return SMALL_REPLY
 
-    async def call(self, peer: Peer, method: str, params: Sequence[Any]) -> Any:
-        """The result of `method(*params)`, or DumpdError with a stable code."""
-        entry = self._methods.get(method)
+    async def call(self, peer: Peer, method: str, params: Sequence[Any],
+                   streams: RunningStreams) -> Any:
+        """The result of `method(*params)` (a `BulkReader` for a method that streams),
+        or DumpdError with a stable code; `streams`: those of the caller's connection."""
+        entry = self.methods.get(method)
         if entry is None:
             raise DumpdError("ENOSYS", f"no method {brief(method)}")
-        arity, handler = entry
-        optional = OPTIONAL_PARAMS.get(method, 0)
+        arity, optional = entry.arity, entry.optional
         if not arity <= len(params) <= arity + optional:
             takes = f"{arity} or {arity + optional}" if optional else str(arity)
-            raise DumpdError("EINVAL", f"{method} takes {takes} parameters, got {len(params)}")
-        return await handler(peer, params)
+            noun = "parameter" if takes == "1" else "parameters"
+            raise DumpdError("EINVAL", f"{method} takes {takes} {noun}, got {len(params)}")
+        if entry.admin and not peer.admin:
+            raise DumpdError("EACCES", f"{method} is for administrators only")
+        return await entry.handler(peer, params, streams)
 
     def call_now(self, peer: Peer, method: str, params: Sequence[Any]) -> Any:
         """The result if it is at hand without waiting (a read of a cached page, info,
@@ -119,7 +149,8 @@ class Dispatcher:
             raise DumpdError("E2BIG", f"length {length} is above the maximum {self.max_read}")
         return first, length
 
-    async def _info(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+    async def _info(self, peer: Peer, params: Sequence[Any],
+                    streams: RunningStreams) -> dict[str, Any]:
         return self._info_now()
 
     def _info_now(self) -> dict[str, Any]:
@@ -142,13 +173,14 @@ class Dispatcher:
             "max_read": self.max_read,
         }
 
-    async def _read(self, peer: Peer, params: Sequence[Any]) -> BinParts:
+    async def _read(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> BinParts:
         return BinParts(await self.engine.read_parts(*self._range(params, "offset")))
 
-    async def _read_phys(self, peer: Peer, params: Sequence[Any]) -> bytes:
+    async def _read_phys(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> bytes:
         return await self.engine.read_phys(*self._range(params, "paddr"))
 
-    async def _extents(self, peer: Peer, params: Sequence[Any]) -> list[Sequence[Any]]:
+    async def _extents(self, peer: Peer, params: Sequence[Any],
+                       streams: RunningStreams) -> list[Sequence[Any]]:
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
         if length > MAX_EXTENTS_LENGTH:
@@ -156,7 +188,8 @@ class Dispatcher:
                 "E2BIG", f"length {length} is above the extents maximum {MAX_EXTENTS_LENGTH}")
         return [list(extent) for extent in await self.engine.extents(offset, length)]
 
-    async def _digest(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+    async def _digest(self, peer: Peer, params: Sequence[Any],
+                      streams: RunningStreams) -> dict[str, Any]:
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
         algorithm = as_str(params[2], "algorithm")
@@ -166,11 +199,10 @@ class Dispatcher:
         return {"algorithm": algorithm, "digest": value, "offset": offset,
                 "length": max(0, end - offset)}
 
-    def open_stream(self, params: Sequence[Any], spans: bool = False) -> BulkReader:
+    async def _stream(self, peer: Peer, params: Sequence[Any],
+                      streams: RunningStreams) -> BulkReader:
         """The pieces a `stream [offset, length, options]` request sends; EINVAL when its
-        arguments are wrong. With `spans`, RAM runs are left to the caller to send."""
-        if len(params) != 3:
-            raise DumpdError("EINVAL", f"stream takes 3 parameters, got {len(params)}")
+        arguments are wrong. The caller sets `spans` on it to send RAM runs itself."""
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
         options = as_map(params[2], "options")
@@ -183,10 +215,14 @@ class Dispatcher:
         if chunk is None or not page <= chunk <= self.max_read or chunk % page:
             raise DumpdError("EINVAL", f"chunk must be a multiple of {page} in [{page}, "
                              f"{self.max_read}], got {asked!r}")
-        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window),
-                          spans)
+        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window))
 
-    async def _stats(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
+    async def _cancel(self, peer: Peer, params: Sequence[Any],
+                      streams: RunningStreams) -> dict[str, bool]:
+        return {"cancelled": streams.cancel(as_uint(params[0], "msgid"))}
+
+    async def _stats(self, peer: Peer, params: Sequence[Any],
+                     streams: RunningStreams) -> dict[str, Any]:
         return self._stats_now()
 
     def _stats_now(self) -> dict[str, Any]:
@@ -196,8 +232,8 @@ class Dispatcher:
         stats["hook"] = self.engine.hook_name
         return stats
 
-    async def _register(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
-        self._require_admin(peer, "hook.register")
+    async def _register(self, peer: Peer, params: Sequence[Any],
+                        streams: RunningStreams) -> dict[str, Any]:
         name, options, distribution = (*params, "")[:3]
         if not (isinstance(name, str) and isinstance(options, dict)
                 and isinstance(distribution, str)):
@@ -221,8 +257,8 @@ class Dispatcher:
                  plugin.provider, options, peer.who)
         return {"hook": name}
 
-    async def _unregister(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
-        self._require_admin(peer, "hook.unregister")
+    async def _unregister(self, peer: Peer, params: Sequence[Any],
+                          streams: RunningStreams) -> dict[str, Any]:
         name = self.engine.unregister_hook()
         if name is None:
             log.info("no hook is registered: nothing to unregister, asked by %s", peer.who)
@@ -230,15 +266,10 @@ class Dispatcher:
             log.info("hook %s unregistered, asked by %s", name, peer.who)
         return {"hook": name}
 
-    async def _reload(self, peer: Peer, params: Sequence[Any]) -> dict[str, Any]:
-        self._require_admin(peer, "hook.reload")
+    async def _reload(self, peer: Peer, params: Sequence[Any],
+                      streams: RunningStreams) -> dict[str, Any]:
         generation = await reload_hook(self.engine, peer.who)
         return {"hook": self.engine.hook_name, "hook_generation": generation}
-
-    @staticmethod
-    def _require_admin(peer: Peer, method: str) -> None:
-        if not peer.admin:
-            raise DumpdError("EACCES", f"{method} is for administrators only")
 
 
 async def reload_hook(engine: Engine, who: str) -> int:

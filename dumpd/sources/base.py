@@ -24,6 +24,9 @@ from itertools import pairwise
 
 from dumpd.errors import DumpdError
 
+COPY_MAX = 256 * 1024  # bytes read at a time where a file cannot be spliced
+_NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
 
 @dataclass(frozen=True, slots=True)
 class Segment:
@@ -153,6 +156,7 @@ class Source:
         self._phys_starts = [run.start for run in self.phys_map]
         # Regular files can be asked to answer from the page cache or not at all.
         self._nowait = hasattr(os, "RWF_NOWAIT") and stat.S_ISREG(os.fstat(fd).st_mode)
+        self._splice = True  # `copy_to` may use sendfile (until the file system says no)
 
     def stat(self) -> os.stat_result:
         """`fstat` of the open source: which file it is (st_dev, st_ino, st_rdev) and
@@ -160,9 +164,28 @@ class Source:
         return os.fstat(self._fd)
 
     def fileno(self) -> int:
-        """The source's descriptor, for `os.sendfile` (file-view offsets are file
-        offsets); it is only ever read from."""
+        """The source's descriptor (file-view offsets are file offsets); it is only
+        ever read from."""
         return self._fd
+
+    def copy_to(self, fd: int, offset: int, count: int) -> int:
+        """Copy up to `count` file bytes at `offset` to `fd` (a non-blocking socket)
+        without them passing through Python: `os.sendfile` from the source's own
+        descriptor; where the file cannot be spliced, read and written instead.
+
+        Returns the bytes copied (0: the file ends at `offset`). BlockingIOError when
+        `fd` takes no more for now (nothing copied); other OSErrors from either end.
+        Called from worker threads.
+        """
+        if self._splice:
+            try:
+                return os.sendfile(fd, self._fd, offset, count)
+            except OSError as exc:
+                if exc.errno not in _NO_SENDFILE:
+                    raise
+                self._splice = False  # this file cannot be spliced: read and write
+        data = os.pread(self._fd, min(count, COPY_MAX), offset)
+        return os.write(fd, data) if data else 0
 
     def read_cached_into(self, offset: int, view: memoryview) -> int:
         """Read what the OS page cache already holds, never blocking (RWF_NOWAIT).

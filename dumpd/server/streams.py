@@ -1,0 +1,196 @@
+"""The streams of one connection: each running stream, its frames and counts, and the
+sendfile path its RAM runs take.
+
+Design rules:
+- A stream sends its pieces as notifications, each a frame of its own, so streams
+  and replies share the connection frame by frame; it reads ahead at most its
+  window and waits for the transport to drain like any reply. At most
+  `max_streams` run at once per connection.
+- On a plain socket (never TLS), when the option is on, RAM runs go from the source
+  file to the socket on a worker thread (`SocketWriter`, the engine's `SpanSender`),
+  once the transport has nothing left to write before them; the loop keeps reading
+  meanwhile, so a `stream.cancel` gets through.
+- A stream stops after the frame being written when cancelled (a frame is never cut
+  short), and ends with a summary of its counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from dumpd.engine.bulk import BulkReader, Data, Hole, Piece, Span
+from dumpd.engine.spans import SpanSender
+from dumpd.errors import DumpdError
+from dumpd.protocol import (
+    encode_bin_notification_head,
+    encode_notification,
+    encode_response,
+)
+from dumpd.server.zerocopy import Item, SendTimeout, SocketWriter
+
+STREAM_SNDBUF = 2 * 1024 * 1024
+TRANSPORT_POLL = 0.0005  # seconds between looks at a draining transport before sendfile
+
+
+class Stream:
+    """A running stream: its counts so far, and whether it was asked to stop."""
+
+    __slots__ = ("cancelled", "counts")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.counts = {"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}
+
+    def cancel(self) -> None:
+        """Stop after the frame being written (a frame is never cut short)."""
+        self.cancelled = True
+
+    def frames(self, msgid: int, piece: Piece) -> list[Any]:
+        """The notification for `piece`, counted; data goes as a head plus its buffer."""
+        counts = self.counts
+        if isinstance(piece, Data):
+            length = len(piece.data)
+            counts["data_bytes"] += length
+            frames: list[Any] = [encode_bin_notification_head(
+                "stream.data", [msgid, piece.offset], length), piece.data]
+        elif isinstance(piece, Span):  # the head, then the span: sent from the source
+            length = piece.length
+            counts["data_bytes"] += length
+            frames = [encode_bin_notification_head("stream.data", [msgid, piece.offset],
+                                                   length), piece]
+        elif isinstance(piece, Hole):
+            length = piece.length
+            counts["hole_bytes"] += length
+            frames = [encode_notification("stream.hole", [msgid, piece.offset, length])]
+        else:
+            length = piece.length
+            counts["error_bytes"] += length
+            frames = [encode_notification("stream.error", [msgid, piece.offset, length,
+                                                           piece.code, piece.message])]
+        counts["bytes"] += length
+        return frames
+
+
+class Link(Protocol):
+    """What a stream needs of its connection."""
+
+    writing: asyncio.Lock  # held by whoever writes: replies and streams never interleave
+
+    def output(self) -> tuple[int, int] | None:
+        """(bytes handed to the transport, bytes it still holds); None once closing."""
+
+    def socket(self) -> tuple[socket.socket, bool] | None:
+        """The connection's socket, and whether it is a plain one (not TLS)."""
+
+    async def send(self, frames: list[Any]) -> None: ...
+
+    def send_timed_out(self) -> None: ...
+
+
+class Streams:
+    """The streams running on one connection, by the msgid of their request."""
+
+    def __init__(self, max_streams: int, sendfile: bool, send_timeout: float,
+                 clock: Callable[[], float]) -> None:
+        self._running: dict[int, Stream] = {}
+        self._max = max_streams
+        self._sendfile = sendfile
+        self._send_timeout = send_timeout
+        self._clock = clock
+
+    def __bool__(self) -> bool:
+        return bool(self._running)
+
+    def cancel(self, msgid: int) -> bool:
+        """Stop the stream of request `msgid`; False when none runs."""
+        stream = self._running.get(msgid)
+        if stream is not None:
+            stream.cancel()
+        return stream is not None
+
+    async def serve(self, link: Link, msgid: int, open_reader: Callable[[], Awaitable[Any]],
+                    spans: SpanSender) -> list[Any] | None:
+        """Run the stream of request `msgid` on `link`: EBUSY when `max_streams` run
+        already, else the reader `open_reader` gives (a DumpdError when the request's
+        arguments are wrong) is run; returns what `_run` returns."""
+        if len(self._running) >= self._max:
+            raise DumpdError("EBUSY", f"{self._max} streams are running on this connection "
+                             "already")
+        sock = self._sendfile_socket(link)
+        reader: BulkReader = await open_reader()
+        reader.spans = sock is not None
+        return await self._run(link, msgid, reader, sock, spans)
+
+    def _sendfile_socket(self, link: Link) -> socket.socket | None:
+        """The socket a stream may `sendfile` to: a plain one (never TLS), when the
+        option is on; widens its send buffer too (a bulk stream moves in larger steps)."""
+        found = link.socket()
+        if found is None:
+            return None
+        sock, plain = found
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        return sock if self._sendfile and plain else None
+
+    async def _run(self, link: Link, msgid: int, reader: BulkReader,
+                  sock: socket.socket | None, spans: SpanSender) -> list[Any] | None:
+        """Send the pieces of `reader` on `link` as notifications; the summary frames to send
+        last, or None when the connection went away meanwhile. A DumpdError of the
+        reader is raised once the stream is closed."""
+        stream = self._running[msgid] = Stream()
+        writer = None
+        try:
+            if sock is not None:  # a dup of the socket: made once the stream is sure to run
+                writer = SocketWriter(sock.fileno(), self._send_timeout, self._clock)
+            async for batch in reader:
+                if stream.cancelled:
+                    break
+                if writer is None:
+                    await link.send([f for p in batch for f in stream.frames(msgid, p)])
+                else:
+                    await _send_with_sendfile(link, msgid, stream, batch, writer, spans)
+                if link.output() is None:
+                    return None
+                await asyncio.sleep(0)  # let the loop read requests (a cancel) between chunks
+            summary = {**stream.counts, "cancelled": stream.cancelled}
+            return [encode_response(msgid, summary)]
+        except SendTimeout:  # the sendfile thread gave up on a client that does not read
+            link.send_timed_out()
+            return None
+        except ConnectionError:  # the client went away while data was being sent
+            return None
+        finally:
+            reader.close()
+            if writer is not None:
+                writer.close()
+            del self._running[msgid]
+
+
+
+async def _send_with_sendfile(link: Link, msgid: int, stream: Stream, batch: list[Piece],
+                              writer: SocketWriter, spans: SpanSender) -> None:
+    """Write a batch on a worker thread, its RAM runs from the source file, once the
+    transport has nothing left to write before it."""
+    items: list[Item] = [f for p in batch for f in stream.frames(msgid, p)]
+    sent_spans = [piece for piece in batch if isinstance(piece, Span)]
+
+    def error_frame(offset: int, length: int, why: str) -> bytes:
+        return encode_notification("stream.error", [msgid, offset, length, "EIO", why])
+
+    async with link.writing:
+        pause = TRANSPORT_POLL
+        while (output := link.output()) is not None and output[1]:  # the thread writes after
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        if output is None:
+            return
+        sent = await asyncio.to_thread(writer.batch, items, spans, error_frame)
+    for _, outcome in zip(sent_spans, sent, strict=True):
+        for _, length, _ in outcome.failed:  # sent as zeros, then as an error
+            stream.counts["data_bytes"] -= length
+            stream.counts["error_bytes"] += length
+
