@@ -153,6 +153,12 @@ def test_the_layering_table_is_what_the_code_imports() -> None:
     assert component_edges(graph(ROOT)) == MAY_IMPORT
 
 
+def test_components_import_only_those_above_them_in_the_table() -> None:
+    order = list(MAY_IMPORT)
+    assert {name: sorted(used for used in uses if order.index(used) >= order.index(name))
+            for name, uses in MAY_IMPORT.items()} == {name: [] for name in order}
+
+
 def test_architecture_names_every_module() -> None:
     table = DOC.read_text().split("## Every module", 1)[1].split("\n## ", 1)[0]
     named = {cell.strip("` ") for row in table.splitlines()[3:] if row.startswith("| `dumpd/")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
@@ -78,8 +79,10 @@ class RpcConnection(asyncio.Protocol):
         self._msgids: set[int] = set()
         clock = limits.clock or LoopClock()
         self._deadlines = Deadlines(self, clock, limits.idle_timeout, limits.send_timeout)
+        # The sendfile thread's clock: loop.time() is not safe from a thread (uvloop).
+        thread_clock = time.monotonic if limits.clock is None else limits.clock.time
         self._streams = Streams(limits.max_streams, limits.sendfile, limits.send_timeout,
-                                clock.time)
+                                thread_clock)
         self._spans = spans
         self._drained = asyncio.Event()
         self._drained.set()
