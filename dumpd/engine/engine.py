@@ -30,7 +30,7 @@ from dumpd.engine.counters import Counters
 from dumpd.engine.flights import Flights
 from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.layout import Layout
-from dumpd.engine.readbatch import ReadBatcher, Reads
+from dumpd.engine.readbatch import ReadBatcher, count_reads, read_cached
 from dumpd.engine.state import Flight, State
 from dumpd.engine.verdicts import Stored
 from dumpd.errors import DumpdError
@@ -40,7 +40,6 @@ from dumpd.ratelog import RateLimitedLog
 from dumpd.sources.base import Source
 
 MiB = 1 << 20
-INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
 
 
 class Engine:
@@ -58,8 +57,7 @@ class Engine:
         self._state = State(0, None, self.config, self.page_size)
         self._zero_page = bytes(self.page_size)
         self._flights = Flights(source, self.layout, self.slot, self.counters, self._reader,
-                                BufferPool(self.config.buffer_pool_mib * MiB), self._zero_page,
-                                self._read_cached, self._count_reads)
+                                BufferPool(self.config.buffer_pool_mib * MiB), self._zero_page)
 
     # -- hook slot -------------------------------------------------------------
 
@@ -186,14 +184,14 @@ class Engine:
         view = memoryview(buffer)
         reads = [(start, view[start - lo : end - lo])
                  for start, end, is_zero in self.layout.classify(lo, hi, verdicts) if not is_zero]
-        if self._read_cached(reads):
+        if read_cached(self.source, reads):
             return None  # some of it is not in the OS page cache: `read` will do it
-        self._count_reads(reads, inline=len(reads))
+        count_reads(self.counters, reads, inline=len(reads))
         if reads:
             page = bytes(buffer)
             self.counters.source_pages_read += 1
         else:
-            page = self._zeros(hi - lo)
+            page = self._flights.zeros(hi - lo)
         self.counters.cache_misses += 1
         state.pages.put(index, page)
         return page
@@ -304,28 +302,6 @@ class Engine:
                 spans.append(await self._flights.land(next(new) if isinstance(run, tuple) else run,
                                                       first, stop))
         return spans
-
-    def _read_cached(self, reads: Reads) -> Reads:
-        """Do small reads inline when the OS page cache holds them (microseconds, where
-        a hop to a worker costs tens); returns what is left for the workers."""
-        if sum(len(view) for _, view in reads) > INLINE_READ_MAX:
-            return reads
-        rest = []
-        for offset, view in reads:
-            n = self.source.read_cached_into(offset, view)
-            if n < len(view):
-                rest.append((offset + n, view[n:]))
-        return rest
-
-    def _count_reads(self, reads: Reads, inline: int) -> None:
-        counters = self.counters
-        counters.source_read_calls += len(reads)
-        counters.source_bytes_read += sum(len(view) for _, view in reads)
-        counters.source_reads_inline += inline
-
-    def _zeros(self, length: int) -> bytes:
-        """`length` zero bytes; a whole page is the one shared zero page."""
-        return self._zero_page if length == self.page_size else bytes(length)
 
     def close(self) -> None:
         """Release threads and the hook; the source is closed by whoever opened it."""

@@ -13,12 +13,12 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from dumpd.engine.buffers import BufferPool, zero
 from dumpd.engine.counters import Counters
 from dumpd.engine.layout import Layout
-from dumpd.engine.readbatch import ReadBatcher, Reads
+from dumpd.engine.readbatch import ReadBatcher, Reads, count_reads, read_cached
 from dumpd.engine.state import Flight, State
 from dumpd.errors import DumpdError
 from dumpd.hooks.slot import HookSlot
@@ -26,13 +26,10 @@ from dumpd.sources.base import ReadError, Source
 
 
 class Flights:
-    """Starts and lands the flights of one engine. `read_cached` does what reads the OS
-    page cache can answer inline and returns the rest; `count_reads` counts reads done."""
+    """Starts and lands the flights of one engine; non-RAM pages are all `zero_page`."""
 
     def __init__(self, source: Source, layout: Layout, slot: HookSlot, counters: Counters,
-                 reader: ReadBatcher, buffers: BufferPool, zero_page: bytes,
-                 read_cached: Callable[[Reads], Reads],
-                 count_reads: Callable[[Reads, int], None]) -> None:
+                 reader: ReadBatcher, buffers: BufferPool, zero_page: bytes) -> None:
         self._source = source
         self._layout = layout
         self._slot = slot
@@ -41,8 +38,10 @@ class Flights:
         self._buffers = buffers
         self._zero_page = zero_page
         self._page_size = source.page_size
-        self._read_cached = read_cached
-        self._count_reads = count_reads
+
+    def zeros(self, length: int) -> bytes:
+        """`length` zero bytes; a whole page is the one shared zero page."""
+        return self._zero_page if length == self._page_size else bytes(length)
 
     def start(self, state: State, gaps: list[tuple[int, int]], cache: bool) -> list[Flight]:
         """One flight per `(first, count)` gap, entered in `state`'s table and started
@@ -131,10 +130,10 @@ class Flights:
         are marked in their flight: a reader that shares the flight but not those pages
         gets its bytes, and an error names exactly the pages it could not have."""
         try:
-            rest = self._read_cached(reads)
+            rest = read_cached(self._source, reads)
             if rest:
                 await self._reader.read(rest)
-            self._count_reads(reads, len(reads) - len(rest))
+            count_reads(self._counters, reads, len(reads) - len(rest))
             return
         except DumpdError as exc:
             if exc.code != "EIO":
@@ -145,8 +144,8 @@ class Flights:
         if len(pages) > 1:  # which pages failed: each read again on its own, in one hop
             outcomes = await asyncio.gather(*(self._reader.read([page]) for page in pages),
                                             return_exceptions=True)
-            self._count_reads([page for page, out in zip(pages, outcomes, strict=True)
-                               if out is None], 0)
+            count_reads(self._counters, [page for page, out in zip(pages, outcomes, strict=True)
+                                          if out is None], 0)
         for (offset, _), outcome in zip(pages, outcomes, strict=True):
             if isinstance(outcome, DumpdError):
                 index = offset // self._page_size
@@ -165,7 +164,7 @@ class Flights:
                 continue
             length = min(ps, self._source.size - index * ps)
             if is_zero or view is None:
-                state.pages.put(index, self._zero_page if length == ps else bytes(length))
+                state.pages.put(index, self.zeros(length))
             else:
                 state.pages.put(index, bytes(view[k * ps : k * ps + length]))
 

@@ -20,7 +20,28 @@ Reads = list[tuple[int, memoryview]]
 """`(file_offset, buffer)` pairs: fill each buffer from that offset."""
 
 SPLIT_BYTES = 1 << 20
+INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
 Batch = list[tuple[Reads, "asyncio.Future[None]"]]
+
+
+def read_cached(source: Source, reads: Reads) -> Reads:
+    """Do small reads inline when the OS page cache holds them (microseconds, where
+    a hop to a worker costs tens); returns what is left for the workers."""
+    if sum(len(view) for _, view in reads) > INLINE_READ_MAX:
+        return reads
+    rest = []
+    for offset, view in reads:
+        n = source.read_cached_into(offset, view)
+        if n < len(view):
+            rest.append((offset + n, view[n:]))
+    return rest
+
+
+def count_reads(counters: Counters, reads: Reads, inline: int) -> None:
+    """Count `reads` done, `inline` of them without a worker."""
+    counters.source_read_calls += len(reads)
+    counters.source_bytes_read += sum(len(view) for _, view in reads)
+    counters.source_reads_inline += inline
 
 
 class ReadBatcher:

@@ -170,13 +170,11 @@ class Streams:
             del self._running[msgid]
 
 
-
 async def _send_with_sendfile(link: Link, msgid: int, stream: Stream, batch: list[Piece],
                               writer: SocketWriter, spans: SpanSender) -> None:
     """Write a batch on a worker thread, its RAM runs from the source file, once the
     transport has nothing left to write before it."""
     items: list[Item] = [f for p in batch for f in stream.frames(msgid, p)]
-    sent_spans = [piece for piece in batch if isinstance(piece, Span)]
 
     def error_frame(offset: int, length: int, why: str) -> bytes:
         return encode_notification("stream.error", [msgid, offset, length, "EIO", why])
@@ -189,7 +187,7 @@ async def _send_with_sendfile(link: Link, msgid: int, stream: Stream, batch: lis
         if output is None:
             return
         sent = await asyncio.to_thread(writer.batch, items, spans, error_frame)
-    for _, outcome in zip(sent_spans, sent, strict=True):
+    for outcome in sent:  # one per span of the batch
         for _, length, _ in outcome.failed:  # sent as zeros, then as an error
             stream.counts["data_bytes"] -= length
             stream.counts["error_bytes"] += length
