@@ -19,6 +19,7 @@ from dumpd.errors import StartupError
 from dumpd.hooks.slot import hook_label
 
 if TYPE_CHECKING:
+    from dumpd.client import Client
     from dumpd.fetch.output import Output
 
 READ_CHUNK = 8 << 20
@@ -70,8 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(config, given_page_size=args.source_page_size)
 
 
-
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace) -> Client:
     from dumpd.client import Client
 
     files = (args.tls_cert, args.tls_key, args.tls_ca)

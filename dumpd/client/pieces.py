@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.protocol import MAX_MSGID, MAX_UINT64, Notification, ProtocolViolation, brief
+from dumpd.protocol.events import is_uint
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ Check = Callable[[object], bool]
 
 
 def _uint(maximum: int) -> Check:
-    return lambda value: type(value) is int and 0 <= value <= maximum
+    return lambda value: is_uint(value, maximum)
 
 
 def _of(kind: type) -> Check:
