@@ -32,6 +32,9 @@ class SourceConfig:
     kind: str = "auto"
     page_size: int = 4096
     size: int = 0
+    mmap: str = "auto"
+    mmap_window_kib: int = 4096
+    mmap_windows: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,14 @@ class Config:
         ps = self.source.page_size
         if ps < 512 or ps & (ps - 1):
             raise bad("source.page_size", f"must be a power of two >= 512, not {ps}")
+        if self.source.mmap not in ("auto", "on", "off"):
+            raise bad("source.mmap", f"must be auto, on or off, not {self.source.mmap!r}")
+        window = self.source.mmap_window_kib
+        if window <= 0 or window % 64:
+            raise bad("source.mmap_window_kib", f"must be a positive multiple of 64, not {window}")
+        if self.source.mmap_windows <= 0:
+            raise bad("source.mmap_windows",
+                      f"must be positive, not {self.source.mmap_windows}")
         srv = self.server
         for key in ("max_frame_kib", "max_read_mib", "max_inflight", "reply_budget_mib",
                     "max_streams", "stream_window_mib", "max_connections",

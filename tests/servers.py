@@ -26,12 +26,14 @@ async def serving(
     tmp_path: Path, source: str | Path, *, hook: str = "",
     hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
     engine: EngineConfig | None = None, clock: Clock | None = None,
-    **server: Any,
+    mmap: str = "auto", windows: tuple[int, int] = (4096, 8), **server: Any,
 ) -> AsyncIterator[Server]:
     """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit.
-    `clock`: the one its connections' deadlines are kept on (None: the loop's)."""
+    `clock`: the one its connections' deadlines are kept on (None: the loop's);
+    `mmap` and `windows` (KiB each, how many): how the source is read."""
     config = Config(
-        source=SourceConfig(path=str(source), kind=kind, page_size=page_size),
+        source=SourceConfig(path=str(source), kind=kind, page_size=page_size, mmap=mmap,
+                            mmap_window_kib=windows[0], mmap_windows=windows[1]),
         server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
         engine=engine or EngineConfig(),
         hook=HookConfig(name=hook, options=hook_options or {}),

@@ -239,7 +239,8 @@ def test_info_human_and_json(tmp_path: Path) -> None:
     ]
     assert info == {
         "version": __version__, "protocol": PROTOCOL_VERSION,
-        "source": {"kind": "raw", "path": dump.path, **source_identity(dump.path)},
+        "source": {"kind": "raw", "path": dump.path, "read_path": "pread",
+                   **source_identity(dump.path)},
         "size": 20 * MiB, "page_size": PAGE, "segments": [[0, 0, 20 * MiB, 20 * MiB]],
         "hook": None, "hook_generation": 0, "max_read": 8 * MiB,
     }
@@ -288,7 +289,8 @@ def test_read_elf_and_erange_on_the_cli(tmp_path: Path) -> None:
         tail = run("read", "--phys", "0x11000", "0x1000", "--socket", sock)
         bad = run("read", "--phys", "0", "16", "--socket", sock)
         gap = run("read", "--phys", "0x5ff0", "0x20", "--socket", sock)
-    assert info["source"] == {"kind": "elf", "path": dump.path, **source_identity(dump.path)}
+    assert info["source"] == {"kind": "elf", "path": dump.path, "read_path": "pread",
+                              **source_identity(dump.path)}
     assert (info["size"], info["page_size"]) == (dump.size, PAGE)
     assert info["segments"] == [[s.paddr, s.file_offset, s.filesz, s.memsz]
                                 for s in dump.segments]

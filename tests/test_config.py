@@ -157,7 +157,8 @@ SERVER_KEYS = ("admin_uids, allow_gids, allow_uids, idle_timeout, loop, max_conn
 @pytest.mark.parametrize("text,why", [
     ("bogus = 1\n", "unknown section or key 'bogus'"),
     ("[bogus]\nx = 1\n", "unknown section or key 'bogus'"),
-    ("[source]\nfoo = 1\n", "[source] unknown key 'foo' (known: kind, page_size, path, size)"),
+    ("[source]\nfoo = 1\n", "[source] unknown key 'foo' (known: kind, mmap, mmap_window_kib, "
+                            "mmap_windows, page_size, path, size)"),
     ("[server]\nsockett = 'x'\n", f"[server] unknown key 'sockett' (known: {SERVER_KEYS})"),
     ("[engine]\ncache = 1\n", "[engine] unknown key 'cache' (known: buffer_pool_mib, "
      "cache_mib, hook_reload_timeout, hook_timeout, read_threads, verdict_cache_kib)"),
@@ -209,6 +210,12 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, got: str) -> None:
     ("[source]\npage_size = 3000\n", "source.page_size", "must be a power of two >= 512, not 3000"),
     ("[source]\npage_size = 256\n", "source.page_size", "must be a power of two >= 512, not 256"),
     ('[source]\nkind = "zip"\n', "source.kind", "must be auto, elf or raw, not 'zip'"),
+    ('[source]\nmmap = "yes"\n', "source.mmap", "must be auto, on or off, not 'yes'"),
+    ("[source]\nmmap_window_kib = 100\n", "source.mmap_window_kib",
+     "must be a positive multiple of 64, not 100"),
+    ("[source]\nmmap_window_kib = 0\n", "source.mmap_window_kib",
+     "must be a positive multiple of 64, not 0"),
+    ("[source]\nmmap_windows = 0\n", "source.mmap_windows", "must be positive, not 0"),
     ("[server]\nreply_budget_mib = 4\n", "server.reply_budget_mib",
      "must be at least server.max_read_mib"),
     ("[server]\nmax_read_mib = 32\n", "server.reply_budget_mib",

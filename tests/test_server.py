@@ -64,7 +64,8 @@ async def test_elf_view_is_byte_exact(tmp_path: Path, elf_class: int, endian: st
             n = rng.randrange(1, 3 * PAGE)
             assert await client.read(off, n) == want[off : off + n]
         info = await client.info()
-    assert info["source"] == {"kind": "elf", "path": dump.path, **source_identity(dump.path)}
+    assert info["source"] == {"kind": "elf", "path": dump.path, "read_path": "pread",
+                              **source_identity(dump.path)}
     assert info["size"] == dump.size
     assert info["segments"] == [[s.paddr, s.file_offset, s.filesz, s.memsz]
                                 for s in dump.segments]

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--page-size", dest="source_page_size", type=_int, metavar="BYTES",
                        help="the dump's page size: the default without VMCOREINFO PAGESIZE=, "
                             "an error when VMCOREINFO says otherwise")
+    serve.add_argument("--mmap", dest="source_mmap", choices=["auto", "on", "off"],
+                       help="read through mmap windows: auto = /proc/vmcore and memory "
+                            "devices, on = any file (one cut short while mapped kills the "
+                            "server), off = pread and sendfile")
     serve.add_argument("--socket", dest="server_socket", metavar="PATH")
     serve.add_argument("--tcp", dest="server_tcp", metavar="HOST:PORT")
     serve.add_argument("--hook", dest="hook_name", metavar="NAME",

@@ -196,14 +196,18 @@ async def digest(engine: Engine, offset: int, length: int, algorithm: str, chunk
         raise DumpdError("EINVAL", f"algorithm must be one of {', '.join(DIGESTS)}, "
                          f"not {algorithm!r}")
     h = hashlib.new(algorithm)
-    pieces = (piece async for batch in BulkReader(engine, offset, length, chunk, window)
-              for piece in batch)
+    mapped = engine.source.never_blocks  # hash RAM runs straight out of the mappings
+    reader = BulkReader(engine, offset, length, chunk, window, spans=mapped)
+    pieces = (piece async for batch in reader for piece in batch)
     async for piece in pieces:
         if isinstance(piece, Failed):
             raise DumpdError(piece.code, f"cannot digest {piece.offset:#x}+{piece.length:#x}: "
                              f"{piece.message}")
         if isinstance(piece, Data):
             await _update(h, piece.data)
+            continue
+        if isinstance(piece, Span):
+            await _update_from_source(engine, h, piece)
             continue
         for pos in range(0, piece.length, len(ZEROS)):
             await _update(h, memoryview(ZEROS)[: min(len(ZEROS), piece.length - pos)])
@@ -216,6 +220,16 @@ async def _update(h: Any, data: bytes | memoryview) -> None:
         h.update(data)
     else:
         await asyncio.to_thread(h.update, data)
+
+
+async def _update_from_source(engine: Engine, h: Any, span: Span) -> None:
+    """Hash a RAM run out of the source's mmap windows, without a copy."""
+    feed = engine.source.feed
+    if span.length <= HASH_INLINE:
+        feed(span.offset, span.length, h.update)
+    else:  # hashlib lets go of the GIL: the loop goes on meanwhile
+        await asyncio.to_thread(feed, span.offset, span.length, h.update)
+    engine.counters.count_span(span.offset, span.length, engine.page_size)
 
 
 def _start(coro: Coroutine[Any, Any, list[Piece]]) -> asyncio.Task[list[Piece]]:

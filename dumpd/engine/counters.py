@@ -30,5 +30,15 @@ class Counters:
     zero_pages_served: int = 0
     bytes_served: int = 0
 
+    def count_span(self, offset: int, length: int, page_size: int) -> None:
+        """Count `length` bytes at `offset` taken straight from the source (sent to a
+        socket, hashed out of a mapping) as the read and the bytes served they are."""
+        if length <= 0:
+            return
+        self.source_read_calls += 1
+        self.source_bytes_read += length
+        self.source_pages_read += (offset + length - 1) // page_size - offset // page_size + 1
+        self.bytes_served += length
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -26,8 +26,10 @@ Batch = list[tuple[Reads, "asyncio.Future[None]"]]
 
 def read_cached(source: Source, reads: Reads) -> Reads:
     """Do small reads inline when the OS page cache holds them (microseconds, where
-    a hop to a worker costs tens); returns what is left for the workers."""
-    if sum(len(view) for _, view in reads) > INLINE_READ_MAX:
+    a hop to a worker costs tens), and every read of a source that never blocks (a
+    copy out of an mmap window, which would hold the GIL in a worker just the same);
+    returns what is left for the workers."""
+    if not source.never_blocks and sum(len(view) for _, view in reads) > INLINE_READ_MAX:
         return reads
     rest = []
     for offset, view in reads:

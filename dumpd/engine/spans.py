@@ -2,7 +2,8 @@
 the engine's zero-copy read.
 
 Design rules:
-- The bytes go from the source to the socket in the kernel (`Source.copy_to`); the
+- The bytes go from the source to the socket in the kernel (`Source.copy_to`:
+  sendfile, or a write straight from an mmap window of /proc/vmcore); the
   engine counts them as the source reads and bytes served they are, on the event
   loop (the sending runs in a worker thread; counters are only touched on the loop).
 - A span's length was announced before its bytes go out, so a source that fails in
@@ -87,20 +88,8 @@ class SpanSender:
                 start, _, why = failed.pop()
             failed.append((start, stop - start, why))
             pos = stop
-        self._loop.call_soon_threadsafe(self._count, offset, good)
+        self._loop.call_soon_threadsafe(self._counters.count_span, offset, good, ps)
         return Sent(good, tuple(failed))
-
-    def _count(self, offset: int, length: int) -> None:
-        """Count `length` bytes at `offset` sent straight from the source as the reads
-        they are."""
-        if length <= 0:
-            return
-        ps = self._page_size
-        counters = self._counters
-        counters.source_read_calls += 1
-        counters.source_bytes_read += length
-        counters.source_pages_read += (offset + length - 1) // ps - offset // ps + 1
-        counters.bytes_served += length
 
 
 def _pad(sink: Sink, count: int) -> None:

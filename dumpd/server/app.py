@@ -88,8 +88,9 @@ class Server:
         if cfg.hook.distribution and not cfg.hook.name:
             raise StartupError(f"[hook] distribution {cfg.hook.distribution!r} is set but no "
                                "hook name (hook.name, --hook)")
-        self.source = open_source(cfg.source.path, cfg.source.kind, cfg.source.page_size,
-                                  cfg.source.size or None)
+        src = cfg.source
+        self.source = open_source(src.path, src.kind, src.page_size, src.size or None,
+                                  src.mmap, src.mmap_window_kib * 1024, src.mmap_windows)
         given, found = self._given_page_size, self.source.page_size
         if given is not None and given != found:
             raise StartupError(f"{self.source.path}: --page-size {given}, but its VMCOREINFO "
@@ -140,6 +141,8 @@ class Server:
         log.info("serving %s (%s, %d bytes, page size %d) on %s, hook %s",
                  self.source.path, kind, self.source.size, self.source.page_size,
                  where, hook_shown)
+        log.info("reading %s with %s: %s", self.source.path, self.source.read_path,
+                 self.source.read_path_why)
         self.notifier.send("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
 
     def _activated(self) -> list[socket.socket]:

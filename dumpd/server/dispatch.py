@@ -158,7 +158,8 @@ class Dispatcher:
         st = source.stat()
         described: dict[str, Any] = {"kind": source.kind, "path": source.path,
                                      "device": st.st_dev, "inode": st.st_ino,
-                                     "rdev": st.st_rdev, "mtime_ns": st.st_mtime_ns}
+                                     "rdev": st.st_rdev, "mtime_ns": st.st_mtime_ns,
+                                     "read_path": source.read_path}
         if self._boot_id is not None:
             described["boot_id"] = self._boot_id
         return {

@@ -9,12 +9,14 @@ import stat
 from dumpd.errors import StartupError
 from dumpd.sources.base import Segment, Source
 from dumpd.sources.elf import ELF_MAGIC, is_valid_page_size, open_elf
+from dumpd.sources.mapped import MiB, procfs_device
 from dumpd.sources.raw import open_raw
 from dumpd.sources.signatures import HEAD_BYTES, cut_short_format, known_format
 
-__all__ = ["KINDS", "Segment", "Source", "open_source"]
+__all__ = ["KINDS", "MMAP_MODES", "Segment", "Source", "open_source"]
 
 KINDS = ("auto", "elf", "raw")
+MMAP_MODES = ("auto", "on", "off")
 
 NOT_A_FILE = "not a regular file or a device"
 
@@ -81,7 +83,8 @@ def _refuse_cut_short(path: str, head: bytes) -> None:
 
 
 def open_source(
-    path: str, kind: str = "auto", page_size: int = 4096, size: int | None = None
+    path: str, kind: str = "auto", page_size: int = 4096, size: int | None = None,
+    mmap: str = "auto", window: int = 4 * MiB, windows: int = 8,
 ) -> Source:
     """Open `path` as a source of kind "elf", "raw" or "auto".
 
@@ -91,7 +94,8 @@ def open_source(
     takes an ELF core by its magic, and anything else as raw memory, saying so in
     the source's `guess` (the server logs it once start-up succeeded). `page_size`
     is used unless an ELF core's VMCOREINFO gives PAGESIZE; `size` overrides the
-    detected file size (needed for devices that report 0).
+    detected file size (needed for devices that report 0). `mmap` says whether reads go
+    through at most `windows` mmap windows of `window` bytes (see `_read_path`).
     """
     if kind not in KINDS:
         raise StartupError(f"{path}: unknown source kind {kind!r} (expected auto, elf or raw)")
@@ -109,7 +113,7 @@ def open_source(
         if kind == "auto" and not memory_device and not elf:
             _refuse_cut_short(path, head)
         if kind == "elf" or (kind == "auto" and elf):
-            return open_elf(path, fd, page_size, size)
+            return _read_path(open_elf(path, fd, page_size, size), mmap, window, windows)
         source = open_raw(path, fd, page_size, size)
     except BaseException:
         os.close(fd)
@@ -117,4 +121,30 @@ def open_source(
     if kind == "auto":
         source.guess = ("a character device with no ELF header" if memory_device
                         else "no ELF or known dump signature")
+    return _read_path(source, mmap, window, windows)
+
+
+def _read_path(source: Source, mode: str, window: int, windows: int) -> Source:
+    """Have `source` read through mmap windows where that is right (`mode` auto), or
+    asked (on), else with pread (off); where mapping fails it keeps pread.
+
+    auto maps what cannot shrink under a mapping: /proc/vmcore (any file of /proc)
+    and memory devices (/dev/oldmem). A regular file or a block device could be cut
+    short while mapped, and the next touch of its lost pages would kill the server
+    with SIGBUS.
+    """
+    if mode not in MMAP_MODES:
+        raise StartupError(f"{source.path}: mmap must be auto, on or off, not {mode!r}")
+    st = source.stat()
+    if mode == "off":
+        source.read_path_why = "mmap = off"
+    elif mode == "on":
+        source.map_windows(window, windows, "mmap = on")
+    elif st.st_dev == procfs_device():
+        source.map_windows(window, windows, "a file of /proc")
+    elif stat.S_ISCHR(st.st_mode):
+        source.map_windows(window, windows, "a memory device")
+    else:
+        source.read_path_why = ("a file that could be cut short while mapped (SIGBUS): "
+                                "pread and sendfile")
     return source

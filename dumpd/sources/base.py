@@ -8,7 +8,9 @@ Design rules:
 - Where PT_LOADs overlap, the first one in program-header order wins, for file
   offsets and physical addresses alike (as the kernel's vmcore list does).
 - Sources know nothing of hooks, caches or sockets; `read_into` blocks and is
-  called from worker threads.
+  called from worker threads, unless the source reads through mmap windows
+  (`map_windows`, sources/mapped.py): then every read is a copy out of a mapping
+  that never blocks (`never_blocks`), and is done inline.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import heapq
 import os
 import stat
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
 from dumpd.errors import DumpdError
+from dumpd.sources.mapped import Windows
 
 COPY_MAX = 256 * 1024  # bytes read at a time where a file cannot be spliced
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
@@ -157,6 +160,32 @@ class Source:
         # Regular files can be asked to answer from the page cache or not at all.
         self._nowait = hasattr(os, "RWF_NOWAIT") and stat.S_ISREG(os.fstat(fd).st_mode)
         self._splice = True  # `copy_to` may use sendfile (until the file system says no)
+        self.windows: Windows | None = None  # reads go through these mappings when set
+        self.read_path = "pread"  # how the bytes are read: "pread" or "mmap"
+        self.read_path_why = "reads and sendfile"  # one line on why (for the log and info)
+
+    def map_windows(self, window: int, count: int, why: str) -> bool:
+        """Read through at most `count` mmap windows of `window` bytes from now on, if
+        the file can be mapped (the first window is mapped to find out). False, with
+        `read_path_why` saying why, when it cannot: reads stay as they were."""
+        windows = Windows(self._fd, self.size, window, count)
+        try:
+            with windows.piece(0, 1):
+                pass
+        except (OSError, ValueError) as exc:  # ValueError: a file whose st_size is 0
+            windows.close()
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self.read_path_why = f"mmap failed ({reason}), {why}: pread instead"
+            return False
+        self.windows = windows
+        self.read_path = "mmap"
+        self.read_path_why = f"{why}: mmap windows of {window // 1024} KiB, {count} at most"
+        return True
+
+    @property
+    def never_blocks(self) -> bool:
+        """Whether reads are copies out of mappings (no worker thread is worth a hop)."""
+        return self.windows is not None
 
     def stat(self) -> os.stat_result:
         """`fstat` of the open source: which file it is (st_dev, st_ino, st_rdev) and
@@ -175,8 +204,11 @@ class Source:
 
         Returns the bytes copied (0: the file ends at `offset`). BlockingIOError when
         `fd` takes no more for now (nothing copied); other OSErrors from either end.
-        Called from worker threads.
+        Called from worker threads. Through mmap windows, the bytes are written from
+        the mapping (at most one window's worth a call).
         """
+        if self.windows is not None:
+            return self.windows.write_to(fd, offset, count)
         if self._splice:
             try:
                 return os.sendfile(fd, self._fd, offset, count)
@@ -191,8 +223,12 @@ class Source:
         """Read what the OS page cache already holds, never blocking (RWF_NOWAIT).
 
         Returns the bytes read: fewer than asked (down to 0) when the rest would need
-        the disk, or always 0 where the file cannot say (devices, /proc/vmcore).
+        the disk, or always 0 where the file cannot say (devices, /proc/vmcore read
+        with pread). Through mmap windows, all of it.
         """
+        if self.windows is not None:
+            self.read_into(offset, view)
+            return len(view)
         if not self._nowait:
             return 0
         try:
@@ -209,6 +245,14 @@ class Source:
         """Fill `view` with file bytes from `offset`; a short read is EIO (the file shrank)."""
         done = 0
         want = len(view)
+        if self.windows is not None:
+            if offset + want > self.size:
+                raise DumpdError("EIO", f"source ended early at {self.size:#x}")
+            try:
+                self.windows.copy_into(offset, view)
+            except OSError as exc:  # a window could not be mapped (ENOMEM, say)
+                raise ReadError(offset, want, exc.strerror or str(exc)) from exc
+            return
         while done < want:
             try:
                 n = os.preadv(self._fd, [view[done:]], offset + done)
@@ -239,7 +283,20 @@ class Source:
             i += 1
         return pieces
 
+    def feed(self, offset: int, length: int, consume: Callable[[memoryview], object]) -> None:
+        """Hand file bytes `[offset, offset+length)` to `consume` as views of the
+        mappings, without copying them (digests). Only through mmap windows."""
+        if self.windows is None:
+            raise ValueError("feed needs a source read through mmap windows")
+        try:
+            self.windows.feed(offset, length, consume)
+        except OSError as exc:
+            raise ReadError(offset, length, exc.strerror or str(exc)) from exc
+
     def close(self) -> None:
+        if self.windows is not None:
+            self.windows.close()
+            self.windows = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
