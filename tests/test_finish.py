@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -427,3 +429,42 @@ def test_dumpd_serve_ends_after_a_verified_fetch_and_on_dumpd_done(tmp_path: Pat
     assert status == 0
     last = log_lines(log, proc.pid)[-1]
     assert last.startswith(f"INFO: finished: {reason_start}{os.geteuid()} pid "), last
+
+
+# -- the way back: systemd ------------------------------------------------------------------
+
+SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
+DROP_IN = SYSTEMD / "dumpd.service.d" / "finish.conf"
+
+
+def test_the_drop_in_reboots_on_success_and_on_failure() -> None:
+    settings = [line for line in DROP_IN.read_text().splitlines()
+                if line and not line.startswith("#")]
+    assert settings == ["[Unit]", "SuccessAction=reboot", "FailureAction=reboot",
+                        "StartLimitAction=reboot"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("action", ["reboot", "rebooot"])
+def test_systemd_analyze_verify_reads_the_drop_in(tmp_path: Path, action: str) -> None:
+    """The drop-in beside the unit is read (a mistake in it is reported), and as shipped
+    it has none."""
+    units = tmp_path / "units"
+    (units / "dumpd.service.d").mkdir(parents=True)
+    script = Path(sys.executable).parent / "dumpd"
+    service = (SYSTEMD / "dumpd.service").read_text()
+    (units / "dumpd.service").write_text(service.replace(
+        "ExecStart=/usr/local/bin/dumpd ", f"ExecStart={script} "))
+    shutil.copy(SYSTEMD / "dumpd.socket", units / "dumpd.socket")
+    (units / "dumpd.service.d" / "finish.conf").write_text(DROP_IN.read_text().replace(
+        "SuccessAction=reboot", f"SuccessAction={action}"))
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "dumpd.service"),
+                           str(units / "dumpd.socket")], capture_output=True, text=True,
+                          timeout=120, check=False)
+    ours = [line for line in (done.stdout + done.stderr).splitlines() if "dumpd" in line]
+    if action == "reboot":
+        assert ours == []
+    else:
+        assert ours == [f"{units}/dumpd.service.d/finish.conf:11: Failed to parse "
+                        "SuccessAction=, ignoring: rebooot"], ours
