@@ -60,7 +60,7 @@ class Finish:
         self._clock = clock
         self._started = clock.time()
         if self.config.deadline:
-            self._arm("deadline", self._started + self.config.deadline, self._deadline)
+            self._arm("deadline", self.config.deadline, self._deadline)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -76,8 +76,8 @@ class Finish:
             return
         if self.reason is not None:  # waiting for the last connection: it is gone
             self._end()
-        elif self.config.idle_timeout and self._clock is not None:
-            self._arm("idle", self._clock.time() + self.config.idle_timeout, self._idle)
+        elif self.config.idle_timeout:
+            self._arm("idle", self.config.idle_timeout, self._idle)
 
     # -- the conditions ------------------------------------------------------------------
 
@@ -156,15 +156,16 @@ class Finish:
         assert self.reason is not None
         self._stop(self.reason)
 
-    def _arm(self, name: str, when: float, callback: Callable[[], None]) -> None:
-        assert self._clock is not None
+    def _arm(self, name: str, seconds: float, callback: Callable[[], None]) -> None:
+        """Call `callback` `seconds` from now (replacing the timer `name`)."""
+        assert self._clock is not None  # connections and the deadline come after start
         self._cancel(name)
 
         def fire() -> None:
             self._timers.pop(name, None)
             callback()
 
-        self._timers[name] = self._clock.call_at(when, fire)
+        self._timers[name] = self._clock.call_at(self._clock.time() + seconds, fire)
 
     def _cancel(self, name: str) -> None:
         timer = self._timers.pop(name, None)
