@@ -179,6 +179,35 @@ async def test_idle_never_fires_while_a_stream_runs(tmp_path: Path) -> None:
             "idle: no client for 5 s (finish.idle_timeout)")
 
 
+async def test_a_fetch_resumed_within_the_idle_time_completes(tmp_path: Path) -> None:
+    """A fetch that ended incomplete (a range the source could not read) leaves no
+    connection; resumed 29.999 s later, within an idle time of 30, it completes and
+    verifies; idle then counts from the resumed fetch's close."""
+    dump = build_raw(tmp_path / "oldmem", 64 * PAGE)
+    clock = FakeClock()
+    async with serving(tmp_path, dump.path, clock=clock,
+                       finish=FinishConfig(idle_timeout=30)) as server:
+        assert server.source is not None
+        serving_ = stopped(server)
+        sock, out = server.config.server.socket, tmp_path / "copy"
+        with failing(server.source, range(7 * PAGE, 9 * PAGE)):
+            assert await asyncio.to_thread(fetched, sock, out) == 1
+        await until(lambda: not server.connections)
+        clock.advance_to(29.999)
+        await settled()
+        assert not serving_.done()
+        assert await asyncio.to_thread(fetched, sock, out, True) == 0
+        assert out.read_bytes() == file_bytes(dump.path)
+        await until(lambda: not server.connections)
+        clock.advance_to(59.998)
+        await settled()
+        assert not serving_.done()
+        clock.advance_to(59.999)
+        await settled()
+        assert serving_.done() and server.finished == (
+            "idle: no client for 30 s (finish.idle_timeout)")
+
+
 # -- done ---------------------------------------------------------------------------------
 
 async def test_done_lets_a_running_fetch_finish_and_refuses_new_connections(
