@@ -13,9 +13,9 @@ Design rules:
   one does not. It is not armed before the first client came: what ends a server
   nobody came to is the deadline.
 - A verified fetch counts when the sha256 its client reports equals the server's own
-  digest of the whole view, remembered from the `digest` request that fetch's
-  `--verify` made (no second pass over the dump), under the hook generation and
-  source mtime served now; each fetch id counts once.
+  digest of the whole view: the last one a `digest` request computed (that fetch's
+  `--verify` made one just before; no second pass over the dump), if made under the
+  hook generation and source mtime served now. Each fetch id counts once.
 - Every time is read from the injected `Clock`. A timer that fires acts as if its time
   had come (uvloop's may fire up to a millisecond early).
 """
