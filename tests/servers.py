@@ -14,14 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dumpd.client.aio import AsyncClient
-from dumpd.config import (
-    Config,
-    EngineConfig,
-    FinishConfig,
-    HookConfig,
-    ServerConfig,
-    SourceConfig,
-)
+from dumpd.config import Config, EngineConfig, HookConfig, ServerConfig, SourceConfig
 from dumpd.errors import DumpdError
 from dumpd.server import Server
 from dumpd.server.deadlines import Clock
@@ -33,17 +26,15 @@ async def serving(
     tmp_path: Path, source: str | Path, *, hook: str = "",
     hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
     engine: EngineConfig | None = None, clock: Clock | None = None,
-    finish: FinishConfig | None = None, **server: Any,
+    **server: Any,
 ) -> AsyncIterator[Server]:
     """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit.
-    `clock`: the one its connections' deadlines (and its finish conditions) are kept on
-    (None: the loop's)."""
+    `clock`: the one its connections' deadlines are kept on (None: the loop's)."""
     config = Config(
         source=SourceConfig(path=str(source), kind=kind, page_size=page_size),
         server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
         engine=engine or EngineConfig(),
         hook=HookConfig(name=hook, options=hook_options or {}),
-        finish=finish or FinishConfig(),
     )
     srv = Server(config, clock=clock)
     await srv.start()
