@@ -19,8 +19,8 @@ from dumpd import DEFAULT_SOCKET
 from dumpd.errors import StartupError
 from dumpd.hostport import split_host_port
 
-__all__ = ["DEFAULT_SOCKET", "Config", "EngineConfig", "HookConfig", "ServerConfig",
-           "SourceConfig", "load"]
+__all__ = ["DEFAULT_SOCKET", "Config", "EngineConfig", "FinishConfig", "HookConfig",
+           "ServerConfig", "SourceConfig", "load"]
 
 
 TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
@@ -81,12 +81,25 @@ class HookConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_FETCHES = 1024  # the most verified fetches `finish.fetches` may wait for
+
+
+@dataclass(frozen=True, slots=True)
+class FinishConfig:
+    """When the server ends by itself (docs/finish.md); 0 turns a condition off."""
+
+    fetches: int = 0  # complete verified fetches of the whole view (distinct fetch ids)
+    idle_timeout: float = 0.0  # seconds with no connection, from the last one's close
+    deadline: float = 0.0  # seconds after start: stop as on SIGTERM
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     hook: HookConfig = field(default_factory=HookConfig)
+    finish: FinishConfig = field(default_factory=FinishConfig)
     log_level: str = "info"
 
     def with_overrides(self, **flags: Any) -> Config:
@@ -97,7 +110,7 @@ class Config:
             if value is None:
                 continue
             section, _, key = name.partition("_")
-            if section in ("source", "server", "engine", "hook") and key:
+            if section in ("source", "server", "engine", "hook", "finish") and key:
                 sections.setdefault(section, {})[key] = value
             else:
                 top[name] = value
@@ -169,6 +182,12 @@ class Config:
         if self.hook.options and not self.hook.name:
             raise bad("hook.options", "given, but no hook is named to take them "
                       "(--hook NAME or hook.name)")
+        fin = self.finish
+        if not 0 <= fin.fetches <= MAX_FETCHES:
+            raise bad("finish.fetches", f"must be in [0, {MAX_FETCHES}], not {fin.fetches}")
+        for key in ("idle_timeout", "deadline"):
+            if getattr(fin, key) < 0:
+                raise bad(f"finish.{key}", f"must not be negative, not {getattr(fin, key)}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", f"must be debug, info, warning or error, not {self.log_level!r}")
 
@@ -193,7 +212,7 @@ def load(path: str | None) -> Config:
 
 def _from_table(path: str, raw: dict[str, Any]) -> Config:
     known = {"source": SourceConfig, "server": ServerConfig, "engine": EngineConfig,
-             "hook": HookConfig}
+             "hook": HookConfig, "finish": FinishConfig}
     values: dict[str, Any] = {}
     for name, table in raw.items():
         if name == "log_level":
@@ -245,7 +264,7 @@ def _typed(path: str, key: str, value: Any, typ: type) -> Any:
 
 # What an option's name says its number counts, by the end of the name.
 UNITS = (("_mib", "MiB"), ("_kib", "KiB"), ("timeout", "seconds"), ("size", "bytes"),
-         ("_uids", "uids"), ("_gids", "gids"))
+         ("_uids", "uids"), ("_gids", "gids"), ("deadline", "seconds"), ("fetches", "fetches"))
 
 
 def _expected(key: str, typ: type) -> str:

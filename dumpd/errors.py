@@ -8,7 +8,8 @@ starting (bad file, bad configuration): the CLI prints its one line, no tracebac
 from __future__ import annotations
 
 CODES = frozenset(
-    {"EINVAL", "ERANGE", "EIO", "EBUSY", "E2BIG", "ENOSYS", "EACCES", "ETIMEDOUT", "EFAULT"}
+    {"EINVAL", "ERANGE", "EIO", "EBUSY", "E2BIG", "ENOSYS", "EACCES", "ETIMEDOUT", "EFAULT",
+     "ESHUTDOWN"}
 )
 
 

@@ -28,7 +28,8 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def serve(config: Config, given_page_size: int | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (a second one forces the exit); SIGHUP reloads the hook.
+    """Serve until SIGTERM/SIGINT (a second one forces the exit) or a finish condition
+    (`done`, `[finish]`: logged as `finished: REASON`, exit 0); SIGHUP reloads the hook.
     `given_page_size`: the page size the operator named (`--page-size`), which the dump
     must not contradict."""
     with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:

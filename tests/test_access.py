@@ -29,13 +29,14 @@ import trustme
 
 from dumpd.client import Client, RemoteError, StreamData, StreamWritten
 from dumpd.client.aio import AsyncClient
-from dumpd.config import Config, EngineConfig, ServerConfig, SourceConfig
+from dumpd.config import Config, EngineConfig, FinishConfig, ServerConfig, SourceConfig
 from dumpd.engine import Engine
 from dumpd.errors import StartupError
 from dumpd.protocol import FrameDecoder, Limits, Notification, Response, encode_request
 from dumpd.server import Server
 from dumpd.server import tls as server_tls
 from dumpd.server.dispatch import Dispatcher
+from dumpd.server.finish import Finish
 from dumpd.server.listeners import Credentials, supplementary_groups
 from dumpd.sources import open_source
 from dumpd.tls import client_context
@@ -620,7 +621,7 @@ def test_an_activated_non_loopback_socket_serves_with_tls(tmp_path: Path, pki: P
 MARK = "dumpd-hostile"
 ARITY = {"info": 0, "read": 2, "read_phys": 2, "extents": 2, "digest": 3, "stats": 0,
          "hook.register": 2, "hook.unregister": 0, "hook.reload": 0,
-         "stream": 3, "stream.cancel": 1}  # the dispatcher's table
+         "stream": 3, "stream.cancel": 1, "done": 0, "fetch.verified": 2}  # the table
 
 
 def hostile_strings(base: Path) -> list[str]:
@@ -655,7 +656,8 @@ def test_hostile_parameters_cover_the_dispatch_table(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", PAGE)
     engine = Engine(open_source(dump.path, "raw", PAGE, None), EngineConfig())
     try:
-        table = Dispatcher(engine, MiB, dict).methods  # what a new method must join
+        finish = Finish(FinishConfig(), lambda reason: None)
+        table = Dispatcher(engine, MiB, dict, finish=finish).methods  # a new one joins ARITY
     finally:
         engine.close()
     assert {name: method.arity for name, method in table.items()} == ARITY
@@ -735,8 +737,9 @@ def test_hostile_parameters_create_and_open_no_file(shared_dir: Path, figures: F
         before = snapshot(pid, shared_dir)
         codes = asyncio.run(send_hostile(sock, shared_dir))
         after = snapshot(pid, shared_dir)
-    # 216 requests as nobody, 214 as root (no plugin names); EACCES: hook.* as nobody
-    assert codes == {"EINVAL": 378, "EACCES": 38, "ENOSYS": 14}
+    # 246 requests as nobody, 244 as root (no plugin names); EACCES: hook.* and done as
+    # nobody (done as root: EINVAL, none of them is a map of known options)
+    assert codes == {"EINVAL": 430, "EACCES": 46, "ENOSYS": 14}
     assert after[0] == before[0]  # no file made in its working directory
     assert after[1] <= before[1]  # no file left open
     assert not Path(f"/tmp/{MARK}").exists()

@@ -234,6 +234,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         f"source   {dump.path} (raw)",
         "size     20971520 bytes, page size 4096",
         "hook     (none registered)",
+        "finish   on `dumpd done` or SIGTERM only",
         "segments 1",
         "  paddr 0x000000000000  offset 0x0000000000  filesz 0x1400000  memsz 0x1400000",
     ]
@@ -243,6 +244,8 @@ def test_info_human_and_json(tmp_path: Path) -> None:
                    **source_identity(dump.path)},
         "size": 20 * MiB, "page_size": PAGE, "segments": [[0, 0, 20 * MiB, 20 * MiB]],
         "hook": None, "hook_generation": 0, "max_read": 8 * MiB,
+        "finish": {"fetches": 0, "verified_fetches": 0, "idle_timeout": 0.0, "deadline": 0.0,
+                   "deadline_left": None, "finishing": None},
     }
 
 

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dumpd.client import Client
-from dumpd.config import Config, EngineConfig, ServerConfig, SourceConfig
+from dumpd.config import Config, EngineConfig, FinishConfig, ServerConfig, SourceConfig
 from dumpd.engine import Engine
 from dumpd.engine.bulk import BulkReader
 from dumpd.errors import DumpdError
@@ -49,6 +49,7 @@ from dumpd.protocol import (
 )
 from dumpd.server import Server
 from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
+from dumpd.server.finish import Finish
 from dumpd.sources import open_source
 from dumpd.sources.base import Segment
 from tests.daemon import ENV, log_lines, served, server_pid
@@ -60,7 +61,8 @@ from tests.views import PAGE, expected_view
 MiB = 1 << 20
 DOCUMENTED = {"EINVAL", "ERANGE", "EIO", "EBUSY", "E2BIG", "ENOSYS", "EACCES"}
 METHODS = ["info", "read", "read_phys", "extents", "digest", "stats", "stream",
-           "stream.cancel", "hook.register", "hook.unregister", "hook.reload"]
+           "stream.cancel", "hook.register", "hook.unregister", "hook.reload", "done",
+           "fetch.verified"]
 LOADS = [SegSpec(paddr=0x100000, memsz=0x40000), SegSpec(paddr=0x200000, memsz=0x20000,
                                                          filesz=0x18000)]
 EDGES = [0, 1, 8, PAGE - 1, PAGE, PAGE + 1, 0x100000, 0x200000, 0x218000, 8 * MiB,
@@ -272,7 +274,8 @@ def dispatcher_over(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop,
     source = open_source(dump.path)
     engine = Engine(source, EngineConfig())
     try:
-        yield loop, Dispatcher(engine, MiB, lambda: {"connections": 1})
+        finish = Finish(FinishConfig(), lambda reason: None)
+        yield loop, Dispatcher(engine, MiB, lambda: {"connections": 1}, finish=finish)
     finally:
         engine.close()
         source.close()

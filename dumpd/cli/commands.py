@@ -51,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     given = _options(args.hook_option, "--hook-option")
     flags = {k: v for k, v in vars(args).items()
              if k.startswith(("source_", "server_", "engine_", "hook_name", "hook_distribution",
-                              "log_level"))}
+                              "log_level", "finish_"))}
     # The file's [hook] options and distribution are for the hook the file names, if it
     # names one: `--hook ""` (no hook) or `--hook OTHER` runs without them.
     file_hook = config.hook
@@ -97,9 +97,37 @@ def _info(args: argparse.Namespace) -> int:
     print(f"source   {info['source']['path']} ({info['source']['kind']})")
     print(f"size     {info['size']} bytes, page size {info['page_size']}")
     print(f"hook     {hook_label(info['hook'])}")
+    if "finish" in info:
+        print(f"finish   {finish_line(info['finish'])}")
     print(f"segments {len(info['segments'])}")
     for paddr, offset, filesz, memsz in info["segments"]:
         print(f"  paddr {paddr:#014x}  offset {offset:#012x}  filesz {filesz:#x}  memsz {memsz:#x}")
+    return 0
+
+
+def finish_line(finish: dict[str, Any]) -> str:
+    """`info`'s finish conditions in words: those armed and how far along they are."""
+    armed = []
+    if finish["fetches"]:
+        armed.append(f"after {finish['fetches']} verified fetches "
+                     f"({finish['verified_fetches']} so far)")
+    if finish["idle_timeout"]:
+        armed.append(f"when idle {finish['idle_timeout']:g} s")
+    if finish["deadline"]:
+        armed.append(f"at the deadline, in {finish['deadline_left']:g} s")
+    line = "; ".join(armed) or "on `dumpd done` or SIGTERM only"
+    return f"finishing: {finish['finishing']}" if finish["finishing"] else line
+
+
+def _done(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.done(args.now)
+    if reply["stopping"]:
+        print(f"dumpd stops now: {reply['reason']}")
+    else:
+        others = reply["connections"] - 1  # this one closes as we exit
+        print(f"dumpd finishes ({reply['reason']}) once {others} other connections "
+              "close; it serves no new one")
     return 0
 
 
@@ -248,4 +276,4 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read, "fetch": _fetch,
-            "plugins": _plugins, "hook": _hook, "demo": _demo}
+            "plugins": _plugins, "hook": _hook, "done": _done, "demo": _demo}

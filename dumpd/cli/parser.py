@@ -11,7 +11,8 @@ import os
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.hostport import split_host_port
 
-DESCRIPTION = "The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, demo."
+DESCRIPTION = ("The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, done, "
+               "demo.")
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
 DISTRIBUTION_HELP = "the distribution providing the hook, when several do (see `dumpd plugins`)"
 RELATIVE_PATHS = ("; a string VALUE that names an existing file or directory relative to "
@@ -89,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", dest="server_loop", choices=["auto", "uvloop", "asyncio"])
     serve.add_argument("--log-level", dest="log_level",
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--finish-fetches", dest="finish_fetches", type=_int, metavar="N",
+                       help="finish after N complete verified fetches of the whole view")
+    serve.add_argument("--finish-idle", dest="finish_idle_timeout", type=float,
+                       metavar="SECONDS", help="finish when no client was connected for this "
+                       "long since the last one closed")
+    serve.add_argument("--finish-deadline", dest="finish_deadline", type=float,
+                       metavar="SECONDS", help="stop this long after start, as on SIGTERM")
 
     for name, text in (("info", "describe the served dump"), ("stats", "show counters")):
         p = sub.add_parser(name, help=text)
@@ -144,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("reload", help="have the registered hook reload its data")
     for p in (register, actions.choices["unregister"], actions.choices["reload"]):
         _socket_arg(p)
+
+    done = sub.add_parser("done", help="end the server's job: it finishes once the open "
+                          "connections close (running fetches complete), then exits 0")
+    done.add_argument("--now", action="store_true", help="stop now, as on SIGTERM: running "
+                      "requests and streams get server.shutdown_timeout")
+    _socket_arg(done)
 
     demo = sub.add_parser("demo", help="build a sample dump, serve it, read it back")
     demo.add_argument("--size-mib", type=_int, default=256, help="guest memory (default 256)")

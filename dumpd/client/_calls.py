@@ -88,6 +88,14 @@ def hook_reload() -> Call[dict[str, Any]]:
     return Call("hook.reload", (), _typed(dict, "hook.reload"))
 
 
+def done(now: bool) -> Call[dict[str, Any]]:
+    return Call("done", ({"now": True},) if now else (), _typed(dict, "done"))
+
+
+def fetch_verified(fetch_id: str, sha256: str) -> Call[dict[str, Any]]:
+    return Call("fetch.verified", (fetch_id, sha256), _typed(dict, "fetch.verified"))
+
+
 def result(response: Response) -> Any:
     """A response's result; `RemoteError` for an error reply."""
     if response.error is not None:

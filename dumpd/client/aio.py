@@ -196,6 +196,16 @@ class AsyncClient:
         """Have the installed hook reload its data; ENOSYS when it has none."""
         return await self._run(_calls.hook_reload())
 
+    async def done(self, now: bool = False) -> dict[str, Any]:
+        """End the server's job: once the open connections close, or `now` (running
+        requests get its shutdown_timeout); administrators only."""
+        return await self._run(_calls.done(now))
+
+    async def fetch_verified(self, fetch_id: str, sha256: str) -> dict[str, Any]:
+        """Report a complete copy of the whole view whose sha256 matched the server's
+        digest of it (for `finish.fetches`); `{"counted", "fetches", "needed"}`."""
+        return await self._run(_calls.fetch_verified(fetch_id, sha256))
+
     # -- life cycle ------------------------------------------------------------------
 
     async def close(self) -> None:

@@ -242,6 +242,16 @@ class Client:
         """Have the installed hook reload its data; ENOSYS when it has none."""
         return self._run(_calls.hook_reload())
 
+    def done(self, now: bool = False) -> dict[str, Any]:
+        """End the server's job: once the open connections close, or `now` (running
+        requests get its shutdown_timeout); administrators only."""
+        return self._run(_calls.done(now))
+
+    def fetch_verified(self, fetch_id: str, sha256: str) -> dict[str, Any]:
+        """Report a complete copy of the whole view whose sha256 matched the server's
+        digest of it (for `finish.fetches`); `{"counted", "fetches", "needed"}`."""
+        return self._run(_calls.fetch_verified(fetch_id, sha256))
+
     def stream(self, offset: int, length: int, chunk: int | None = None,
                sink: int | None = None) -> Stream:
         """Stream `[offset, offset+length)` of the file view: iterate the returned `Stream`

@@ -39,6 +39,7 @@ from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.output import NO_SPACE, STDOUT, Output, Served, look, os_error
 from dumpd.fetch.progress import Progress, rate, size
+from dumpd.fetch.report import report_verified
 from dumpd.fetch.state import SUFFIX, FetchState
 
 CHECKPOINT_SECONDS = 5.0
@@ -386,5 +387,6 @@ def _verify(client: Client, info: dict[str, Any], job: _Job, quiet: bool) -> int
         return 1
     if not quiet:
         print(f"verify: sha256 {remote} matches", file=sys.stderr)
+    report_verified(client, state, local, info["size"], quiet)
     return 0
 

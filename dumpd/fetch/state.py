@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -26,13 +27,16 @@ VERSION = 1
 @dataclass(slots=True)
 class FetchState:
     """A copy of `[offset, offset+length)` of the dump `identity`, done up to `done`
-    (an absolute offset) except for the `errors` ranges `[offset, length, code, message]`."""
+    (an absolute offset) except for the `errors` ranges `[offset, length, code, message]`.
+    `fetch_id` names this copy to the server (`fetch.verified`) across resumes, so one
+    fetch counts once; a state saved before it existed gets a new one."""
 
     identity: dict[str, Any]
     offset: int
     length: int
     done: int
     errors: list[list[Any]] = field(default_factory=list)
+    fetch_id: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def end(self) -> int:
@@ -94,7 +98,8 @@ class FetchState:
                 raise ValueError("unknown version")
             state = cls(**raw)
             if not (isinstance(state.identity, dict) and
-                    all(type(v) is int for v in (state.offset, state.length, state.done))):
+                    all(type(v) is int for v in (state.offset, state.length, state.done))
+                    and type(state.fetch_id) is str):
                 raise ValueError("wrong field types")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise StartupError(f"{path}: unreadable resume state ({exc}); move it "

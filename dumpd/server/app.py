@@ -2,8 +2,9 @@
 
 `Server.start()` does everything that can fail because of the operator (and
 raises StartupError with one line); `Server.serve_until_stopped()` runs until
-`stop()`; `Server.shutdown()` stops accepting, lets running requests finish up
-to a deadline, then closes what is left.
+`stop()` (or until a finish condition ends the job: `finish.py`);
+`Server.shutdown()` stops accepting, lets running requests finish up to a deadline,
+then closes what is left.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from dumpd.hooks.discovery import load_plugin
 from dumpd.hooks.slot import hook_label
 from dumpd.ratelog import RateLimitedLog
 from dumpd.server.connection import RpcConnection
-from dumpd.server.deadlines import Clock
+from dumpd.server.deadlines import Clock, LoopClock
 from dumpd.server.dispatch import Dispatcher, Peer, reload_hook
+from dumpd.server.finish import Finish
 from dumpd.server.listeners import (
     Credentials,
     bind_tcp,
@@ -68,8 +70,10 @@ class Server:
         self._given_page_size = given_page_size
         self.source: Source | None = None
         self.engine: Engine | None = None
+        self.finish = Finish(config.finish, self._finished)  # done, fetches, idle, deadline
+        self.finished: str | None = None  # why it stops by itself (Finish), once it does
         self.shared = Shared(config.server.max_connections,
-                             config.server.reply_budget_total_mib * MiB)
+                             config.server.reply_budget_total_mib * MiB, self.finish)
         self.connections: set[Served] = self.shared.open  # served now
         self.refused = 0
         self._listeners: list[asyncio.AbstractServer] = []
@@ -107,7 +111,7 @@ class Server:
             hook_shown = f"{cfg.hook.name} ({plugin.provider})"
         srv = cfg.server
         dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats,
-                                srv.stream_window_mib * MiB)
+                                srv.stream_window_mib * MiB, finish=self.finish)
         limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
                                   srv.reply_budget_mib * MiB, srv.max_streams,
                                   srv.stream_sendfile, srv.idle_timeout, srv.send_timeout,
@@ -144,6 +148,7 @@ class Server:
         log.info("reading %s with %s: %s", self.source.path, self.source.read_path,
                  self.source.read_path_why)
         self.notifier.send("READY=1", f"STATUS={self.status()}", f"MAINPID={os.getpid()}")
+        self.finish.start(self._clock or LoopClock())
 
     def _activated(self) -> list[socket.socket]:
         """The listening sockets systemd passed (socket activation), if any."""
@@ -235,6 +240,11 @@ class Server:
             with contextlib.suppress(DumpdError):  # logged by reload_hook: nobody to tell
                 await reload_hook(self.engine, "SIGHUP")
 
+    def _finished(self, reason: str) -> None:
+        """A finish condition ended the job: stop, and say why when stopped."""
+        self.finished = reason
+        self.stop()
+
     def stop(self) -> None:
         """Ask `serve_until_stopped` to return (safe from a signal handler)."""
         self._stop.set()
@@ -264,7 +274,8 @@ class Server:
         seconds (default: `server.shutdown_timeout`), then close the rest."""
         if deadline is None:
             deadline = self.config.server.shutdown_timeout
-        self.notifier.send("STOPPING=1", "STATUS=stopping: finishing running requests")
+        why = f"finished: {self.finished};" if self.finished else "stopping:"
+        self.notifier.send("STOPPING=1", f"STATUS={why} finishing running requests")
         for listener in self._listeners:
             listener.close()
         if self._tls is not None:
@@ -287,3 +298,5 @@ class Server:
             self.engine.close()
         if self.source is not None:
             self.source.close()
+        if self.finished is not None:
+            log.info("finished: %s", self.finished)

@@ -112,9 +112,9 @@ class RpcConnection(asyncio.Protocol):
         if isinstance(verdict, str):
             self._close_with("EACCES", verdict)
             return
-        if not self._shared.admit(self, verdict.who):
-            self._close_with("EBUSY", f"too many connections (limit "
-                             f"{self._shared.max_connections})")
+        refused = self._shared.admit(self, verdict.who)  # EBUSY, or ESHUTDOWN: finishing
+        if refused is not None:
+            self._close_with(*refused)
             return
         self.peer = verdict
         log.debug("connection %d (%s) opened", self.id, verdict.who)
@@ -142,7 +142,7 @@ class RpcConnection(asyncio.Protocol):
         self._queue.clear()
         self._unread.clear()
         self._drained.set()
-        self._shared.open.discard(self)
+        self._shared.closed(self)
         if self.peer is not None:  # served: opened in the log (the others were refused)
             why = f": {self._closed_why}" if self._closed_why else ""
             log.debug("connection %d (%s) closed%s", self.id, self.peer.who, why)

@@ -27,6 +27,7 @@ from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_plugin
 from dumpd.protocol import brief, integral
+from dumpd.server.finish import Finish, View
 from dumpd.server.params import as_map, as_str, as_uint
 
 log = logging.getLogger("dumpd.server")
@@ -36,6 +37,7 @@ NOT_READY = object()  # `call_now` cannot answer without waiting
 MAX_EXTENTS_LENGTH = 1 << 30
 EXTENT_ENTRY_BYTES = 24
 STREAM_CHUNK = 1 << 20  # bytes per stream.data frame unless the client asks otherwise
+MAX_FETCH_ID = 64  # characters of a `fetch.verified` fetch id
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,9 @@ class Dispatcher:
     """Maps method names to engine calls; knows no sockets."""
 
     def __init__(self, engine: Engine, max_read: int, live: Callable[[], Mapping[str, int]],
-                 stream_window: int = 4 << 20) -> None:
+                 stream_window: int = 4 << 20, *, finish: Finish) -> None:
         self.engine = engine
+        self.finish = finish
         self.max_read = max_read
         self.stream_window = stream_window
         self._live = live
@@ -99,6 +102,8 @@ class Dispatcher:
             "hook.register": Method(self._register, 2, optional=1, admin=True),
             "hook.unregister": Method(self._unregister, 0, admin=True),
             "hook.reload": Method(self._reload, 0, admin=True),
+            "done": Method(self._done, 0, optional=1, admin=True),
+            "fetch.verified": Method(self._verified, 2),
         }
         self._now = {"info": self._info_now, "stats": self._stats_now}
 
@@ -172,6 +177,7 @@ class Dispatcher:
             "hook": self.engine.hook_name,
             "hook_generation": self.engine.slot.generation,
             "max_read": self.max_read,
+            "finish": self.finish.status(),
         }
 
     async def _read(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> BinParts:
@@ -194,9 +200,13 @@ class Dispatcher:
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
         algorithm = as_str(params[2], "algorithm")
-        end = min(self.engine.source.size, offset + length)
+        size = self.engine.source.size
+        end = min(size, offset + length)
+        view = self._view()
         value = await digest(self.engine, offset, length, algorithm, STREAM_CHUNK,
                              self.stream_window)
+        if self._view() == view:  # neither the hook nor the source changed meanwhile
+            self.finish.digested(view, offset == 0 and end == size, algorithm, value)
         return {"algorithm": algorithm, "digest": value, "offset": offset,
                 "length": max(0, end - offset)}
 
@@ -232,6 +242,30 @@ class Dispatcher:
         stats.update(self._live())
         stats["hook"] = self.engine.hook_name
         return stats
+
+    def _view(self) -> View:
+        """What the view's bytes depend on besides the dump: the hook's generation and
+        the source's mtime (a saved vmcore may be written over)."""
+        return self.engine.slot.generation, self.engine.source.stat().st_mtime_ns
+
+    async def _done(self, peer: Peer, params: Sequence[Any],
+                    streams: RunningStreams) -> dict[str, Any]:
+        options = as_map(params[0], "options") if params else {}
+        unknown = sorted(set(options) - {"now"})
+        if unknown:
+            raise DumpdError("EINVAL", f"unknown done option {unknown[0]!r} (known: now)")
+        now = options.get("now", False)
+        if type(now) is not bool:
+            raise DumpdError("EINVAL", f"now must be true or false, got {brief(now)}")
+        return self.finish.done(peer.who, now)
+
+    async def _verified(self, peer: Peer, params: Sequence[Any],
+                        streams: RunningStreams) -> dict[str, Any]:
+        fetch_id = as_str(params[0], "fetch_id")
+        sha256 = as_str(params[1], "sha256")
+        if not 0 < len(fetch_id) <= MAX_FETCH_ID:
+            raise DumpdError("EINVAL", f"fetch_id must be 1 to {MAX_FETCH_ID} characters")
+        return self.finish.verified(fetch_id, sha256, self._view(), peer.who)
 
     async def _register(self, peer: Peer, params: Sequence[Any],
                         streams: RunningStreams) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dumpd.ratelog import RateLimitedLog
 from dumpd.server.budget import ByteBudget
 from dumpd.server.deadlines import Clock
 from dumpd.server.dispatch import Peer
+from dumpd.server.finish import Finish
 
 log = logging.getLogger("dumpd.server")
 
@@ -52,28 +53,44 @@ class Served(Protocol):
 class Shared:
     """What the connections of one server share: the set of those served (at most
     `max_connections`), the server-wide reply budget, and counts of the connections
-    a limit refused or dropped."""
+    a limit refused or dropped. `finish` hears of each connection served and closed,
+    and refuses new ones once the server finishes."""
 
-    def __init__(self, max_connections: int, reply_budget_total: int) -> None:
+    def __init__(self, max_connections: int, reply_budget_total: int, finish: Finish) -> None:
         self.open: set[Served] = set()
+        self.finish = finish
         self.max_connections = max_connections
         self.reply_budget = ByteBudget(reply_budget_total)
         self.busy_refused = 0
+        self.finishing_refused = 0
         self.idle_timeouts = 0
         self.send_timeouts = 0
         self.notifications_ignored = 0
         self.log = RateLimitedLog(log)
         self.ids = itertools.count(1)  # connection ids, for the log
 
-    def admit(self, conn: Served, who: str) -> bool:
-        """Serve `conn` (of `who`) if a slot is free; False (counted, logged) if none is."""
+    def admit(self, conn: Served, who: str) -> tuple[str, str] | None:
+        """Serve `conn` (of `who`) if a slot is free and the server is not finishing;
+        else the `(code, message)` it is refused with (counted, logged)."""
+        if self.finish.refusal is not None:
+            self.finishing_refused += 1
+            self.log.log(logging.INFO, "finishing", f"refused connection {conn.id} ({who}): "
+                         "the server is finishing")
+            return self.finish.refusal
         if len(self.open) >= self.max_connections:
             self.busy_refused += 1
             self.log.warning("busy", f"refused connection {conn.id} ({who}): too many "
                              f"connections (limit {self.max_connections})")
-            return False
+            return "EBUSY", f"too many connections (limit {self.max_connections})"
         self.open.add(conn)
-        return True
+        self.finish.opened(len(self.open))
+        return None
+
+    def closed(self, conn: Served) -> None:
+        """`conn` is gone (served or not)."""
+        if conn in self.open:
+            self.open.discard(conn)
+            self.finish.closed(len(self.open))
 
     def ignore(self, conn: Served, notification: Notification) -> None:
         """A notification from a client on `conn`: none is answered (msgpack-RPC) and
@@ -87,6 +104,7 @@ class Shared:
     def stats(self) -> dict[str, int]:
         budget = self.reply_budget
         return {"busy_refused_connections": self.busy_refused,
+                "finishing_refused_connections": self.finishing_refused,
                 "idle_timeouts": self.idle_timeouts, "send_timeouts": self.send_timeouts,
                 "notifications_ignored": self.notifications_ignored,
                 "reply_bytes_held": budget.held, "reply_bytes_held_peak": budget.peak,
