@@ -13,6 +13,11 @@ from dumpd.errors import StartupError
 
 log = logging.getLogger("dumpd")
 
+EXIT_FINISHED = 3
+"""`serve`'s status when a finish condition ended the job (`done`, `[finish]`): the one
+status the unit's drop-in reboots on (systemd/dumpd.service.d/finish.conf). A signal's
+stop is 0, a start-up error 2: neither reboots, so a stop never loses the dump."""
+
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """`uvloop` when asked or (for "auto") importable, else the default loop."""
@@ -28,8 +33,9 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def serve(config: Config, given_page_size: int | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (a second one forces the exit) or a finish condition
-    (`done`, `[finish]`: logged as `finished: REASON`, exit 0); SIGHUP reloads the hook.
+    """Serve until SIGTERM/SIGINT (exit 0; a second one forces the exit, 1) or a finish
+    condition (`done`, `[finish]`: logged as `finished: REASON`, exit `EXIT_FINISHED`);
+    SIGHUP reloads the hook.
     `given_page_size`: the page size the operator named (`--page-size`), which the dump
     must not contradict."""
     with asyncio.Runner(loop_factory=loop_factory(config.server.loop)) as runner:
@@ -67,4 +73,4 @@ async def _serve(config: Config, given_page_size: int | None) -> int:
         await server.serve_until_stopped()
     finally:
         await server.shutdown()
-    return 0
+    return 0 if server.finished is None else EXIT_FINISHED

@@ -1,7 +1,9 @@
 """The end of the job (`dumpd/server/finish.py`): `done`, verified fetches, idle and the
 deadline end a real server on a fake clock at exact times with exact reasons, and never
 cut a running fetch unless told to (`--now`, the deadline); `dumpd serve` ended by a real
-`dumpd fetch --verify` and by `dumpd done` exits 0 and says why."""
+`dumpd fetch --verify` and by `dumpd done` exits 3 (EXIT_FINISHED) and says why, one
+stopped by SIGTERM exits 0 even while a finish waits; the systemd drop-in reboots on
+exit 3 (and 2) only."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import hashlib
 import logging
 import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -23,12 +27,13 @@ from typing import Any
 import msgpack
 import pytest
 
-from dumpd.client import RemoteError
+from dumpd.client import Client, RemoteError
 from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, FinishConfig, ServerConfig, SourceConfig, load
 from dumpd.errors import StartupError
 from dumpd.fetch import FetchRequest, fetch
 from dumpd.fetch.state import SUFFIX, FetchState
+from dumpd.runner import EXIT_FINISHED
 from dumpd.server import Server
 from dumpd.server.deadlines import Clock
 from dumpd.sources.base import Source
@@ -36,6 +41,7 @@ from tests.clock import FakeClock
 from tests.daemon import DUMPD, ENV, log_lines, run
 from tests.dumps import build_raw, file_bytes
 from tests.servers import client_of, failing, free_port, until
+from tests.test_units import unit
 
 PAGE = 4096
 MiB = 1 << 20
@@ -302,6 +308,35 @@ async def test_done_now_drains_within_shutdown_timeout(tmp_path: Path) -> None:
     assert server.finished == reason
 
 
+async def test_a_stop_while_done_waits_is_no_finish(tmp_path: Path) -> None:
+    """`stop()` (what SIGTERM calls) while `done` waits for a connection and a deadline is
+    armed: neither that connection's close in the shutdown nor the deadline passing in it
+    makes the stop a finish (`finished` stays None: exit 0, no reboot)."""
+    dump = build_raw(tmp_path / "oldmem", MiB)
+    clock = FakeClock()
+    config = Config(source=SourceConfig(path=dump.path),
+                    server=ServerConfig(socket=str(tmp_path / "dumpd.sock")),
+                    finish=FinishConfig(deadline=60.0))
+    server = Server(config, clock=clock)
+    await server.start()
+    serving_ = stopped(server)
+    other = await AsyncClient.connect(config.server.socket)
+    assert await other.read(0, 8) == file_bytes(dump.path, 0, 8)
+    async with client_of(server) as admin:
+        assert (await admin.done())["connections"] == 2
+    await settled()
+    assert not serving_.done() and server.finish.reason is not None  # it waits for `other`
+    server.stop()
+    await until(serving_.done)
+    shutdown = asyncio.ensure_future(server.shutdown())
+    await until(lambda: not server.connections)  # `other`, idle, closed: the last one
+    clock.advance_to(60.0)
+    await shutdown
+    await other.close()
+    assert server.finished is None
+    assert clock.fired == []  # the deadline's timer was cancelled by the stop
+
+
 async def test_done_is_for_administrators_only(tmp_path: Path) -> None:
     """A TCP peer is never an administrator: EACCES, and the server goes on."""
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
@@ -454,7 +489,7 @@ def test_dumpd_serve_ends_after_a_verified_fetch_and_on_dumpd_done(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert status == 0
+    assert status == EXIT_FINISHED
     assert (tmp_path / "copy").read_bytes() == file_bytes(dump.path)
     lines = log_lines(log, proc.pid)
     assert lines[-1] == ("INFO: finished: 1 verified fetches of the whole view "
@@ -474,9 +509,33 @@ def test_dumpd_serve_ends_after_a_verified_fetch_and_on_dumpd_done(tmp_path: Pat
     printed = result.stdout.decode()
     assert printed.startswith(f"dumpd finishes ({reason_start}")
     assert printed.endswith(") once 0 other connections close; it serves no new one\n")
-    assert status == 0
+    assert status == EXIT_FINISHED
     last = log_lines(log, proc.pid)[-1]
     assert last.startswith(f"INFO: finished: {reason_start}{os.geteuid()} pid "), last
+
+
+def test_sigterm_while_done_waits_is_a_stop_not_a_finish(tmp_path: Path) -> None:
+    """`dumpd done` waits for an open connection; SIGTERM then (`systemctl stop`) closes
+    it, and that last close does not make it a finish: exit 0, no `finished:`, so the
+    drop-in does not reboot."""
+    dump = build_raw(tmp_path / "oldmem", MiB)
+    proc, log, sock = start(tmp_path, "stopped", "--source", dump.path)
+    try:
+        with Client.connect(sock) as other:
+            assert other.info()["size"] == MiB  # served: a connection `done` waits for
+            result = run("done", "--socket", sock)
+            assert result.stdout.decode().endswith(
+                ") once 1 other connections close; it serves no new one\n")
+            proc.send_signal(signal.SIGTERM)
+            status = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 0
+    lines = log_lines(log, proc.pid)
+    assert "INFO: SIGTERM: shutting down" in lines
+    assert not [line for line in lines if "finished" in line], lines
 
 
 # -- the way back: systemd ------------------------------------------------------------------
@@ -485,17 +544,67 @@ SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 DROP_IN = SYSTEMD / "dumpd.service.d" / "finish.conf"
 
 
-def test_the_drop_in_reboots_on_success_and_on_failure() -> None:
-    settings = [line for line in DROP_IN.read_text().splitlines()
-                if line and not line.startswith("#")]
-    assert settings == ["[Unit]", "SuccessAction=reboot", "FailureAction=reboot",
-                        "StartLimitAction=reboot"]
+def test_the_drop_in_reboots_only_after_a_finish_or_a_start_up_error() -> None:
+    """No SuccessAction= (a stop exits 0 too) and no FailureAction= (a stop that times
+    out, or a second signal, fails the unit): the reboots are the ExecStopPost= commands,
+    which look at dumpd's status, and the start limit."""
+    settings = unit(DROP_IN)
+    assert settings.keys() == {"Service", "Unit"}
+    assert settings["Unit"] == {"StartLimitAction": ["reboot"]}
+    assert settings["Service"].keys() == {"ExecStopPost"}
+    assert [value.startswith("+/bin/sh -c ") for value in settings["Service"]["ExecStopPost"]] \
+        == [True, True]  # "+": outside the sandbox, whose empty bounding set systemctl lacks
+
+
+def stop_post(tmp_path: Path, code: str, status: str) -> list[str]:
+    """Run the drop-in's ExecStopPost= commands as systemd does after dumpd ended with
+    EXIT_CODE=`code`, EXIT_STATUS=`status` (in order, each to succeed), with a fake
+    `systemctl` first on PATH; the command lines it was called with."""
+    bin_dir = tmp_path / "bin"
+    calls = tmp_path / "systemctl.calls"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        fake = bin_dir / "systemctl"
+        fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+        fake.chmod(0o755)
+    calls.write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "EXIT_CODE": code, "EXIT_STATUS": status}
+    for line in unit(DROP_IN)["Service"]["ExecStopPost"]:
+        # systemd splits it as the shell does here: no backslash, no "$$" or "${" of its own
+        assert "\\" not in line and "$$" not in line and "${" not in line, line
+        done = subprocess.run(shlex.split(line.removeprefix("+")), env=env,
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), (line, done)
+    return calls.read_text().splitlines()
+
+
+@pytest.mark.parametrize(("code", "status", "reboots"), [
+    ("exited", str(EXIT_FINISHED), True),  # finished: `dumpd done`, [finish]
+    ("exited", "2", True),  # a start-up error: the dump cannot be served
+    ("exited", "0", False),  # SIGTERM: `systemctl stop`, `systemctl restart`
+    ("exited", "1", False),  # a second signal, or dumpd failed (restarted)
+    ("killed", "KILL", False),  # a stop past TimeoutStopSec=, `systemctl kill -s KILL`
+    ("killed", "TERM", False),
+    ("dumped", "ABRT", False),  # the watchdog (restarted)
+    ("exited", "203", False),  # systemd could not run dumpd (restarted)
+])
+def test_the_stop_post_commands_reboot_on_exit_3_and_2_only(
+        tmp_path: Path, code: str, status: str, reboots: bool) -> None:
+    assert stop_post(tmp_path, code, status) == (["--no-block reboot"] if reboots else [])
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("action", ["reboot", "rebooot"])
-def test_systemd_analyze_verify_reads_the_drop_in(tmp_path: Path, action: str) -> None:
+@pytest.mark.parametrize(("mistake", "complaint"), [
+    (None, None),
+    (("StartLimitAction=reboot", "StartLimitAction=rebooot"),
+     r"{units}/dumpd\.service\.d/finish\.conf:\d+: Failed to parse StartLimitAction=, "
+     "ignoring: rebooot"),
+    (("+/bin/sh -c", "+/bin/shh -c"),
+     r"dumpd\.service: Command /bin/shh is not executable: No such file or directory"),
+])
+def test_systemd_analyze_verify_reads_the_drop_in(
+        tmp_path: Path, mistake: tuple[str, str] | None, complaint: str | None) -> None:
     """The drop-in beside the unit is read (a mistake in it is reported), and as shipped
     it has none."""
     units = tmp_path / "units"
@@ -505,15 +614,17 @@ def test_systemd_analyze_verify_reads_the_drop_in(tmp_path: Path, action: str) -
     (units / "dumpd.service").write_text(service.replace(
         "ExecStart=/usr/local/bin/dumpd ", f"ExecStart={script} "))
     shutil.copy(SYSTEMD / "dumpd.socket", units / "dumpd.socket")
-    (units / "dumpd.service.d" / "finish.conf").write_text(DROP_IN.read_text().replace(
-        "SuccessAction=reboot", f"SuccessAction={action}"))
+    drop_in = DROP_IN.read_text()
+    if mistake is not None:
+        assert mistake[0] in drop_in
+        drop_in = drop_in.replace(*mistake, 1)
+    (units / "dumpd.service.d" / "finish.conf").write_text(drop_in)
     done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "dumpd.service"),
                            str(units / "dumpd.socket")], capture_output=True, text=True,
                           timeout=120, check=False)
     ours = [line for line in (done.stdout + done.stderr).splitlines() if "dumpd" in line]
-    if action == "reboot":
+    if complaint is None:
         assert ours == []
     else:
         assert len(ours) == 1 and re.fullmatch(
-            rf"{units}/dumpd\.service\.d/finish\.conf:\d+: Failed to parse SuccessAction=, "
-            "ignoring: rebooot", ours[0]), ours
+            complaint.format(units=re.escape(str(units))), ours[0]), ours

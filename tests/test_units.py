@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from dumpd.config import DEFAULT_SOCKET, Config, ServerConfig, load
+from dumpd.runner import EXIT_FINISHED
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 SERVICE = SYSTEMD / "dumpd.service"
@@ -160,6 +161,8 @@ def test_service_hardening_and_lifecycle() -> None:
         "ExecStart": f"{INSTALLED} serve -c /etc/dumpd/dumpd.toml",
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "Restart": "on-failure",
+        "RestartPreventExitStatus": "2",  # a start-up error: a restart would repeat it
+        "SuccessExitStatus": str(EXIT_FINISHED),  # finished: neither restarted nor failed
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
         "PrivateTmp": "yes", "PrivateDevices": "yes",
         "RestrictAddressFamilies": "AF_UNIX",

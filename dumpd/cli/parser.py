@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         _socket_arg(p)
 
     done = sub.add_parser("done", help="end the server's job: it finishes once the open "
-                          "connections close (running fetches complete), then exits 0")
+                          "connections close (running fetches complete), then `dumpd serve` "
+                          "exits 3 (finished)")
     done.add_argument("--now", action="store_true", help="stop now, as on SIGTERM: running "
                       "requests and streams get server.shutdown_timeout")
     _socket_arg(done)

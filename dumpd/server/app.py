@@ -246,7 +246,9 @@ class Server:
         self.stop()
 
     def stop(self) -> None:
-        """Ask `serve_until_stopped` to return (safe from a signal handler)."""
+        """Ask `serve_until_stopped` to return (safe from a signal handler). From now on
+        no finish condition ends the job: a stop is not a finish (`finished` stays None)."""
+        self.finish.halt()
         self._stop.set()
 
     async def serve_until_stopped(self) -> None:

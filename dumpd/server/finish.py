@@ -149,10 +149,15 @@ class Finish:
             log.info("finishing: %s; serving the %d open connections until they close",
                      reason, self._open)
 
-    def _end(self) -> None:
+    def halt(self) -> None:
+        """The server stops (a signal, or the end): no condition fires from now on. So a
+        wait cut short by SIGTERM, or the deadline falling in its drain, is no finish."""
         self.stopping = True
         for name in list(self._timers):
             self._cancel(name)
+
+    def _end(self) -> None:
+        self.halt()
         assert self.reason is not None
         self._stop(self.reason)
 
