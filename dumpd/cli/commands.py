@@ -247,5 +247,21 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.size_mib, args.balloon_percent, args.dir)
 
 
+def _payload(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dumpd.payload import build, plan
+
+    entries = plan()
+    if args.list:
+        for entry in entries:
+            print(f"{entry.source}\t{entry.dest}")
+        return 0
+    size = build(Path(args.into), entries)
+    print(f"{args.into}: {len(entries)} files, {size:,} bytes ({size / (1 << 20):.1f} MiB)")
+    return 0
+
+
 COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read, "fetch": _fetch,
-            "plugins": _plugins, "hook": _hook, "demo": _demo}
+            "plugins": _plugins, "hook": _hook, "demo": _demo,
+            "payload": _payload}

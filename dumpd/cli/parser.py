@@ -11,7 +11,7 @@ import os
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.hostport import split_host_port
 
-DESCRIPTION = "The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, demo."
+DESCRIPTION = "The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, demo, payload."
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
 DISTRIBUTION_HELP = "the distribution providing the hook, when several do (see `dumpd plugins`)"
 RELATIVE_PATHS = ("; a string VALUE that names an existing file or directory relative to "
@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("reload", help="have the registered hook reload its data")
     for p in (register, actions.choices["unregister"], actions.choices["reload"]):
         _socket_arg(p)
+
+    payload = sub.add_parser("payload", help="the files that run dumpd in a crash kernel's "
+                                        "initramfs: list them, or copy them into DIR")
+    where = payload.add_mutually_exclusive_group(required=True)
+    where.add_argument("--into", metavar="DIR",
+                       help="build the tree in DIR (absent or empty: never overwritten)")
+    where.add_argument("--list", action="store_true",
+                       help="print SOURCE<TAB>DEST for each file (DEST relative to the tree)")
 
     demo = sub.add_parser("demo", help="build a sample dump, serve it, read it back")
     demo.add_argument("--size-mib", type=_int, default=256, help="guest memory (default 256)")

@@ -1,0 +1,326 @@
+"""`dumpd payload`: the smallest root tree that runs dumpd, for a crash kernel's initramfs.
+
+Design rules
+- One list. `plan()` computes every file of the payload as (SOURCE, DEST): SOURCE a file
+  of this host, DEST its path in the tree. `--list` prints it (dracut's module installs
+  exactly those lines), `--into` copies it; nothing is in the tree that the list lacks.
+- The payload is for the interpreter this runs under: its binary (`usr/bin/<real name>`
+  and `usr/bin/python3`), the shared libraries `ldd` names for it and for every
+  extension module (at their own paths, the dynamic loader included), and a launcher
+  (`usr/bin/dumpd`, the `launcher` file beside this module).
+- Which modules: found for real, not listed by hand. A child interpreter (`-I -S`, so no
+  `.pth` file of this environment runs in it) imports every module of dumpd and of each
+  installed hook plugin, and then every module named by an `import` statement anywhere
+  in the code it has loaded outside the standard library (dumpd, the plugins, msgpack,
+  uvloop, aiofiles): imports inside functions (ssl, hashlib, tomllib, the hooks'
+  lazily loaded modules) count, and `from X import name` is done as Python does it (a
+  lazy `__getattr__`, concurrent.futures' executors, runs). It repeats until no new
+  module appears; its `sys.modules` is the closure. Scanning the source finds the lazy
+  imports a recorded run would miss on the paths it did not take; importing closes over
+  what those modules import in turn. The codecs a socket or a file name looks up by
+  name at run time (idna for host names, the file system's) are imported by name too.
+- Smaller, still correct: a module whose compiled file in `__pycache__` is fresh (its
+  header names the source's mtime and size) goes in as that `.pyc` alone, sourceless,
+  where the `.py` was; one without goes in as its `.py`. ELF files (the interpreter,
+  extension modules, libraries) are copied and then `strip --strip-unneeded` runs on
+  the copy, never on the original. Distributions keep their `.dist-info` (METADATA,
+  entry_points.txt), so `importlib.metadata` finds the hooks' entry points there.
+- It never overwrites: DIR must be absent or an empty directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib.metadata import Distribution, distribution, entry_points
+from pathlib import Path
+
+from dumpd.errors import Refused, StartupError
+from dumpd.hooks.contract import ENTRY_POINT_GROUP
+
+DEPENDENCIES = ("dumpd", "msgpack", "uvloop", "aiofiles")
+"""The distributions dumpd runs with (pyproject's dependencies and dumpd itself)."""
+CODECS = ("encodings.idna", "encodings.utf_8", "encodings.ascii", "encodings.latin_1",
+          "encodings.aliases")
+"""Codecs looked up by name at run time: no import statement names them."""
+SITE_DIRS = ("site-packages", "dist-packages")
+LAUNCHER = Path(__file__).with_name("launcher")
+ELF_MAGIC = b"\x7fELF"
+LDD_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
+
+# The child: argv[1] is JSON {"path": [...], "packages": [...], "modules": [...]}; it
+# prints {module name: file} for every module it ends up with.
+_CLOSURE = r"""
+import ast, importlib, json, pkgutil, sys
+request = json.loads(sys.argv[1])
+sys.path[:] = request["path"]
+stdlib = sys.stdlib_module_names
+
+def want(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # another platform's module, behind a try or an `if`
+        return None
+
+def named(tree, package, lazy_getattr):
+    nodes = []
+    for top in tree.body:
+        if not lazy_getattr and isinstance(top, ast.FunctionDef) and top.name == "__getattr__":
+            continue
+        nodes.extend(ast.walk(top))
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, ()
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            yield base, tuple(alias.name for alias in node.names)
+
+def load(name, attrs):
+    top = name.split(".")[0]
+    if top not in stdlib and top not in request["roots"] and name not in sys.modules:
+        return
+    module = want(name)
+    for attr in attrs:
+        if module is not None and attr != "*" and not hasattr(module, attr):
+            want(f"{name}.{attr}")
+
+for package in request["packages"]:
+    root = want(package)
+    for info in pkgutil.walk_packages(getattr(root, "__path__", []), package + "."):
+        if not info.name.endswith(".__main__"):  # runs a command when imported
+            want(info.name)
+for name in request["modules"]:
+    want(name)
+scanned = set()
+while True:
+    todo = [(n, m) for n, m in list(sys.modules.items())
+            if n not in scanned and isinstance(getattr(m, "__file__", None), str)
+            and m.__file__.endswith(".py")]
+    if not todo:
+        break
+    for name, module in todo:
+        scanned.add(name)
+        package = name if hasattr(module, "__path__") else name.rpartition(".")[0]
+        with open(module.__file__, "rb") as f:
+            tree = ast.parse(f.read(), module.__file__)
+        ours = name.split(".")[0] not in stdlib
+        for target, attrs in named(tree, package, ours):
+            if ours or target.split(".")[0] == name.split(".")[0]:
+                load(target, attrs)
+print(json.dumps({n: m.__file__ for n, m in sorted(sys.modules.items())
+                  if isinstance(getattr(m, "__file__", None), str)}))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file of the payload: the host's SOURCE, copied to DEST (relative to DIR)."""
+
+    source: str
+    dest: str
+
+
+def _stdlib_dirs() -> tuple[str, ...]:
+    """The interpreter's own library directories (a venv's are its base's)."""
+    paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    return tuple(os.path.realpath(paths[key]) + os.sep for key in ("stdlib", "platstdlib"))
+
+
+def _plugin_distributions() -> list[Distribution]:
+    """The distributions that provide an entry point in the hook group (dumpd's own
+    `none` included), each once."""
+    found: dict[str, Distribution] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None:
+            found.setdefault(ep.dist.name, ep.dist)
+    return list(found.values())
+
+
+def _top_levels(dist: Distribution) -> list[str]:
+    """The importable top-level names a distribution installs, from its RECORD."""
+    names = set()
+    for file in dist.files or ():
+        first = file.parts[0] if file.parts else ".."
+        if first.startswith(("..", "__")) or first.endswith(".dist-info"):
+            continue
+        if len(file.parts) > 1 or first.endswith((".py", ".so")):
+            names.add(first.split(".")[0])
+    return sorted(names)
+
+
+def _closure(packages: Iterable[str], modules: Iterable[str],
+             roots: Iterable[str]) -> dict[str, str]:
+    """{module: file} of every module dumpd can import here, computed in a child:
+    `packages` with all their modules, `modules`, and what their code imports from the
+    standard library and from `roots` (the distributions' top-level names)."""
+    here = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    request = {"path": [*here, *(p for p in sys.path if p and p not in here)],
+               "packages": sorted(set(packages)), "modules": sorted(set(modules)),
+               "roots": sorted(set(roots))}
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", _CLOSURE, json.dumps(request)],
+                            capture_output=True, text=True, check=False,
+                            stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise StartupError(f"payload: importing dumpd's modules failed: {last}")
+    found: dict[str, str] = json.loads(result.stdout)
+    return found
+
+
+def _fresh_pyc(source: str) -> str | None:
+    """The `__pycache__` file compiled from `source` as it is now, if there is one."""
+    try:
+        cached = importlib.util.cache_from_source(source)
+        with open(cached, "rb") as f:
+            head = f.read(16)
+        st = os.stat(source)
+    except (OSError, NotImplementedError, ValueError):
+        return None
+    if (head[:4] != importlib.util.MAGIC_NUMBER or head[4:8] != b"\0\0\0\0"
+            or int.from_bytes(head[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
+            or int.from_bytes(head[12:16], "little") != st.st_size & 0xFFFFFFFF):
+        return None
+    return cached
+
+
+def _python_dirs() -> tuple[str, str]:
+    """(stdlib, site-packages) in the payload, where its interpreter looks with its
+    prefix at /usr (found from usr/bin/python3: the landmark is the stdlib's os.py[c])."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    stdlib = f"usr/{sys.platlibdir}/{version}"
+    return stdlib, site.getsitepackages(["/usr"])[0].lstrip("/")
+
+
+def _module_entries(files: dict[str, str]) -> list[Entry]:
+    stdlib_dest, site_dest = _python_dirs()
+    stdlib_dirs = _stdlib_dirs()
+    roots = sorted({os.path.realpath(p) + os.sep for p in sys.path if p and os.path.isdir(p)}
+                   | {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep},
+                   key=len, reverse=True)
+    entries: list[Entry] = []
+    for path in sorted({os.path.realpath(f) for f in files.values()}):
+        base = next((d for d in stdlib_dirs if path.startswith(d)), None)
+        dest_dir = stdlib_dest
+        if base is None or path[len(base):].split(os.sep)[0] in SITE_DIRS:
+            base = next((r for r in roots if path.startswith(r)), None)
+            dest_dir = site_dest
+        if base is None:
+            raise StartupError(f"payload: {path}: imported from outside sys.path")
+        rel = path[len(base):]
+        pyc = _fresh_pyc(path) if path.endswith(".py") else None
+        if pyc is not None:
+            entries.append(Entry(pyc, f"{dest_dir}/{rel}c"))
+        else:
+            entries.append(Entry(path, f"{dest_dir}/{rel}"))
+    return entries
+
+
+def _dist_info_entries(dists: Iterable[Distribution]) -> list[Entry]:
+    """Each distribution's metadata directory, under site-packages."""
+    _, site_dest = _python_dirs()
+    entries: list[Entry] = []
+    for dist in dists:
+        for file in dist.files or ():
+            if file.parts and file.parts[0].endswith(".dist-info"):
+                source = Path(str(dist.locate_file(file)))
+                if source.is_file():
+                    entries.append(Entry(str(source.resolve()), f"{site_dest}/{file}"))
+    return entries
+
+
+def _libraries(elf_files: Iterable[str]) -> list[Entry]:
+    """The shared libraries `ldd` names for these files, at the paths it names them by
+    (the dynamic loader at the path the interpreter's PT_INTERP names)."""
+    needed: set[str] = set()
+    for path in elf_files:
+        result = subprocess.run(["ldd", path], capture_output=True, text=True, check=False)
+        for line in result.stdout.splitlines():
+            match = LDD_LINE.match(line)
+            if match:
+                needed.add(match.group(1))
+    return [Entry(os.path.realpath(p), p.lstrip("/")) for p in sorted(needed)]
+
+
+def _is_elf(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == ELF_MAGIC
+
+
+def plan() -> list[Entry]:
+    """Every file of the payload for this interpreter, sorted by DEST."""
+    dists = {name: distribution(name) for name in DEPENDENCIES}
+    # dumpd and the hooks: every module of their packages (a plugin's distribution may
+    # install its tests too: only the packages its entry points name are its code).
+    packages = {"dumpd"}
+    for dist in _plugin_distributions():
+        dists.setdefault(dist.name, dist)
+        packages |= {ep.module.split(".")[0] for ep in dist.entry_points
+                     if ep.group == ENTRY_POINT_GROUP}
+    deps = [top for name in DEPENDENCIES[1:] for top in _top_levels(dists[name])]
+    files = _closure(packages, ["site", *CODECS, *deps,
+                                f"encodings.{_codec(sys.getfilesystemencoding())}"],
+                     [*packages, *deps])
+    interpreter = os.path.realpath(sys.executable)
+    name = os.path.basename(interpreter)
+    entries = [Entry(interpreter, f"usr/bin/{name}"), Entry(str(LAUNCHER), "usr/bin/dumpd")]
+    if name != "python3":
+        entries.append(Entry(interpreter, "usr/bin/python3"))
+    entries += _module_entries(files)
+    entries += _dist_info_entries(dists.values())
+    elf = [e.source for e in entries if _is_elf(e.source)]
+    entries += _libraries(elf)
+    unique = {e.dest: e for e in entries}
+    return sorted(unique.values(), key=lambda e: e.dest)
+
+
+def _codec(encoding: str) -> str:
+    """The `encodings` module for an encoding name (utf-8 -> utf_8)."""
+    import encodings
+
+    return encodings.normalize_encoding(encoding).lower()
+
+
+def _check_empty(into: Path) -> None:
+    try:
+        if any(into.iterdir()):
+            raise Refused(f"{into}: File exists (EEXIST): a payload goes into an absent or "
+                          "empty directory, never over files")
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise Refused(f"{into}: File exists (EEXIST) and is not a directory") from None
+
+
+def build(into: Path, entries: list[Entry]) -> int:
+    """Copy `entries` into `into` (ELF copies stripped); the tree's size in bytes."""
+    _check_empty(into)
+    strip = shutil.which("strip")
+    if strip is None:
+        raise StartupError("payload: `strip` (binutils) is needed to strip the ELF copies")
+    into.mkdir(parents=True, exist_ok=True)
+    elf: list[str] = []
+    for entry in entries:
+        dest = into / entry.dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(entry.source, dest)
+        executable = entry.dest.startswith("usr/bin/") or _is_elf(entry.source)
+        os.chmod(dest, 0o755 if executable else 0o644)
+        if _is_elf(entry.source):
+            elf.append(str(dest))
+    if elf:
+        subprocess.run([strip, "--strip-unneeded", *elf], check=True,
+                       stdin=subprocess.DEVNULL)
+    return sum((into / e.dest).stat().st_size for e in entries)
