@@ -2,8 +2,9 @@
 
 Design rules
 - One list. `plan()` computes every file of the payload as (SOURCE, DEST): SOURCE a file
-  of this host, DEST its path in the tree. `--list` prints it (dracut's module installs
-  exactly those lines), `--into` copies it; nothing is in the tree that the list lacks.
+  of this host, DEST its path in the tree. `--list` prints it, `--into` makes it (copies,
+  strips, compiles, zips); nothing is in the tree that the list lacks. dracut's module
+  builds with `--into` and installs the files `--list` names from that tree.
 - The payload is for the interpreter this runs under: its binary (`usr/bin/<real name>`
   and `usr/bin/python3`), the shared libraries `ldd` names for it and for every
   extension module (at their own paths, the dynamic loader included), and a launcher
@@ -19,18 +20,20 @@ Design rules
   imports a recorded run would miss on the paths it did not take; importing closes over
   what those modules import in turn. The codecs a socket or a file name looks up by
   name at run time (idna for host names, the file system's) are imported by name too.
-- Smaller, still correct: a module whose compiled file in `__pycache__` is fresh (its
-  header names the source's mtime and size) goes in as that `.pyc` alone, sourceless,
-  where the `.py` was; one without goes in as its `.py`. ELF files (the interpreter,
-  extension modules, libraries) are copied and then `strip --strip-unneeded` runs on
-  the copy, never on the original. Distributions keep their `.dist-info` (METADATA,
-  entry_points.txt), so `importlib.metadata` finds the hooks' entry points there.
+- Smaller, still correct: every `.py` is compiled as `-OO` does (no docstrings, no
+  asserts; dumpd reads no `__doc__` and its asserts only narrow types) and without
+  column positions (`-X no_debug_ranges`), and goes in sourceless. Pure-Python modules
+  and every `.dist-info` go into the stdlib's zip (`usr/lib/python3X.zip`, first on the
+  interpreter's own sys.path; importlib.metadata reads entry points there); extension
+  modules, and the packages that hold one (msgpack, uvloop), stay files. A DEST inside
+  the zip reads `usr/lib/python311.zip/MEMBER`. ELF files (the interpreter, extension
+  modules, libraries) are copied and `strip --strip-unneeded` runs on the copy, never
+  on the original.
 - It never overwrites: DIR must be absent or an empty directory.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -50,8 +53,10 @@ from dumpd.hooks.contract import ENTRY_POINT_GROUP
 DEPENDENCIES = ("dumpd", "msgpack", "uvloop", "aiofiles")
 """The distributions dumpd runs with (pyproject's dependencies and dumpd itself)."""
 CODECS = ("encodings.idna", "encodings.utf_8", "encodings.ascii", "encodings.latin_1",
-          "encodings.aliases")
-"""Codecs looked up by name at run time: no import statement names them."""
+          "encodings.cp437", "encodings.aliases")
+"""Codecs looked up by name at run time, which no import statement names: idna (every
+host name a socket resolves), cp437 (zipfile's member names: importlib.metadata reads
+the hooks' entry points out of the payload's zip), and the usual text encodings."""
 SITE_DIRS = ("site-packages", "dist-packages")
 LAUNCHER = Path(__file__).with_name("launcher")
 ELF_MAGIC = b"\x7fELF"
@@ -180,37 +185,25 @@ def _closure(packages: Iterable[str], modules: Iterable[str],
     return found
 
 
-def _fresh_pyc(source: str) -> str | None:
-    """The `__pycache__` file compiled from `source` as it is now, if there is one."""
-    try:
-        cached = importlib.util.cache_from_source(source)
-        with open(cached, "rb") as f:
-            head = f.read(16)
-        st = os.stat(source)
-    except (OSError, NotImplementedError, ValueError):
-        return None
-    if (head[:4] != importlib.util.MAGIC_NUMBER or head[4:8] != b"\0\0\0\0"
-            or int.from_bytes(head[8:12], "little") != int(st.st_mtime) & 0xFFFFFFFF
-            or int.from_bytes(head[12:16], "little") != st.st_size & 0xFFFFFFFF):
-        return None
-    return cached
-
-
-def _python_dirs() -> tuple[str, str]:
-    """(stdlib, site-packages) in the payload, where its interpreter looks with its
-    prefix at /usr (found from usr/bin/python3: the landmark is the stdlib's os.py[c])."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    stdlib = f"usr/{sys.platlibdir}/{version}"
-    return stdlib, site.getsitepackages(["/usr"])[0].lstrip("/")
+def _python_dirs() -> tuple[str, str, str]:
+    """(stdlib, site-packages, the stdlib's zip) in the payload, where its interpreter
+    looks with its prefix at /usr (found from usr/bin/python3 by the landmark
+    lib-dynload, with the zip first on its sys.path)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stdlib = f"usr/{sys.platlibdir}/python{version}"
+    archive = f"usr/{sys.platlibdir}/python{version.replace('.', '')}.zip"
+    return stdlib, site.getsitepackages(["/usr"])[0].lstrip("/"), archive
 
 
 def _module_entries(files: dict[str, str]) -> list[Entry]:
-    stdlib_dest, site_dest = _python_dirs()
+    """Pure-Python modules compiled into the zip; extension modules, and the packages
+    that hold one (a package is in one place), in the stdlib and site-packages dirs."""
+    stdlib_dest, site_dest, archive = _python_dirs()
     stdlib_dirs = _stdlib_dirs()
     roots = sorted({os.path.realpath(p) + os.sep for p in sys.path if p and os.path.isdir(p)}
                    | {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep},
                    key=len, reverse=True)
-    entries: list[Entry] = []
+    placed: list[tuple[str, str, str]] = []  # (source, its dir in the payload, relative)
     for path in sorted({os.path.realpath(f) for f in files.values()}):
         base = next((d for d in stdlib_dirs if path.startswith(d)), None)
         dest_dir = stdlib_dest
@@ -219,25 +212,29 @@ def _module_entries(files: dict[str, str]) -> list[Entry]:
             dest_dir = site_dest
         if base is None:
             raise StartupError(f"payload: {path}: imported from outside sys.path")
-        rel = path[len(base):]
-        pyc = _fresh_pyc(path) if path.endswith(".py") else None
-        if pyc is not None:
-            entries.append(Entry(pyc, f"{dest_dir}/{rel}c"))
-        else:
-            entries.append(Entry(path, f"{dest_dir}/{rel}"))
+        placed.append((path, dest_dir, path[len(base):]))
+    native = {rel.split(os.sep)[0] for path, _, rel in placed
+              if not path.endswith((".py", ".pyc")) and os.sep in rel}
+    entries: list[Entry] = []
+    for path, dest_dir, rel in placed:
+        if path.endswith((".py", ".pyc")) and rel.split(os.sep)[0] not in native:
+            dest_dir = archive
+        entries.append(Entry(path, f"{dest_dir}/{rel}c" if path.endswith(".py")
+                             else f"{dest_dir}/{rel}"))
     return entries
 
 
 def _dist_info_entries(dists: Iterable[Distribution]) -> list[Entry]:
-    """Each distribution's metadata directory, under site-packages."""
-    _, site_dest = _python_dirs()
+    """Each distribution's metadata directory, in the zip (importlib.metadata reads it
+    there as in a directory)."""
+    archive = _python_dirs()[2]
     entries: list[Entry] = []
     for dist in dists:
         for file in dist.files or ():
             if file.parts and file.parts[0].endswith(".dist-info"):
                 source = Path(str(dist.locate_file(file)))
                 if source.is_file():
-                    entries.append(Entry(str(source.resolve()), f"{site_dest}/{file}"))
+                    entries.append(Entry(str(source.resolve()), f"{archive}/{file}"))
     return entries
 
 
@@ -304,23 +301,74 @@ def _check_empty(into: Path) -> None:
         raise Refused(f"{into}: File exists (EEXIST) and is not a directory") from None
 
 
+# Python's files, written by a child started with `-X no_debug_ranges` (code compiled
+# without column positions: a quarter smaller, tracebacks without their ^^^ marks), from
+# the JSON on argv[1]: {"root": DIR, "files": [[file, member, source, compile], ...]}
+# (member: the name inside `file`, a zip; "" for a file of its own).
+_WRITE = r"""
+import importlib.util, json, marshal, os, sys, zipfile
+request = json.loads(sys.argv[1])
+archives = {}
+for file, member, source, compiled in request["files"]:
+    with open(source, "rb") as f:
+        data = f.read()
+    if compiled:  # as -OO does: no docstrings, no asserts (dumpd's only narrow types)
+        st = os.stat(source)
+        name = "/" + (file + "/" + member if member else file)
+        code = compile(data, name[:-1], "exec", optimize=2, dont_inherit=True)
+        data = b"".join([importlib.util.MAGIC_NUMBER, bytes(4),
+                         (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
+                         (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
+                         marshal.dumps(code)])
+    path = os.path.join(request["root"], file)
+    if member:
+        if file not in archives:
+            archives[file] = zipfile.ZipFile(path, "x", zipfile.ZIP_DEFLATED, compresslevel=9)
+        archives[file].writestr(member, data)
+    else:
+        with open(path, "xb") as f:
+            f.write(data)
+for archive in archives.values():
+    archive.close()
+"""
+
+
+def _split(dest: str) -> tuple[str, str]:
+    """(the file in the tree, the member inside it): a DEST inside a zip has both."""
+    head, sep, member = dest.partition(".zip/")
+    return (head + ".zip", member) if sep else (dest, "")
+
+
+def _compiled(entry: Entry) -> bool:
+    return entry.source.endswith(".py") and entry.dest.endswith(".pyc")
+
+
 def build(into: Path, entries: list[Entry]) -> int:
-    """Copy `entries` into `into` (ELF copies stripped); the tree's size in bytes."""
+    """Make the tree in `into`: copies (ELF copies stripped), modules compiled, the zip.
+    The tree's size in bytes."""
     _check_empty(into)
     strip = shutil.which("strip")
     if strip is None:
         raise StartupError("payload: `strip` (binutils) is needed to strip the ELF copies")
     into.mkdir(parents=True, exist_ok=True)
     elf: list[str] = []
+    python: list[tuple[str, str, str, bool]] = []
     for entry in entries:
-        dest = into / entry.dest
+        file, member = _split(entry.dest)
+        dest = into / file
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if member or _compiled(entry):
+            python.append((file, member, entry.source, _compiled(entry)))
+            continue
         shutil.copyfile(entry.source, dest)
-        executable = entry.dest.startswith("usr/bin/") or _is_elf(entry.source)
-        os.chmod(dest, 0o755 if executable else 0o644)
-        if _is_elf(entry.source):
+        native = _is_elf(entry.source)
+        os.chmod(dest, 0o755 if native or file.startswith("usr/bin/") else 0o644)
+        if native:
             elf.append(str(dest))
+    request = json.dumps({"root": str(into), "files": python})
+    subprocess.run([sys.executable, "-I", "-S", "-X", "no_debug_ranges", "-c", _WRITE, request],
+                   check=True, stdin=subprocess.DEVNULL)
     if elf:
         subprocess.run([strip, "--strip-unneeded", *elf], check=True,
                        stdin=subprocess.DEVNULL)
-    return sum((into / e.dest).stat().st_size for e in entries)
+    return sum((into / f).stat().st_size for f in {_split(e.dest)[0] for e in entries})
