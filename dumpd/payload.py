@@ -343,9 +343,9 @@ def _compiled(entry: Entry) -> bool:
     return entry.source.endswith(".py") and entry.dest.endswith(".pyc")
 
 
-def build(into: Path, entries: list[Entry]) -> int:
+def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
     """Make the tree in `into`: copies (ELF copies stripped), modules compiled, the zip.
-    The tree's size in bytes."""
+    The tree's files and bytes."""
     _check_empty(into)
     strip = shutil.which("strip")
     if strip is None:
@@ -371,4 +371,5 @@ def build(into: Path, entries: list[Entry]) -> int:
     if elf:
         subprocess.run([strip, "--strip-unneeded", *elf], check=True,
                        stdin=subprocess.DEVNULL)
-    return sum((into / f).stat().st_size for f in {_split(e.dest)[0] for e in entries})
+    files = {_split(e.dest)[0] for e in entries}
+    return len(files), sum((into / f).stat().st_size for f in files)

@@ -257,8 +257,8 @@ def _payload(args: argparse.Namespace) -> int:
         for entry in entries:
             print(f"{entry.source}\t{entry.dest}")
         return 0
-    size = build(Path(args.into), entries)
-    print(f"{args.into}: {len(entries)} files, {size:,} bytes ({size / (1 << 20):.1f} MiB)")
+    files, size = build(Path(args.into), entries)
+    print(f"{args.into}: {files} files, {size:,} bytes ({size / (1 << 20):.1f} MiB)")
     return 0
 
 
