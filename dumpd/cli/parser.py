@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--loop", dest="server_loop", choices=["auto", "uvloop", "asyncio"])
     serve.add_argument("--log-level", dest="log_level",
                        choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--memory", dest="server_memory", metavar='"auto"|NMiB|"off"',
+                       help="size the limits for the memory there is (server.memory)")
+    serve.add_argument("--check", action="store_true",
+                       help="print the limits it would serve with (after server.memory) and "
+                            "the most memory clients can make it hold; serve nothing")
 
     for name, text in (("info", "describe the served dump"), ("stats", "show counters")):
         p = sub.add_parser(name, help=text)
