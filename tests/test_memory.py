@@ -142,7 +142,7 @@ def test_the_shipped_crash_kernel_configuration() -> None:
     assert worst.total == 8 * 1232 * KiB + 4 * MiB + (2 + 2) * MiB + 256 * KiB
     text = ok("serve", "--check", "-c", f"{ROOT}/systemd/dumpd-kdump.toml", "--memory", "off")
     assert text.splitlines()[-1] == f"worst case: {worst.total / MiB:.2f} MiB"
-    assert f"worst case: {worst.total / MiB:.1f} MiB" in Path(
+    assert f"`worst case: {worst.total / MiB:.2f} MiB`" in Path(
         f"{ROOT}/docs/crash-kernel.md").read_text()
 
 
