@@ -18,8 +18,11 @@ Design rules
   lazy `__getattr__`, concurrent.futures' executors, runs). It repeats until no new
   module appears; its `sys.modules` is the closure. Scanning the source finds the lazy
   imports a recorded run would miss on the paths it did not take; importing closes over
-  what those modules import in turn. The codecs a socket or a file name looks up by
-  name at run time (idna for host names, the file system's) are imported by name too.
+  what those modules import in turn. In the standard library's own code only the lazy
+  imports of a package's own parts count (importlib.metadata's email.parser), not
+  those of other packages (pydoc, pdb, multiprocessing: features dumpd never calls),
+  nor a module `__getattr__`'s (what it loads is found where dumpd names it). The
+  codecs looked up by name at run time are imported by name too (`CODECS`).
 - Smaller, still correct: every `.py` is compiled as `-OO` does (no docstrings, no
   asserts; dumpd reads no `__doc__` and its asserts only narrow types) and without
   column positions (`-X no_debug_ranges`), and goes in sourceless. Pure-Python modules
@@ -28,7 +31,8 @@ Design rules
   modules, and the packages that hold one (msgpack, uvloop), stay files. A DEST inside
   the zip reads `usr/lib/python311.zip/MEMBER`. ELF files (the interpreter, extension
   modules, libraries) are copied and `strip --strip-unneeded` runs on the copy, never
-  on the original.
+  on the original. A host file named by two DESTs (the interpreter as python3 and by
+  its real name) is copied to the first and linked (symlink) from the others.
 - It never overwrites: DIR must be absent or an empty directory.
 """
 
@@ -44,7 +48,7 @@ import sys
 import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass
-from importlib.metadata import Distribution, distribution, entry_points
+from importlib.metadata import Distribution, PackageNotFoundError, distribution, entry_points
 from pathlib import Path
 
 from dumpd.errors import Refused, StartupError
@@ -258,7 +262,14 @@ def _is_elf(path: str) -> bool:
 
 def plan() -> list[Entry]:
     """Every file of the payload for this interpreter, sorted by DEST."""
-    dists = {name: distribution(name) for name in DEPENDENCIES}
+    dists: dict[str, Distribution] = {}
+    for name in DEPENDENCIES:
+        try:
+            dists[name] = distribution(name)
+        except PackageNotFoundError:
+            if name != "dumpd":  # dumpd itself may run from a checkout (PYTHONPATH)
+                raise StartupError(f"payload: {name} is not installed for {sys.executable} "
+                                   f"(`{sys.executable} -m pip install {name}`)") from None
     # dumpd and the hooks: every module of their packages (a plugin's distribution may
     # install its tests too: only the packages its entry points name are its code).
     packages = {"dumpd"}
@@ -345,7 +356,7 @@ def _compiled(entry: Entry) -> bool:
 
 def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
     """Make the tree in `into`: copies (ELF copies stripped), modules compiled, the zip.
-    The tree's files and bytes."""
+    The tree's files and bytes (a symlink counts its own size)."""
     _check_empty(into)
     strip = shutil.which("strip")
     if strip is None:
@@ -353,6 +364,7 @@ def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
     into.mkdir(parents=True, exist_ok=True)
     elf: list[str] = []
     python: list[tuple[str, str, str, bool]] = []
+    copied: dict[str, str] = {}  # host file: where it went first
     for entry in entries:
         file, member = _split(entry.dest)
         dest = into / file
@@ -360,6 +372,10 @@ def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
         if member or _compiled(entry):
             python.append((file, member, entry.source, _compiled(entry)))
             continue
+        if entry.source in copied:  # the same file again (python3.11 beside python3)
+            os.symlink(os.path.relpath(into / copied[entry.source], dest.parent), dest)
+            continue
+        copied[entry.source] = file
         shutil.copyfile(entry.source, dest)
         native = _is_elf(entry.source)
         os.chmod(dest, 0o755 if native or file.startswith("usr/bin/") else 0o644)
@@ -372,4 +388,4 @@ def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
         subprocess.run([strip, "--strip-unneeded", *elf], check=True,
                        stdin=subprocess.DEVNULL)
     files = {_split(e.dest)[0] for e in entries}
-    return len(files), sum((into / f).stat().st_size for f in files)
+    return len(files), sum((into / f).lstat().st_size for f in files)

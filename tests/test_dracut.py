@@ -19,7 +19,8 @@ MODULE = Path(ROOT) / "packaging" / "dracut" / "99dumpd"
 SETUP = MODULE / "module-setup.sh"
 
 # dracut's functions and variables as module-setup.sh uses them: inst_simple SRC [DST]
-# copies into $initdir and is a no-op for a file already there; each call is logged.
+# copies into $initdir and is a no-op for a file already there, ln_r TARGET LINK makes a
+# relative link in it; each call is logged.
 DRACUT = r"""
 set -u
 initdir=$1; moddir=$2; systemdsystemunitdir=/usr/lib/systemd/system
@@ -28,6 +29,12 @@ inst_simple() {
     [[ -e $initdir/$dst ]] && return 0
     mkdir -p "$(dirname "$initdir/$dst")" && cp -p "$1" "$initdir/$dst" || return 1
     printf 'inst_simple\t%s\t%s\n' "$1" "$dst" >> "$LOG"
+}
+ln_r() {  # a relative link, as dracut's
+    local rel
+    rel=$(realpath -ms --relative-to="$(dirname "$2")" "$1")
+    mkdir -p "$(dirname "$initdir/$2")" && ln -s "$rel" "$initdir/$2" || return 1
+    printf 'ln_r\t%s\t%s\n' "$1" "$2" >> "$LOG"
 }
 dinfo() { printf 'dinfo\t%s\n' "$*" >> "$LOG"; }
 dfatal() { printf 'dfatal\t%s\n' "$*" >> "$LOG"; }
@@ -94,7 +101,10 @@ def test_install_installs_what_payload_lists(tmp_path: Path) -> None:
     installed = [c for c in calls if c[0] == "inst_simple"]
     from_payload = {dst.lstrip("/") for _, src, dst in installed if "/root/" in src
                     and src.startswith(str(tmp_path))}
-    assert from_payload == files
+    linked = {c[2].lstrip("/") for c in calls if c[0] == "ln_r"}
+    assert from_payload | linked == files
+    assert linked == {"usr/bin/python3.11"}  # python3, by the interpreter's real name
+    assert os.path.realpath(initdir / "usr/bin/python3.11") == str(initdir / "usr/bin/python3")
     others = [(src, dst) for _, src, dst in installed if dst.lstrip("/") not in files]
     assert others == [
         (str(config), "/etc/dumpd/dumpd.toml"),

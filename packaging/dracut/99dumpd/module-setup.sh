@@ -70,8 +70,12 @@ install() {
         case $dest in
             *.zip/*) file="${dest%%.zip/*}.zip" ;; # a member of the stdlib's zip
         esac
-        [[ -e "$initdir/$file" ]] && continue # installed already (a library, the zip)
-        inst_simple "$stage/root/$file" "/$file" || return 1
+        [[ -e "$initdir/$file" || -L "$initdir/$file" ]] && continue # a library, the zip
+        if [[ -L "$stage/root/$file" ]]; then # python3.11 beside python3: a link again
+            ln_r "$(dirname "/$file")/$(readlink "$stage/root/$file")" "/$file"
+        else
+            inst_simple "$stage/root/$file" "/$file" || return 1
+        fi
     done < "$list"
     chmod 0755 "$initdir/usr/bin/dumpd"
     inst_simple "$config" /etc/dumpd/dumpd.toml
