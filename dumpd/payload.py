@@ -38,11 +38,11 @@ Design rules
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
-import site
 import subprocess
 import sys
 import sysconfig
@@ -189,14 +189,21 @@ def _closure(packages: Iterable[str], modules: Iterable[str],
     return found
 
 
+@functools.cache
 def _python_dirs() -> tuple[str, str, str]:
     """(stdlib, site-packages, the stdlib's zip) in the payload, where its interpreter
     looks with its prefix at /usr (found from usr/bin/python3 by the landmark
-    lib-dynload, with the zip first on its sys.path)."""
+    lib-dynload, with the zip first on its sys.path). Site-packages is the first the
+    interpreter's own `site` names for /usr, asked of the binary itself: in a venv
+    (and Debian's `site` answers otherwise in one) the payload is none."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stdlib = f"usr/{sys.platlibdir}/python{version}"
     archive = f"usr/{sys.platlibdir}/python{version.replace('.', '')}.zip"
-    return stdlib, site.getsitepackages(["/usr"])[0].lstrip("/"), archive
+    asked = subprocess.run([os.path.realpath(sys.executable), "-I", "-S", "-c",
+                            "import site; print(site.getsitepackages(['/usr'])[0])"],
+                           capture_output=True, text=True, check=True,
+                           stdin=subprocess.DEVNULL)
+    return stdlib, asked.stdout.strip().lstrip("/"), archive
 
 
 def _module_entries(files: dict[str, str]) -> list[Entry]:
