@@ -308,7 +308,9 @@ def _codec(encoding: str) -> str:
     return encodings.normalize_encoding(encoding).lower()
 
 
-def _check_empty(into: Path) -> None:
+def check_target(into: Path) -> None:
+    """Refuse a DIR that holds anything (or is not a directory): a payload never
+    overwrites."""
     try:
         if any(into.iterdir()):
             raise Refused(f"{into}: File exists (EEXIST): a payload goes into an absent or "
@@ -364,7 +366,7 @@ def _compiled(entry: Entry) -> bool:
 def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
     """Make the tree in `into`: copies (ELF copies stripped), modules compiled, the zip.
     The tree's files and bytes (a symlink counts its own size)."""
-    _check_empty(into)
+    check_target(into)
     strip = shutil.which("strip")
     if strip is None:
         raise StartupError("payload: `strip` (binutils) is needed to strip the ELF copies")

@@ -265,8 +265,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _payload(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dumpd.payload import build, plan
+    from dumpd.payload import build, check_target, plan
 
+    if args.into:  # before the work: a DIR that is not empty is refused at once
+        check_target(Path(args.into))
     entries = plan()
     if args.list:
         for entry in entries:
