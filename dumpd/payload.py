@@ -66,8 +66,10 @@ LAUNCHER = Path(__file__).with_name("launcher")
 ELF_MAGIC = b"\x7fELF"
 LDD_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
 
-# The child: argv[1] is JSON {"path": [...], "packages": [...], "modules": [...]}; it
-# prints {module name: file} for every module it ends up with.
+# The child: argv[1] is JSON {"path": sys.path, "packages": imported with every module
+# in them (an error fails it), "modules": imported, "roots": the top-level names outside
+# the standard library whose imports count}; it prints {module name: file} for every
+# module it ends up with.
 _CLOSURE = r"""
 import ast, importlib, json, pkgutil, sys
 request = json.loads(sys.argv[1])
@@ -107,10 +109,10 @@ def load(name, attrs):
             want(f"{name}.{attr}")
 
 for package in request["packages"]:
-    root = want(package)
+    root = importlib.import_module(package)
     for info in pkgutil.walk_packages(getattr(root, "__path__", []), package + "."):
         if not info.name.endswith(".__main__"):  # runs a command when imported
-            want(info.name)
+            importlib.import_module(info.name)
 for name in request["modules"]:
     want(name)
 scanned = set()
