@@ -9,30 +9,32 @@ Design rules
   and `usr/bin/python3`), the shared libraries `ldd` names for it and for every
   extension module (at their own paths, the dynamic loader included), and a launcher
   (`usr/bin/dumpd`, the `launcher` file beside this module).
-- Which modules: found for real, not listed by hand. A child interpreter (`-I -S`, so no
-  `.pth` file of this environment runs in it) imports every module of dumpd and of each
-  installed hook plugin, and then every module named by an `import` statement anywhere
-  in the code it has loaded outside the standard library (dumpd, the plugins, msgpack,
-  uvloop, aiofiles): imports inside functions (ssl, hashlib, tomllib, the hooks'
-  lazily loaded modules) count, and `from X import name` is done as Python does it (a
-  lazy `__getattr__`, concurrent.futures' executors, runs). It repeats until no new
-  module appears; its `sys.modules` is the closure. Scanning the source finds the lazy
-  imports a recorded run would miss on the paths it did not take; importing closes over
-  what those modules import in turn. In the standard library's own code only the lazy
-  imports of a package's own parts count (importlib.metadata's email.parser), not
-  those of other packages (pydoc, pdb, multiprocessing: features dumpd never calls),
-  nor a module `__getattr__`'s (what it loads is found where dumpd names it). The
-  codecs looked up by name at run time are imported by name too (`CODECS`).
-- Smaller, still correct: every `.py` is compiled as `-OO` does (no docstrings, no
-  asserts; dumpd reads no `__doc__` and its asserts only narrow types) and without
-  column positions (`-X no_debug_ranges`), and goes in sourceless. Pure-Python modules
-  and every `.dist-info` go into the stdlib's zip (`usr/lib/python3X.zip`, first on the
-  interpreter's own sys.path; importlib.metadata reads entry points there); extension
-  modules, and the packages that hold one (msgpack, uvloop), stay files. A DEST inside
-  the zip reads `usr/lib/python311.zip/MEMBER`. ELF files (the interpreter, extension
-  modules, libraries) are copied and `strip --strip-unneeded` runs on the copy, never
-  on the original. A host file named by two DESTs (the interpreter as python3 and by
-  its real name) is copied to the first and linked (symlink) from the others.
+- Which modules: found for real, not listed by hand. A child interpreter (`closure.py`,
+  run with `-I -S`, so that no `.pth` file of this environment runs in it) imports
+  every module of dumpd and of each installed hook plugin, then every module named by
+  an `import` statement anywhere in the code it has loaded outside the standard library
+  (dumpd, the plugins, msgpack, uvloop, aiofiles): imports inside functions (ssl,
+  hashlib, tomllib, the hooks' lazily loaded modules) count, and `from X import name`
+  is done as Python does it (a lazy `__getattr__`, concurrent.futures' executors,
+  runs). It repeats until no new module appears; its `sys.modules` is the closure.
+  Scanning the source finds the lazy imports a recorded run would miss on the paths it
+  did not take; importing closes over what those modules import in turn. In the
+  standard library's own code only the lazy imports of a package's own parts count
+  (importlib.metadata's email.parser), not those of other packages (pydoc, pdb,
+  multiprocessing: features dumpd never calls), nor a module `__getattr__`'s (what it
+  loads is found where dumpd names it). The codecs looked up by name at run time are
+  imported by name too (`CODECS`).
+- Smaller, still correct: every `.py` is compiled (`writer.py`, in a child) as `-OO`
+  does (no docstrings, no asserts; dumpd reads no `__doc__` and its asserts only narrow
+  types) and without column positions (`-X no_debug_ranges`), and goes in sourceless.
+  Pure-Python modules and every `.dist-info` go into the stdlib's zip
+  (`usr/lib/python3X.zip`, first on the interpreter's own sys.path; importlib.metadata
+  reads entry points there); extension modules, and the packages that hold one
+  (msgpack, uvloop), stay files. A DEST inside the zip reads
+  `usr/lib/python311.zip/MEMBER`. ELF files (the interpreter, extension modules,
+  libraries) are copied and `strip --strip-unneeded` runs on the copy, never on the
+  original. A host file named by two DESTs (the interpreter as python3 and by its real
+  name) is copied to the first and linked (symlink) from the others.
 - It never overwrites: DIR must be absent or an empty directory.
 """
 
@@ -63,78 +65,11 @@ host name a socket resolves), cp437 (zipfile's member names: importlib.metadata 
 the hooks' entry points out of the payload's zip), and the usual text encodings."""
 SITE_DIRS = ("site-packages", "dist-packages")
 LAUNCHER = Path(__file__).with_name("launcher")
+PATH_ENTRY = str(Path(__file__).resolve().parents[2])  # where this dumpd is imported from
+CLOSURE = Path(__file__).with_name("closure.py")  # run in a child: the modules dumpd imports
+WRITER = Path(__file__).with_name("writer.py")  # run in a child: Python's files compiled
 ELF_MAGIC = b"\x7fELF"
 LDD_LINE = re.compile(r"^\s*(?:\S+ => )?(/\S+) \(0x[0-9a-f]+\)$")
-
-# The child: argv[1] is JSON {"path": sys.path, "packages": imported with every module
-# in them (an error fails it), "modules": imported, "roots": the top-level names outside
-# the standard library whose imports count}; it prints {module name: file} for every
-# module it ends up with.
-_CLOSURE = r"""
-import ast, importlib, json, pkgutil, sys
-request = json.loads(sys.argv[1])
-sys.path[:] = request["path"]
-stdlib = sys.stdlib_module_names
-
-def want(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:  # another platform's module, behind a try or an `if`
-        return None
-
-def named(tree, package, lazy_getattr):
-    nodes = []
-    for top in tree.body:
-        if not lazy_getattr and isinstance(top, ast.FunctionDef) and top.name == "__getattr__":
-            continue
-        nodes.extend(ast.walk(top))
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, ()
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            yield base, tuple(alias.name for alias in node.names)
-
-def load(name, attrs):
-    top = name.split(".")[0]
-    if top not in stdlib and top not in request["roots"] and name not in sys.modules:
-        return
-    module = want(name)
-    for attr in attrs:
-        if module is not None and attr != "*" and not hasattr(module, attr):
-            want(f"{name}.{attr}")
-
-for package in request["packages"]:
-    root = importlib.import_module(package)
-    for info in pkgutil.walk_packages(getattr(root, "__path__", []), package + "."):
-        if not info.name.endswith(".__main__"):  # runs a command when imported
-            importlib.import_module(info.name)
-for name in request["modules"]:
-    want(name)
-scanned = set()
-while True:
-    todo = [(n, m) for n, m in list(sys.modules.items())
-            if n not in scanned and isinstance(getattr(m, "__file__", None), str)
-            and m.__file__.endswith(".py")]
-    if not todo:
-        break
-    for name, module in todo:
-        scanned.add(name)
-        package = name if hasattr(module, "__path__") else name.rpartition(".")[0]
-        with open(module.__file__, "rb") as f:
-            tree = ast.parse(f.read(), module.__file__)
-        ours = name.split(".")[0] not in stdlib
-        for target, attrs in named(tree, package, ours):
-            if ours or target.split(".")[0] == name.split(".")[0]:
-                load(target, attrs)
-print(json.dumps({n: m.__file__ for n, m in sorted(sys.modules.items())
-                  if isinstance(getattr(m, "__file__", None), str)}))
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -177,11 +112,11 @@ def _closure(packages: Iterable[str], modules: Iterable[str],
     """{module: file} of every module dumpd can import here, computed in a child:
     `packages` with all their modules, `modules`, and what their code imports from the
     standard library and from `roots` (the distributions' top-level names)."""
-    here = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    here = [PATH_ENTRY]
     request = {"path": [*here, *(p for p in sys.path if p and p not in here)],
                "packages": sorted(set(packages)), "modules": sorted(set(modules)),
                "roots": sorted(set(roots))}
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", _CLOSURE, json.dumps(request)],
+    result = subprocess.run([sys.executable, "-I", "-S", str(CLOSURE), json.dumps(request)],
                             capture_output=True, text=True, check=False,
                             stdin=subprocess.DEVNULL)
     if result.returncode != 0:
@@ -214,7 +149,7 @@ def _module_entries(files: dict[str, str]) -> list[Entry]:
     stdlib_dest, site_dest, archive = _python_dirs()
     stdlib_dirs = _stdlib_dirs()
     roots = sorted({os.path.realpath(p) + os.sep for p in sys.path if p and os.path.isdir(p)}
-                   | {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep},
+                   | {PATH_ENTRY + os.sep},
                    key=len, reverse=True)
     placed: list[tuple[str, str, str]] = []  # (source, its dir in the payload, relative)
     for path in sorted({os.path.realpath(f) for f in files.values()}):
@@ -323,38 +258,6 @@ def check_target(into: Path) -> None:
         raise Refused(f"{into}: File exists (EEXIST) and is not a directory") from None
 
 
-# Python's files, written by a child started with `-X no_debug_ranges` (code compiled
-# without column positions: a quarter smaller, tracebacks without their ^^^ marks), from
-# the JSON on argv[1]: {"root": DIR, "files": [[file, member, source, compile], ...]}
-# (member: the name inside `file`, a zip; "" for a file of its own).
-_WRITE = r"""
-import importlib.util, json, marshal, os, sys, zipfile
-request = json.loads(sys.argv[1])
-archives = {}
-for file, member, source, compiled in request["files"]:
-    with open(source, "rb") as f:
-        data = f.read()
-    if compiled:  # as -OO does: no docstrings, no asserts (dumpd's only narrow types)
-        st = os.stat(source)
-        name = "/" + (file + "/" + member if member else file)
-        code = compile(data, name[:-1], "exec", optimize=2, dont_inherit=True)
-        data = b"".join([importlib.util.MAGIC_NUMBER, bytes(4),
-                         (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little"),
-                         (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"),
-                         marshal.dumps(code)])
-    path = os.path.join(request["root"], file)
-    if member:
-        if file not in archives:
-            archives[file] = zipfile.ZipFile(path, "x", zipfile.ZIP_DEFLATED, compresslevel=9)
-        archives[file].writestr(member, data)
-    else:
-        with open(path, "xb") as f:
-            f.write(data)
-for archive in archives.values():
-    archive.close()
-"""
-
-
 def _split(dest: str) -> tuple[str, str]:
     """(the file in the tree, the member inside it): a DEST inside a zip has both."""
     head, sep, member = dest.partition(".zip/")
@@ -393,7 +296,7 @@ def build(into: Path, entries: list[Entry]) -> tuple[int, int]:
         if native:
             elf.append(str(dest))
     request = json.dumps({"root": str(into), "files": python})
-    subprocess.run([sys.executable, "-I", "-S", "-X", "no_debug_ranges", "-c", _WRITE, request],
+    subprocess.run([sys.executable, "-I", "-S", "-X", "no_debug_ranges", str(WRITER), request],
                    check=True, stdin=subprocess.DEVNULL)
     if elf:
         subprocess.run([strip, "--strip-unneeded", *elf], check=True,
