@@ -60,6 +60,9 @@ class ServerConfig:
     stream_sendfile: bool = True
     shutdown_timeout: float = 10.0
     loop: str = "auto"
+    write_buffer_kib: int = 1024
+    write_batch_kib: int = 2048
+    memory: str = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +144,7 @@ class Config:
         srv = self.server
         for key in ("max_frame_kib", "max_read_mib", "max_inflight", "reply_budget_mib",
                     "max_streams", "stream_window_mib", "max_connections",
-                    "reply_budget_total_mib"):
+                    "reply_budget_total_mib", "write_buffer_kib", "write_batch_kib"):
             if getattr(srv, key) <= 0:
                 raise bad(f"server.{key}", "must be positive")
         if srv.reply_budget_mib < srv.max_read_mib:
@@ -151,6 +154,9 @@ class Config:
         for key in ("shutdown_timeout", "idle_timeout", "send_timeout"):
             if getattr(srv, key) < 0:
                 raise bad(f"server.{key}", f"must not be negative, not {getattr(srv, key)}")
+        if memory_mib(srv.memory) is None and srv.memory not in ("off", "auto"):
+            raise bad("server.memory", f'must be "off", "auto" or MiB like "96MiB", '
+                      f"not {srv.memory!r}")
         if srv.loop not in ("auto", "uvloop", "asyncio"):
             raise bad("server.loop", f"must be auto, uvloop or asyncio, not {srv.loop!r}")
         tls_files = [getattr(srv, key) for key in TLS_KEYS]
@@ -190,6 +196,15 @@ class Config:
                 raise bad(f"finish.{key}", f"must not be negative, not {getattr(fin, key)}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise bad("log_level", f"must be debug, info, warning or error, not {self.log_level!r}")
+
+
+MEMORY = re.compile(r"([1-9][0-9]*)\s*MiB")
+
+
+def memory_mib(text: str) -> int | None:
+    """The MiB of a `server.memory` figure ("96MiB"); None for "off", "auto" or a mistake."""
+    match = MEMORY.fullmatch(text)
+    return int(match.group(1)) if match else None
 
 
 def load(path: str | None) -> Config:

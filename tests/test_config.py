@@ -149,9 +149,10 @@ key = "value"
 
 
 SERVER_KEYS = ("admin_uids, allow_gids, allow_uids, idle_timeout, loop, max_connections, "
-               "max_frame_kib, max_inflight, max_read_mib, max_streams, reply_budget_mib, "
-               "reply_budget_total_mib, send_timeout, shutdown_timeout, socket, "
-               "stream_sendfile, stream_window_mib, tcp, tls_cert, tls_client_ca, tls_key")
+               "max_frame_kib, max_inflight, max_read_mib, max_streams, memory, "
+               "reply_budget_mib, reply_budget_total_mib, send_timeout, shutdown_timeout, "
+               "socket, stream_sendfile, stream_window_mib, tcp, tls_cert, tls_client_ca, "
+               "tls_key, write_batch_kib, write_buffer_kib")
 
 
 @pytest.mark.parametrize("text,why", [

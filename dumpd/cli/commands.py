@@ -19,6 +19,7 @@ from dumpd.errors import StartupError
 from dumpd.hooks.slot import hook_label
 
 if TYPE_CHECKING:
+    from dumpd import config as config_mod
     from dumpd.client import Client
     from dumpd.fetch.output import Output
 
@@ -61,6 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
     if foreign and args.hook_distribution is None:
         flags["hook_distribution"] = ""
     config = config.with_overrides(**flags, hook_options=options)
+    if args.check:
+        return _serve_check(config)
     from dumpd.cli.logs import log_to_stderr
 
     log_to_stderr(config.log_level)
@@ -69,6 +72,18 @@ def _serve(args: argparse.Namespace) -> int:
             "--hook %s: the configuration's [hook] options and distribution are for hook "
             "%r; %s runs without them", name, file_hook.name, name)
     return serve(config, given_page_size=args.source_page_size)
+
+
+def _serve_check(config: config_mod.Config) -> int:
+    """The limits `serve` would run with (sized by `server.memory`) and their worst case."""
+    from dumpd.server.memory import fit, worst_case
+
+    sized, note = fit(config)
+    if note:
+        print(note)
+    for line in worst_case(sized).lines():
+        print(line)
+    return 0
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -275,5 +290,23 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.size_mib, args.balloon_percent, args.dir)
 
 
+def _payload(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dumpd.payload import build, check_target, plan
+
+    if args.into:  # before the work: a DIR that is not empty is refused at once
+        check_target(Path(args.into))
+    entries = plan()
+    if args.list:
+        for entry in entries:
+            print(f"{entry.source}\t{entry.dest}")
+        return 0
+    files, size = build(Path(args.into), entries)
+    print(f"{args.into}: {files} files, {size:,} bytes ({size / (1 << 20):.1f} MiB)")
+    return 0
+
+
 COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read, "fetch": _fetch,
-            "plugins": _plugins, "hook": _hook, "done": _done, "demo": _demo}
+            "plugins": _plugins, "hook": _hook, "done": _done, "demo": _demo,
+            "payload": _payload}

@@ -12,7 +12,7 @@ from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.hostport import split_host_port
 
 DESCRIPTION = ("The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, done, "
-               "demo.")
+               "demo, payload.")
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
 DISTRIBUTION_HELP = "the distribution providing the hook, when several do (see `dumpd plugins`)"
 RELATIVE_PATHS = ("; a string VALUE that names an existing file or directory relative to "
@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "long since the last one closed")
     serve.add_argument("--finish-deadline", dest="finish_deadline", type=float,
                        metavar="SECONDS", help="stop this long after start, as on SIGTERM")
+    serve.add_argument("--memory", dest="server_memory", metavar='"auto"|NMiB|"off"',
+                       help="size the limits for the memory there is (server.memory)")
+    serve.add_argument("--check", action="store_true",
+                       help="print the limits it would serve with (after server.memory) and "
+                            "the most memory clients can make it hold; serve nothing")
 
     for name, text in (("info", "describe the served dump"), ("stats", "show counters")):
         p = sub.add_parser(name, help=text)
@@ -159,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     done.add_argument("--now", action="store_true", help="stop now, as on SIGTERM: running "
                       "requests and streams get server.shutdown_timeout")
     _socket_arg(done)
+    payload = sub.add_parser("payload", help="the files that run dumpd in a crash kernel's "
+                                        "initramfs: list them, or copy them into DIR")
+    where = payload.add_mutually_exclusive_group(required=True)
+    where.add_argument("--into", metavar="DIR",
+                       help="build the tree in DIR (absent or empty: never overwritten)")
+    where.add_argument("--list", action="store_true",
+                       help="print SOURCE<TAB>DEST for each file (DEST relative to the tree)")
 
     demo = sub.add_parser("demo", help="build a sample dump, serve it, read it back")
     demo.add_argument("--size-mib", type=_int, default=256, help="guest memory (default 256)")

@@ -36,6 +36,7 @@ from dumpd.server.listeners import (
     peer_credentials,
     supplementary_groups,
 )
+from dumpd.server.memory import fit
 from dumpd.server.shared import ConnectionLimits, Served, Shared
 from dumpd.server.systemd import Notifier, listen_fds
 from dumpd.server.tls import TlsListeners, address, subject
@@ -65,6 +66,7 @@ class Server:
         VMCOREINFO says another stops start-up (the pfns a hook is asked would differ).
         `clock`: what the connections' idle and send deadlines, and the shutdown deadline,
         are kept on (None: the running loop; tests pass a fake one)."""
+        config, self._memory_note = fit(config)  # limits sized for the memory there is
         self.config = config
         self._clock = clock
         self._given_page_size = given_page_size
@@ -100,6 +102,8 @@ class Server:
             raise StartupError(f"{self.source.path}: --page-size {given}, but its VMCOREINFO "
                                f"says PAGESIZE={found}: give --page-size {found} or none")
         self.engine = Engine(self.source, cfg.engine)
+        if self._memory_note:
+            log.info("%s", self._memory_note)
         hook_shown = hook_label(None)
         if cfg.hook.name:
             try:
@@ -115,7 +119,8 @@ class Server:
         limits = ConnectionLimits(srv.max_frame_kib * KiB, srv.max_inflight,
                                   srv.reply_budget_mib * MiB, srv.max_streams,
                                   srv.stream_sendfile, srv.idle_timeout, srv.send_timeout,
-                                  self._clock)
+                                  self._clock, srv.write_buffer_kib * KiB,
+                                  srv.write_batch_kib * KiB)
         spans = SpanSender(self.engine)
 
         def factory() -> RpcConnection:  # served (or refused) once connection_made

@@ -56,8 +56,6 @@ from dumpd.server.streams import Streams
 log = logging.getLogger("dumpd.server")
 
 FEED_SLICE = 16 * 1024  # bytes decoded at a time, so queued requests stay few
-WRITELINES_MAX = 2 << 20  # bytes of small frames written in one vectored call
-WRITE_HIGH_WATER = 1024 * 1024
 UNREAD_MAX = 64 * 1024  # undecoded bytes kept while replies wait to drain (streams only)
 
 
@@ -106,7 +104,7 @@ class RpcConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self._transport.set_write_buffer_limits(high=self._limits.write_buffer)
         self.id = next(self._shared.ids)
         verdict = self._authorize(transport)
         if isinstance(verdict, str):
@@ -359,7 +357,7 @@ class RpcConnection(asyncio.Protocol):
         into the transport's; runs of small frames go out joined, one system call each."""
         async with self.writing:
             total = sum(map(len, frames))
-            if (len(frames) > 2 and total <= WRITELINES_MAX
+            if (len(frames) > 2 and total <= self._limits.write_batch
                     and all(len(frame) < WRITE_SLICE for frame in frames)):
                 # Many small frames (a stream's pieces between holes): one vectored write
                 # where the loop has it (uvloop), one joined write where it does not.

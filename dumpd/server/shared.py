@@ -24,11 +24,12 @@ class ConnectionLimits:
     0 for never), and the clock their deadlines are kept on (None: the running loop)."""
 
     __slots__ = ("clock", "idle_timeout", "max_frame", "max_inflight", "max_streams",
-                 "reply_budget", "send_timeout", "sendfile")
+                 "reply_budget", "send_timeout", "sendfile", "write_batch", "write_buffer")
 
     def __init__(self, max_frame: int, max_inflight: int, reply_budget: int,
                  max_streams: int = 4, sendfile: bool = True, idle_timeout: float = 0.0,
-                 send_timeout: float = 0.0, clock: Clock | None = None) -> None:
+                 send_timeout: float = 0.0, clock: Clock | None = None,
+                 write_buffer: int = 1 << 20, write_batch: int = 2 << 20) -> None:
         self.max_frame = max_frame
         self.max_inflight = max_inflight
         self.reply_budget = reply_budget
@@ -37,6 +38,8 @@ class ConnectionLimits:
         self.idle_timeout = idle_timeout
         self.send_timeout = send_timeout
         self.clock = clock
+        self.write_buffer = write_buffer  # the transport's high-water mark
+        self.write_batch = write_batch  # small frames written in one vectored call
 
 
 class Served(Protocol):
