@@ -556,6 +556,16 @@ def test_the_drop_in_reboots_only_after_a_finish_or_a_start_up_error() -> None:
         == [True, True]  # "+": outside the sandbox, whose empty bounding set systemctl lacks
 
 
+@pytest.mark.parametrize("path", [SYSTEMD / "dumpd.service", SYSTEMD.parent / "packaging"
+                                  / "dracut" / "99dumpd" / "dumpd-kdump.service"])
+def test_every_unit_running_dumpd_serve_counts_finished_a_success(path: Path) -> None:
+    """Exit 3 is no failure: not restarted, no failed unit (the dracut unit is a oneshot
+    kdump waits for)."""
+    service = unit(path)["Service"]
+    assert " serve " in service["ExecStart"][0]
+    assert service["SuccessExitStatus"] == [str(EXIT_FINISHED)]
+
+
 def stop_post(tmp_path: Path, code: str, status: str) -> list[str]:
     """Run the drop-in's ExecStopPost= commands as systemd does after dumpd ended with
     EXIT_CODE=`code`, EXIT_STATUS=`status` (in order, each to succeed), with a fake
