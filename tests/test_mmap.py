@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -245,7 +246,7 @@ async def test_engine_reads_through_mmap_need_no_worker_thread(
     ("/dev/zero", "raw", "auto", "mmap",
      "a memory device: mmap windows of 4096 KiB, 8 at most"),
     ("/dev/null", "raw", "auto", "pread",
-     "mmap failed (No such device), a memory device: pread instead"),
+     "mmap failed (mmap of 0x0+0x400000: No such device), a memory device: pread instead"),
     ("PROC", "auto", "auto", "mmap", "a file of /proc: mmap windows of 4096 KiB, 8 at most"),
 ])
 def test_which_files_are_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str,
@@ -281,3 +282,37 @@ async def test_the_server_says_once_how_it_reads(
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reading ")]
     assert said == [line.format(path=dump.path)]
     assert info["source"]["read_path"] == ("mmap" if mode == "on" else "pread")
+
+
+async def test_a_window_the_kernel_will_not_map_is_read_with_pread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """/proc/vmcore answers EAGAIN for any remap failure: those bytes still arrive."""
+    path, size, segments = build(tmp_path, "elf")
+    want = expected_view(path, segments, set())
+    real_window = mapped._Window
+
+    class Refusing(real_window):  # type: ignore[misc, valid-type]
+        def __init__(self, fd: int, start: int, length: int) -> None:
+            if start == 64 * KiB:
+                raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            super().__init__(fd, start, length)
+
+    monkeypatch.setattr(mapped, "_Window", Refusing)
+    with caplog.at_level(logging.WARNING, logger="dumpd.source"):
+        async with serving(tmp_path, path, mmap="on", windows=(64, 2)) as server, \
+                client_of(server) as client:
+            assert server.source is not None and server.source.windows is not None
+            windows = server.source.windows
+            for off in (64 * KiB - 5, 64 * KiB, 100 * KiB):
+                assert await client.read(off, 20) == want[off : off + 20]
+            assert await client.read(0, size) == want
+            streamed = await asyncio.to_thread(stream_all, server.config.server.socket, size)
+            digest = await client.digest(0, size)
+    assert streamed == want
+    assert digest["digest"] == hashlib.sha256(want).hexdigest()
+    assert windows.map_failures >= 4  # reads, the stream and the digest each met it
+    said = [r.getMessage() for r in caplog.records if r.name == "dumpd.source"]
+    assert said == [f"{path}: [Errno 11] mmap of 0x10000+0x10000: Resource temporarily "
+                    "unavailable; the bytes of a window that cannot be mapped are read "
+                    "with pread (said once)"]

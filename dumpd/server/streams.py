@@ -17,7 +17,6 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -33,6 +32,7 @@ from dumpd.protocol import (
 from dumpd.server.zerocopy import Item, SendTimeout, SocketWriter
 
 STREAM_SNDBUF = 2 * 1024 * 1024
+SO_SNDBUFFORCE = 32  # Linux's (asm-generic/socket.h); Python's socket module lacks it
 TRANSPORT_POLL = 0.0005  # seconds between looks at a draining transport before sendfile
 
 
@@ -132,8 +132,7 @@ class Streams:
         if found is None:
             return None
         sock, plain = found
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        _widen_send_buffer(sock)
         return sock if self._sendfile and plain else None
 
     async def _run(self, link: Link, msgid: int, reader: BulkReader,
@@ -168,6 +167,19 @@ class Streams:
             if writer is not None:
                 writer.close()
             del self._running[msgid]
+
+
+def _widen_send_buffer(sock: socket.socket) -> None:
+    """`STREAM_SNDBUF` of send buffer: fewer wake-ups of the sending thread and the
+    client per MiB, which is what a one-CPU crash kernel spends its time on. Past
+    net.core.wmem_max (208 KiB by default) only with CAP_NET_ADMIN (SO_SNDBUFFORCE);
+    without it, as much as wmem_max allows."""
+    for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, STREAM_SNDBUF)
+            return
+        except OSError:
+            continue
 
 
 async def _send_with_sendfile(link: Link, msgid: int, stream: Stream, batch: list[Piece],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import logging
 import os
 import stat
 from bisect import bisect_right
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from dumpd.errors import DumpdError
-from dumpd.sources.mapped import Windows
+from dumpd.sources.mapped import SMALL_READ, MapFailed, Windows
+
+log = logging.getLogger("dumpd.source")
 
 COPY_MAX = 256 * 1024  # bytes read at a time where a file cannot be spliced
 _NO_SENDFILE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
@@ -208,7 +211,10 @@ class Source:
         the mapping (at most one window's worth a call).
         """
         if self.windows is not None:
-            return self.windows.write_to(fd, offset, count)
+            try:
+                return self.windows.write_to(fd, offset, count)
+            except MapFailed as exc:
+                self._map_failed(exc)  # these bytes go by sendfile instead
         if self._splice:
             try:
                 return os.sendfile(fd, self._fd, offset, count)
@@ -243,16 +249,21 @@ class Source:
 
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill `view` with file bytes from `offset`; a short read is EIO (the file shrank)."""
-        done = 0
         want = len(view)
-        if self.windows is not None:
+        windows = self.windows
+        if windows is not None and (want >= SMALL_READ or windows.holds(offset)):
             if offset + want > self.size:
                 raise DumpdError("EIO", f"source ended early at {self.size:#x}")
             try:
-                self.windows.copy_into(offset, view)
-            except OSError as exc:  # a window could not be mapped (ENOMEM, say)
-                raise ReadError(offset, want, exc.strerror or str(exc)) from exc
-            return
+                windows.copy_into(offset, view)
+                return
+            except MapFailed as exc:
+                self._map_failed(exc)  # these bytes are read with pread instead
+        self._pread_into(offset, view)
+
+    def _pread_into(self, offset: int, view: memoryview) -> None:
+        done = 0
+        want = len(view)
         while done < want:
             try:
                 n = os.preadv(self._fd, [view[done:]], offset + done)
@@ -286,12 +297,27 @@ class Source:
     def feed(self, offset: int, length: int, consume: Callable[[memoryview], object]) -> None:
         """Hand file bytes `[offset, offset+length)` to `consume` as views of the
         mappings, without copying them (digests). Only through mmap windows."""
-        if self.windows is None:
+        windows = self.windows
+        if windows is None:
             raise ValueError("feed needs a source read through mmap windows")
-        try:
-            self.windows.feed(offset, length, consume)
-        except OSError as exc:
-            raise ReadError(offset, length, exc.strerror or str(exc)) from exc
+        end = offset + length
+        while offset < end:  # window by window: one that cannot be mapped is read
+            stop = min(end, (offset // windows.window + 1) * windows.window)
+            try:
+                windows.feed(offset, stop - offset, consume)
+            except MapFailed as exc:  # raised before any of this window was consumed
+                self._map_failed(exc)
+                buffer = memoryview(bytearray(stop - offset))
+                self._pread_into(offset, buffer)
+                consume(buffer)
+            offset = stop
+
+    def _map_failed(self, exc: MapFailed) -> None:
+        """Say once that a window could not be mapped; the bytes are read otherwise."""
+        assert self.windows is not None
+        if self.windows.map_failures == 1:
+            log.warning("%s: %s; the bytes of a window that cannot be mapped are read "
+                        "with pread (said once)", self.path, exc)
 
     def close(self) -> None:
         if self.windows is not None:

@@ -12,6 +12,9 @@ Design rules:
   the bytes asked for are ever copied out (`piece`). The engine asks only for RAM
   pages, so a non-RAM page is never touched through a mapping either. (The kernel's
   own /proc/vmcore mmap maps such pages to the zero page where its hook says so.)
+- Mapping a window is not free (the kernel builds its page tables: under TCG about
+  5 ms for 4 MiB), so a small read whose window is not mapped is read with pread
+  instead (`SMALL_READ`); runs of reads, streams and digests map windows.
 - Copies out of a mapping never block (old memory is not paged), so the engine does
   them inline; a worker thread would only hold the GIL for the same memcpy.
 - Windows are shared by the event loop and the threads that send streams; a window
@@ -31,6 +34,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 MiB = 1 << 20
+SMALL_READ = 64 * 1024  # a read this small maps no window (pread is cheaper than a map)
+
+
+class MapFailed(OSError):
+    """A window could not be mapped (/proc/vmcore answers EAGAIN for any remap failure):
+    the caller reads those bytes another way."""
 
 
 class _Window:
@@ -63,6 +72,7 @@ class Windows:
         self._mapped: OrderedDict[int, _Window] = OrderedDict()  # by index, LRU first
         self._changed = threading.Condition()
         self.maps_made = 0  # windows mapped so far (a window mapped again counts again)
+        self.map_failures = 0  # windows the kernel would not map
 
     @property
     def mapped_bytes(self) -> int:
@@ -74,7 +84,7 @@ class Windows:
     def piece(self, offset: int, count: int) -> Iterator[memoryview]:
         """The file bytes `[offset, offset + n)` as a view of a mapping, n the most of
         `count` that one window holds (to its end or the file's); valid inside the
-        `with` only. OSError when the window cannot be mapped."""
+        `with` only. MapFailed when the window cannot be mapped."""
         if not 0 <= offset < self.size or count <= 0:
             raise ValueError(f"piece {offset:#x}+{count:#x} is outside [0, {self.size:#x})")
         win = self._acquire(offset // self.window)
@@ -99,7 +109,12 @@ class Windows:
                     break
                 self._changed.wait()
             start = index * self.window
-            win = _Window(self._fd, start, min(self.window, self.size - start))
+            try:
+                win = _Window(self._fd, start, min(self.window, self.size - start))
+            except OSError as exc:
+                self.map_failures += 1
+                raise MapFailed(exc.errno, f"mmap of {start:#x}+{self.window:#x}: "
+                                f"{exc.strerror}") from exc
             self.maps_made += 1
             win.users = 1
             self._mapped[index] = win
@@ -113,6 +128,11 @@ class Windows:
                 win.unmap()
                 return True
         return False
+
+    def holds(self, offset: int) -> bool:
+        """Whether the window of `offset` is mapped now."""
+        with self._changed:
+            return offset // self.window in self._mapped
 
     def copy_into(self, offset: int, view: memoryview) -> None:
         """Fill `view` with the file bytes from `offset` (one memcpy per window)."""

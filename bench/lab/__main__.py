@@ -1,0 +1,116 @@
+"""`python -m bench.lab`: build, boot, crash, measure, compare, report.
+
+Exit status: 0 when the fetched copy is byte for byte the capture kernel's own `dd`
+copy of /proc/vmcore (whatever the figures), 1 when it is not or a step failed, 77 when
+the lab cannot run on this machine (no QEMU or kernel package to be had: one line says
+why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from bench.lab import images, machine, report
+
+SKIP = 77
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.lab", description=__doc__)
+    parser.add_argument("--guest-mem", type=int, help="guest memory, MiB (512)")
+    parser.add_argument("--crashkernel", default="160M", help="crashkernel= (160M)")
+    parser.add_argument("--kaslr", choices=["on", "off"], default="on")
+    parser.add_argument("--la57", action="store_true", help="5-level paging (-cpu max)")
+    parser.add_argument("--balloon", type=int, default=0, metavar="MiB",
+                        help="inflate a virtio balloon by this much before the crash")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep the captured dump, its kernel's version and VMCOREINFO here")
+    parser.add_argument("--quick", action="store_true", help="a smaller guest (CI)")
+    parser.add_argument("--work", type=Path, default=Path("/var/tmp/dumpd-lab"),
+                        help="images, the kernel package cache and the copies")
+    parser.add_argument("--out", type=Path, help="the report (bench/results/lab.md; "
+                        "--quick: the work dir)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    opts = machine.Options(guest_mem=args.guest_mem or 512,
+                           crashkernel=args.crashkernel, kaslr=args.kaslr == "on",
+                           la57=args.la57, balloon=args.balloon)
+    work = args.work
+    started = time.monotonic()
+    try:
+        images.install_packages()
+        vmlinuz, modules, version = images.guest_kernel(work / "cache")
+    except images.LabError as exc:
+        print(f"lab: skipped: {exc}", file=sys.stderr)
+        return SKIP
+    try:
+        images.certificates(work / "pki")
+        kaslr = "" if opts.kaslr else "nokaslr"
+        capture = images.capture_image(work, modules, work / "pki")
+        guest = images.guest_image(work, vmlinuz, modules, capture, kaslr)
+    except images.LabError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+    payload = images.unpacked_size(work / "capture-root")
+    print(f"lab: {version}, guest {opts.guest_mem} MiB, crashkernel={opts.crashkernel}, "
+          f"capture initramfs {payload / 1e6:.1f} MB unpacked", file=sys.stderr)
+    outcome = machine.boot(opts, vmlinuz, guest, work, work / "pki")
+    took = time.monotonic() - started
+    size = outcome.records.get("capture", {}).get("size", 0)
+    copy, disk = work / "fetched.vmcore", work / "reference.img"
+    same = bool(size) and copy.exists() and copy.stat().st_size == size \
+        and _prefix_equal(copy, disk, size)
+    rows = report.rows(outcome, opts, payload, same)
+    text = report.markdown(rows, opts, version, took)
+    out = args.out or (work / "lab.md" if args.quick else
+                       Path(__file__).resolve().parents[1] / "results" / "lab.md")
+    out.write_text(text)
+    (work / "records.json").write_text(json.dumps({"records": outcome.records,
+                                                    "host": outcome.host}, indent=1))
+    print(text)
+    if args.keep and size:
+        keep(args.keep, copy, version, outcome)
+    if not same:
+        tail = "\n".join(outcome.console[-15:])
+        print(f"lab: the fetched copy is not the capture kernel's dd copy\n{tail}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _prefix_equal(copy: Path, disk: Path, size: int) -> bool:
+    """Whether `copy` is byte for byte the first `size` bytes of `disk`."""
+    chunk = 8 << 20
+    with open(copy, "rb") as a, open(disk, "rb") as b:
+        done = 0
+        while done < size:
+            want = min(chunk, size - done)
+            if a.read(want) != b.read(want):
+                return False
+            done += want
+    return True
+
+
+def keep(where: Path, copy: Path, version: str, outcome: machine.Outcome) -> None:
+    """The dump, the kernel's version string and VMCOREINFO, for later work and tests."""
+    where.mkdir(parents=True, exist_ok=True)
+    name = f"vmcore-{version}-{int(time.time())}"
+    shutil.copy(copy, where / name)
+    data = (where / name).read_bytes()[: 1 << 20]
+    start = data.find(b"OSRELEASE=")
+    info = data[start : data.find(b"\0", start)].decode() if start >= 0 else ""
+    (where / f"{name}.vmcoreinfo").write_text(info)
+    (where / f"{name}.version").write_text(
+        outcome.records.get("capture", {}).get("kernel", version) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
