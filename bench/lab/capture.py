@@ -82,11 +82,11 @@ def best(runs: int, measure: Callable[[], float]) -> float:
 def patient(measure: Callable[[], Any]) -> Any:
     """`measure()`, again while the server refuses the connection: sized for a crash
     kernel it may take one client at a time, and the last one's close may not have
-    reached it yet."""
+    reached it yet (or, just started, it has bound its socket but not listened yet)."""
     for _ in range(50):
         try:
             return measure()
-        except ConnectionError:
+        except ConnectionError:  # ServerUnreachable too
             time.sleep(0.1)
     return measure()
 
@@ -233,7 +233,7 @@ def main() -> int:
     echo = subprocess.Popen([sys.executable, "-m", "bench.echo", ECHO], cwd="/lab")
     while not os.path.exists(ECHO):
         time.sleep(0.01)
-    echo_rt = median(dependent_reads(ECHO, paddrs))
+    echo_rt = median(patient(lambda: dependent_reads(ECHO, paddrs)))
     echo.terminate()
     echo.wait()
     with lowest_available() as low:
