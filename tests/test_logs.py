@@ -32,6 +32,8 @@ NONE = f"none (dumpd {version('dumpd')})"
 
 GUESSED_RAW = 'raw physical memory: no ELF or known dump signature, as kind = "raw"'
 """How the start-up line names a raw dump served by `kind = "auto"` (the test dumps)."""
+PREAD_WHY = "a file that could be cut short while mapped (SIGBUS): pread and sendfile"
+"""Why the test dumps, regular files, are read with pread (the second line)."""
 
 
 def command(*args: str, cwd: Path | None = None) -> tuple[int, int, str, str]:
@@ -118,6 +120,7 @@ def test_hook_changes_name_who_asked_and_connections_show_at_debug(tmp_path: Pat
     assert lines == [
         f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) on {sock}, "
         "hook (none registered)",
+        f"INFO: reading {dump.path} with pread: {PREAD_WHY}",
         f"DEBUG: connection 1 (uid {UID} pid {os.getpid()}) opened",
         f"DEBUG: connection 1 (uid {UID} pid {os.getpid()}) closed",
         f"DEBUG: {conn(0)} opened",
@@ -194,6 +197,7 @@ def test_sighup_logs_one_line_for_each_outcome(tmp_path: Path) -> None:
     assert log_lines(log, server) == [
         f"INFO: serving {dump.path} ({GUESSED_RAW}, {dump.size} bytes, page size 4096) on {sock}, "
         f"hook {BALLOON}",
+        f"INFO: reading {dump.path} with pread: {PREAD_WHY}",
         "INFO: hook balloon reloaded its data (generation 2), asked by SIGHUP",
         f"ERROR: hook balloon: reload failed, old data kept: balloon: {balloon}:1: "
         "END 0x5 is below START 0x10, asked by SIGHUP",

@@ -131,12 +131,8 @@ def _cpio(root: Path, out: Path) -> None:
 
 
 def lab_config(pki: str) -> str:
-    """The shipped crash-kernel configuration, with TLS for the host and 8 MiB reads."""
+    """The shipped crash-kernel configuration, with TCP and TLS for the host."""
     text = (BENCH.parent / "systemd" / "dumpd-kdump.toml").read_text()
-    text = re.sub(r"^max_read_mib = .*$", "max_read_mib = 8", text, flags=re.M)
-    text = re.sub(r"^reply_budget_mib = .*$", "reply_budget_mib = 8", text, flags=re.M)
-    text = re.sub(r"^reply_budget_total_mib = .*$", "reply_budget_total_mib = 8", text,
-                  flags=re.M)
     return text.replace("[server]\n", f'[server]\ntcp = "10.0.2.15:7300"\n'
                         f'tls_cert = "{pki}/server.pem"\n'
                         f'tls_key = "{pki}/server.key"\ntls_client_ca = "{pki}/ca.pem"\n', 1)
