@@ -30,7 +30,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="inflate a virtio balloon by this much before the crash")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep the captured dump, its kernel's version and VMCOREINFO here")
-    parser.add_argument("--quick", action="store_true", help="a smaller guest (CI)")
+    parser.add_argument("--serve-option", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="change the shipped crash-kernel "
+                        "configuration dumpd serves with (repeatable; TOML values)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the report to the work dir, not bench/results (CI)")
     parser.add_argument("--work", type=Path, default=Path("/var/tmp/dumpd-lab"),
                         help="images, the kernel package cache and the copies")
     parser.add_argument("--out", type=Path, help="the report (bench/results/lab.md; "
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         images.certificates(work / "pki")
         kaslr = "" if opts.kaslr else "nokaslr"
-        capture = images.capture_image(work, modules, work / "pki")
+        capture = images.capture_image(work, modules, work / "pki", args.serve_option)
         guest = images.guest_image(work, vmlinuz, modules, capture, kaslr)
     except images.LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)

@@ -102,11 +102,13 @@ def mmap_copy() -> float:
     return float(out.stdout.split()[1])
 
 
-def stream_discard(size: int, offset: int = 0) -> float:
+def stream_discard(size: int, offset: int = 0, chunk: int | None = None) -> float:
+    """Stream `size` bytes from `offset` in `chunk`-byte frames (the server's default:
+    1 MiB), counting and dropping them; the seconds it took."""
     started = time.perf_counter()
     got = 0
     with Client.connect(SOCK, timeout=600) as client:
-        for piece in client.stream(offset, size):
+        for piece in client.stream(offset, size, chunk):
             if isinstance(piece, StreamData):
                 got += len(piece.data)
     took = time.perf_counter() - started
@@ -223,7 +225,7 @@ def main() -> int:
     idle_rss = status(proc.pid, "VmRSS")
     info = patient(lambda: _info(SOCK))
     with lowest_available() as low:
-        stream = best(2, lambda: stream_discard(size))
+        stream = best(2, lambda: stream_discard(size, chunk=info["max_read"]))
     stream_low = low[0]
     peak_rss = status(proc.pid, "VmHWM")
     piece = min(8 * MiB, info["max_read"])
@@ -239,7 +241,8 @@ def main() -> int:
     with lowest_available() as low:
         ends = many_streams(size, 8)
     many_low = low[0]
-    say("dumpd", {"exec_to_socket": to_socket, "idle_rss": idle_rss, "peak_rss": peak_rss,
+    say("dumpd", {"exec_to_socket": to_socket, "stream_chunk": info["max_read"],
+                  "idle_rss": idle_rss, "peak_rss": peak_rss,
                   "read_path": info["source"]["read_path"], "stream": stream,
                   "read": reads, "read_piece": piece, "read_phys_p50": dumpd_rt,
                   "echo_p50": echo_rt, "available_before": available_before,

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -130,15 +131,31 @@ def _cpio(root: Path, out: Path) -> None:
                    shell=True, cwd=root, check=True)
 
 
-def lab_config(pki: str) -> str:
-    """The shipped crash-kernel configuration, with TCP and TLS for the host."""
+def lab_config(pki: str, overrides: Sequence[str] = ()) -> str:
+    """The shipped crash-kernel configuration, with TCP and TLS for the host, and each
+    `SECTION.KEY=VALUE` of `overrides` (TOML values) set in it."""
     text = (BENCH.parent / "systemd" / "dumpd-kdump.toml").read_text()
-    return text.replace("[server]\n", f'[server]\ntcp = "10.0.2.15:7300"\n'
+    text = text.replace("[server]\n", f'[server]\ntcp = "10.0.2.15:7300"\n'
                         f'tls_cert = "{pki}/server.pem"\n'
                         f'tls_key = "{pki}/server.key"\ntls_client_ca = "{pki}/ca.pem"\n', 1)
+    for override in overrides:
+        name, _, value = override.partition("=")
+        section, _, key = name.partition(".")
+        if not (section and key and value):
+            raise LabError(f"--serve-option {override!r}: expected SECTION.KEY=VALUE")
+        line = re.compile(rf"^{re.escape(key)} = .*$", re.M)
+        head = text.find(f"[{section}]\n")
+        if head < 0:
+            text += f"\n[{section}]\n{key} = {value}\n"
+        elif line.search(text, head):
+            text = text[:head] + line.sub(f"{key} = {value}", text[head:], count=1)
+        else:
+            cut = head + len(section) + 3
+            text = text[:cut] + f"{key} = {value}\n" + text[cut:]
+    return text
 
 
-def capture_image(work: Path, modules: Path, pki: Path) -> Path:
+def capture_image(work: Path, modules: Path, pki: Path, overrides: Sequence[str] = ()) -> Path:
     """The capture kernel's initramfs: the payload, busybox, modules and the lab's side."""
     root = work / "capture-root"
     shutil.rmtree(root, ignore_errors=True)
@@ -153,7 +170,7 @@ def capture_image(work: Path, modules: Path, pki: Path) -> Path:
         shutil.copy(BENCH / name, lab / "bench" / name)
     shutil.copytree(pki, lab / "pki", ignore=shutil.ignore_patterns("*.csr", "*.srl", "*.cnf",
                                                                     "client.*", "ca.key"))
-    (lab / "dumpd.toml").write_text(lab_config("/lab/pki"))
+    (lab / "dumpd.toml").write_text(lab_config("/lab/pki", overrides))
     image = work / "capture.img"
     _cpio(root, image)
     return image

@@ -30,7 +30,8 @@ def rows(outcome: Outcome, opts: Options, payload: int, same: bool) -> list[Row]
     out.append(("`dd bs=4k` (pread 4 KiB)", f"{_rate(size, base['pread_4k']):,.0f} MB/s",
                 "", "", ""))
     stream = _rate(size, d["stream"])
-    out.append(("dumpd `Client.stream` of the whole dump, local client discards",
+    out.append((f"dumpd `Client.stream` of the whole dump in {d['stream_chunk'] // MiB} MiB "
+                "frames, local client discards",
                 f"{stream:,.0f} MB/s", f"mmap {mmap:,.0f}", f"{stream / mmap:.2f}x",
                 _verdict(stream >= 0.5 * mmap, ">= 0.5x mmap")))
     out.append(("", "", f"dd {dd:,.0f}", f"{stream / dd:.2f}x",
