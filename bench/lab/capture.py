@@ -181,6 +181,7 @@ def bare_tls_sender(size: int) -> None:
     """The TLS baseline: one connection, the dump sent with `sendall` from mmap windows."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain("/lab/pki/server.pem", "/lab/pki/server.key")
+    unmapped: list[int] = []
     with socket.create_server((ADDR, BARE_PORT)) as listener:
         say("ready", "bare")
         conn, _ = listener.accept()
@@ -188,12 +189,24 @@ def bare_tls_sender(size: int) -> None:
             fd = os.open(VMCORE, os.O_RDONLY)
             try:
                 for offset in range(0, size, WINDOW):
-                    length = min(WINDOW, size - offset)
-                    with mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ,
-                                   offset=offset) as window, memoryview(window) as view:
-                        tls.sendall(view)
+                    send_window(tls, fd, offset, min(WINDOW, size - offset), unmapped)
             finally:
                 os.close(fd)
+    say("bare", {"unmapped_windows": unmapped})
+
+
+def send_window(tls: ssl.SSLSocket, fd: int, offset: int, length: int,
+                unmapped: list[int]) -> None:
+    """One window of the dump from a mapping, or with pread where the kernel will not
+    map it (/proc/vmcore answers EAGAIN when a remap fails: dumpd does the same)."""
+    try:
+        window = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset)
+    except OSError:
+        unmapped.append(offset)
+        tls.sendall(os.pread(fd, length, offset))
+        return
+    with window, memoryview(window) as view:
+        tls.sendall(view)
 
 
 def start_dumpd() -> tuple[subprocess.Popen[bytes], float]:

@@ -171,7 +171,7 @@ def boot(opts: Options, vmlinuz: Path, guest: Path, work: Path, pki: Path) -> Ou
                 outcome.host["bare_tls"] = receive_bare(ports[1], pki / "ca.pem")
             elif key == "ready" and json.loads(value) == "fetch":
                 outcome.host["fetch"] = fetch(ports[0], pki, copy)
-            elif key in ("capture", "reference", "baseline", "dumpd", "end"):
+            elif key in ("capture", "reference", "baseline", "dumpd", "bare", "end"):
                 outcome.records[key] = json.loads(value)
             elif key in ("failed", "exit"):
                 outcome.records[key] = value

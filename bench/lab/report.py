@@ -72,6 +72,10 @@ def rows(outcome: Outcome, opts: Options, payload: int, same: bool) -> list[Row]
                 f"{peak / MiB:.1f} MiB", "", "", _verdict(peak <= 48 * MiB, "peak <= 48 MiB")))
     out.append(("exec to listening socket", f"{d['exec_to_socket']:.1f} s", "", "", ""))
     out.append(("read path", d["read_path"], "", "", ""))
+    unmapped = rec.get("bare", {}).get("unmapped_windows", [])
+    out.append(("4 MiB windows of /proc/vmcore its mmap refused (EAGAIN), read instead",
+                f"{len(unmapped)}: " + ", ".join(f"{o:#x}" for o in unmapped[:6]), "", "",
+                ""))
     out.append(("capture initramfs unpacked (payload, busybox, modules, lab)",
                 f"{payload / 1e6:.1f} MB", "", "", ""))
     if "balloon" in host:
