@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from dumpd.client.aio import AsyncClient
-from dumpd.config import Config, EngineConfig, HookConfig, ServerConfig, SourceConfig
+from dumpd.config import (
+    Config,
+    EngineConfig,
+    FinishConfig,
+    HookConfig,
+    ServerConfig,
+    SourceConfig,
+)
 from dumpd.errors import DumpdError
 from dumpd.server import Server
 from dumpd.server.deadlines import Clock
@@ -26,17 +33,20 @@ async def serving(
     tmp_path: Path, source: str | Path, *, hook: str = "",
     hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
     engine: EngineConfig | None = None, clock: Clock | None = None,
-    mmap: str = "auto", windows: tuple[int, int] = (4096, 8), **server: Any,
+    mmap: str = "auto", windows: tuple[int, int] = (4096, 8),
+    finish: FinishConfig | None = None, **server: Any,
 ) -> AsyncIterator[Server]:
     """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit.
-    `clock`: the one its connections' deadlines are kept on (None: the loop's);
-    `mmap` and `windows` (KiB each, how many): how the source is read."""
+    `clock`: the one its connections' deadlines and finish timers are kept on (None: the
+    loop's); `mmap` and `windows` (KiB each, how many): how the source is read;
+    `finish`: when it ends by itself."""
     config = Config(
         source=SourceConfig(path=str(source), kind=kind, page_size=page_size, mmap=mmap,
                             mmap_window_kib=windows[0], mmap_windows=windows[1]),
         server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
         engine=engine or EngineConfig(),
         hook=HookConfig(name=hook, options=hook_options or {}),
+        finish=finish or FinishConfig(),
     )
     srv = Server(config, clock=clock)
     await srv.start()

@@ -20,9 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgpack
 import pytest
@@ -35,32 +34,15 @@ from dumpd.fetch import FetchRequest, fetch
 from dumpd.fetch.state import SUFFIX, FetchState
 from dumpd.runner import EXIT_FINISHED
 from dumpd.server import Server
-from dumpd.server.deadlines import Clock
 from dumpd.sources.base import Source
 from tests.clock import FakeClock
 from tests.daemon import DUMPD, ENV, log_lines, run
 from tests.dumps import build_raw, file_bytes
-from tests.servers import client_of, failing, free_port, until
-from tests.test_units import unit
+from tests.servers import client_of, failing, free_port, serving, until
+from tests.units import unit
 
 PAGE = 4096
 MiB = 1 << 20
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, source: str, *, clock: Clock | None = None,
-                  finish: FinishConfig | None = None, **server: Any) -> AsyncIterator[Server]:
-    """A started `Server` for `source` on `tmp_path/dumpd.sock` with `finish`'s conditions,
-    its timers on `clock`; shut down on exit."""
-    config = Config(source=SourceConfig(path=source),
-                    server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
-                    finish=finish or FinishConfig())
-    srv = Server(config, clock=clock)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.shutdown(deadline=2.0)
 
 
 def me() -> str:

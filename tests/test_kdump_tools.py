@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import ROOT
-from tests.test_units import runnable_copy
+from tests.units import runnable_copy
 
 DROPIN = Path(ROOT, "systemd", "kdump-tools-dump.service.d", "dumpd.conf")
 # /lib/systemd/system/kdump-tools-dump.service of kdump-tools 1:1.8.1, as shipped, but

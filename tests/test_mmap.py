@@ -31,23 +31,19 @@ from dumpd.engine import Engine
 from dumpd.sources import mapped, open_source
 from dumpd.sources.base import Segment
 from dumpd.sources.mapped import Windows
-from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, file_bytes
+from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes
 from tests.servers import client_of, serving
-from tests.views import PAGE, balloon_file, expected_view, pfns_read
+from tests.views import (
+    BALLOONED,
+    PAGE,
+    ZERO_PFNS,
+    balloon_file,
+    expected_view,
+    pfns_read,
+    streamed_dump,
+)
 
 KiB, MiB = 1 << 10, 1 << 20
-BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
-ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
-LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000), SegSpec(paddr=0x200000, memsz=0x300000,
-                                                       filesz=0x2FF800)]
-
-
-def build(tmp_path: Path, kind: str) -> tuple[str, int, tuple[Segment, ...]]:
-    if kind == "elf":
-        dump = build_elf(tmp_path / "vmcore", LOADS, page_size_note=PAGE, data_align=0x200)
-    else:
-        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
-    return dump.path, dump.size, dump.segments
 
 
 def record_touches(windows: Windows) -> list[tuple[int, int]]:
@@ -90,7 +86,7 @@ def stream_all(sock: str, size: int) -> bytes:
 @pytest.mark.parametrize("sendfile", [True, False])
 async def test_every_path_serves_the_exact_view_and_never_touches_non_ram(
         tmp_path: Path, kind: str, sendfile: bool) -> None:
-    path, size, segments = build(tmp_path, kind)
+    path, size, segments = streamed_dump(tmp_path, kind)
     hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
     want = expected_view(path, segments, ZERO_PFNS)
     rng = random.Random(14)
@@ -288,7 +284,7 @@ async def test_a_window_the_kernel_will_not_map_is_read_with_pread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """/proc/vmcore answers EAGAIN for any remap failure: those bytes still arrive."""
-    path, size, segments = build(tmp_path, "elf")
+    path, size, segments = streamed_dump(tmp_path, "elf")
     want = expected_view(path, segments, set())
     real_window = mapped._Window
 

@@ -19,7 +19,6 @@ import pytest
 
 from dumpd.client import RemoteError
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
-from dumpd.sources.base import Segment
 from tests import daemon
 from tests.daemon import (
     info_json,
@@ -31,15 +30,19 @@ from tests.daemon import (
     server_pid,
     stats_json,
 )
-from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.dumps import file_bytes
 from tests.plugindist import write_distribution
 from tests.servers import client_of, serving
-from tests.views import PAGE, expected_view, pfns_read, read_all, record_reads
-
-BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
-ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
-ELF_LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000), SegSpec(paddr=0x200000, memsz=0x300000,
-                                                           filesz=0x2FF800)]
+from tests.views import (
+    BALLOONED,
+    PAGE,
+    ZERO_PFNS,
+    expected_view,
+    pfns_read,
+    read_all,
+    record_reads,
+    streamed_dump,
+)
 
 
 def balloon_text(tmp_path: Path) -> dict[str, Any]:
@@ -72,14 +75,6 @@ HOOKS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
 }
 
 
-def build(tmp_path: Path, kind: str) -> tuple[str, int, tuple[Segment, ...]]:
-    if kind == "elf":
-        dump = build_elf(tmp_path / "vmcore", ELF_LOADS, page_size_note=PAGE, data_align=0x200)
-    else:
-        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
-    return dump.path, dump.size, dump.segments
-
-
 @pytest.mark.parametrize("dist", ["dumpd-balloon", "dumpd-xen"])
 def test_plugins_are_installed_distributions(dist: str) -> None:
     """Found through the venv's metadata, not through a path into plugins/."""
@@ -99,7 +94,7 @@ def test_plugins_are_installed_distributions(dist: str) -> None:
 async def test_listed_pfns_read_as_zeros_and_are_never_read(tmp_path: Path, kind: str,
                                                             hook_id: str) -> None:
     name, options = HOOKS[hook_id]
-    path, size, segments = build(tmp_path, kind)
+    path, size, segments = streamed_dump(tmp_path, kind)
     async with serving(tmp_path, path, hook=name, hook_options=options(tmp_path)
                        ) as server, client_of(server) as client:
         assert server.source is not None
@@ -120,7 +115,7 @@ async def test_listed_pfns_read_as_zeros_and_are_never_read(tmp_path: Path, kind
 
 
 async def test_ebusy_and_swapping_hooks_over_the_socket(tmp_path: Path) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path, hook="xen", hook_options=xen_stub(tmp_path)
                        ) as server, client_of(server) as client:
         with pytest.raises(RemoteError) as busy:
@@ -140,7 +135,7 @@ async def test_ebusy_and_swapping_hooks_over_the_socket(tmp_path: Path) -> None:
 
 
 async def test_a_bad_registration_names_the_problem(tmp_path: Path) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path) as server, client_of(server) as client:
         with pytest.raises(RemoteError) as bad:
             await client.hook_register("balloon", {"file": str(tmp_path / "nope")})
@@ -171,7 +166,7 @@ def rewrite(hook_id: str, data_file: Path, tmp_path: Path, listed: str) -> None:
 async def test_reload_swaps_the_data_and_a_bad_file_keeps_the_old(tmp_path: Path,
                                                                   hook_id: str) -> None:
     name, make = HOOKS[hook_id]
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     options = make(tmp_path)
     data_file = Path(options.get("map") or options["file"])
     page_31, page_40 = 0x31 * PAGE, 0x40 * PAGE
@@ -199,7 +194,7 @@ async def test_reload_swaps_the_data_and_a_bad_file_keeps_the_old(tmp_path: Path
 
 
 async def test_reload_without_a_hook_or_without_data(tmp_path: Path) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path) as server, client_of(server) as client:
         with pytest.raises(RemoteError) as empty:
             await client.hook_reload()
@@ -212,7 +207,7 @@ async def test_reload_without_a_hook_or_without_data(tmp_path: Path) -> None:
 
 
 def test_sighup_and_the_hook_commands_on_a_real_daemon(tmp_path: Path) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     balloon = balloon_text(tmp_path)["file"]
     with served(tmp_path, path, "--hook", "balloon", "--hook-option", f"file={balloon}"
                 ) as sock:
@@ -296,7 +291,7 @@ def test_plugins_lists_both_providers_of_a_name(impostor: str) -> None:
 
 def test_serve_refuses_an_ambiguous_hook_until_the_distribution_is_named(
         tmp_path: Path, impostor: str) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     hook = ["--hook", "balloon", "--hook-option", f"file={balloon_text(tmp_path)['file']}"]
     refused = run("serve", "--source", path, "--socket", str(tmp_path / "s.sock"), *hook)
     assert one_line_error(refused, 2) == f"dumpd: [hook] {ambiguous(impostor)}"
@@ -316,7 +311,7 @@ def test_serve_refuses_an_ambiguous_hook_until_the_distribution_is_named(
 
 def test_hook_register_of_an_ambiguous_name_over_the_socket(tmp_path: Path,
                                                             impostor: str) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     option = ["--hook-option", f"file={balloon_text(tmp_path)['file']}"]
     with served(tmp_path, path) as sock:
         refused = run("hook", "register", "balloon", *option, "--socket", sock)
@@ -338,7 +333,7 @@ def test_hook_register_of_an_ambiguous_name_over_the_socket(tmp_path: Path,
 def test_the_log_names_the_distribution_that_answers(tmp_path: Path, impostor: str) -> None:
     """A name may be anyone's: the start-up line and each registration say which
     distribution (and version) provides the hook that now answers."""
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     with served(tmp_path, path, "--hook", "balloon", "--hook-distribution", "impostor",
                 *("--hook-option", f"file={balloon_text(tmp_path)['file']}")) as sock:
         pid = server_pid(sock)
@@ -357,7 +352,7 @@ def test_the_log_names_the_distribution_that_answers(tmp_path: Path, impostor: s
 
 async def test_hook_register_takes_an_optional_distribution(tmp_path: Path,
                                                             impostor: str) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path) as server, client_of(server) as client:
         errors = []
         for params in (["balloon", {}, 5], ["balloon", {}, "impostor", 1], ["balloon", {}]):
@@ -395,7 +390,7 @@ def test_one_distribution_twice_on_the_path_is_one_provider(tmp_path: Path,
     monkeypatch.setitem(daemon.ENV, "PYTHONPATH", os.pathsep.join(map(str, dirs)))
     rows = [line for line in ok("plugins").splitlines() if line.startswith("holes ")]
     assert rows == ["holes        dumpd-holes 2.0  (dumpd_holes:create)"]
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     with served(tmp_path, path, "--hook", "holes") as sock:
         assert info_json(sock)["hook"] == "holes"
 
@@ -403,7 +398,7 @@ def test_one_distribution_twice_on_the_path_is_one_provider(tmp_path: Path,
 def test_a_distribution_without_a_hook_name_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "dumpd.toml"
     config.write_text('[hook]\ndistribution = "dumpd-balloon"\n')
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     failed = run("serve", "-c", str(config), "--source", path,
                  "--socket", str(tmp_path / "dumpd.sock"))
     assert one_line_error(failed, 2) == (

@@ -19,23 +19,11 @@ import pytest
 from dumpd.client import Client, RemoteError, StreamData, StreamError, StreamHole
 from dumpd.engine.bulk import Span
 from dumpd.server.zerocopy import SocketWriter
-from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
+from tests.dumps import build_raw, file_bytes
 from tests.servers import failing, serving, until
-from tests.views import PAGE, balloon_file, expected_view
+from tests.views import BALLOONED, PAGE, ZERO_PFNS, balloon_file, expected_view, streamed_dump
 
 MiB = 1 << 20
-BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
-ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
-LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000), SegSpec(paddr=0x200000, memsz=0x300000,
-                                                       filesz=0x2FF800)]
-
-
-def build(tmp_path: Path, kind: str) -> tuple[str, int, Any]:
-    if kind == "elf":
-        dump = build_elf(tmp_path / "vmcore", LOADS, page_size_note=PAGE, data_align=0x200)
-    else:
-        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
-    return dump.path, dump.size, dump.segments
 
 
 def collect(path: str, offset: int, length: int, chunk: int | None = None
@@ -75,7 +63,7 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(
         return real_batch(writer, items, *args)
 
     monkeypatch.setattr(SocketWriter, "batch", batch)
-    path, size, segments = build(tmp_path, kind)
+    path, size, segments = streamed_dump(tmp_path, kind)
     hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
     async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook},
                        stream_sendfile=sendfile) as server:
@@ -104,7 +92,7 @@ async def test_a_stream_is_the_view_with_holes_for_non_ram(
 
 
 async def test_ranges_and_chunks(tmp_path: Path) -> None:
-    path, size, _ = build(tmp_path, "raw")
+    path, size, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path) as server:
         sock = server.config.server.socket
         middle, summary = await asyncio.to_thread(collect, sock, 12345, 3 * MiB, 8 * PAGE)
@@ -122,7 +110,7 @@ async def test_ranges_and_chunks(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "read"])
 async def test_unreadable_pages_become_stream_errors_and_the_stream_goes_on(
         tmp_path: Path, sendfile: bool) -> None:
-    path, size, _ = build(tmp_path, "raw")
+    path, size, _ = streamed_dump(tmp_path, "raw")
     bad = range(0x100 * PAGE + 100, 0x102 * PAGE + 5)  # touches pages 0x100, 0x101, 0x102
     async with serving(tmp_path, path, stream_sendfile=sendfile) as server:
         assert server.source is not None and server.engine is not None
@@ -153,7 +141,7 @@ def _digest(sock: str, offset: int, length: int, algorithm: str = "sha256") -> A
 
 
 async def test_digest_of_the_view(tmp_path: Path) -> None:
-    path, size, segments = build(tmp_path, "elf")
+    path, size, segments = streamed_dump(tmp_path, "elf")
     hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
     async with serving(tmp_path, path, hook="balloon", hook_options={"file": hook}) as server:
         sock = server.config.server.socket
@@ -178,7 +166,7 @@ async def test_digest_of_the_view(tmp_path: Path) -> None:
     ([0, 10], "stream takes 3 parameters, got 2"),
 ])
 async def test_bad_stream_requests(tmp_path: Path, params: list[Any], message: str) -> None:
-    path, _, _ = build(tmp_path, "raw")
+    path, _, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path) as server:
         reply = await asyncio.to_thread(_raw_call, server.config.server.socket, "stream", params)
     assert reply == [1, 0, ["EINVAL", message], None]
@@ -196,7 +184,7 @@ def _raw_call(sock: str, method: str, params: list[Any]) -> Any:
 
 
 async def test_too_many_streams_on_one_connection(tmp_path: Path) -> None:
-    path, size, _ = build(tmp_path, "raw")
+    path, size, _ = streamed_dump(tmp_path, "raw")
     async with serving(tmp_path, path, max_streams=1) as server:
         reply = await asyncio.to_thread(_two_streams, server.config.server.socket, size)
     assert reply == [1, 1, ["EBUSY", "1 streams are running on this connection already"], None]

@@ -11,9 +11,14 @@ from pathlib import Path
 
 from dumpd.client.aio import AsyncClient
 from dumpd.sources.base import Segment, Source
-from tests.dumps import file_bytes
+from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 
 PAGE = 4096
+BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
+"""Ballooned pfn runs (inclusive) across the dumps `streamed_dump` writes."""
+ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
+STREAM_LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000),
+                SegSpec(paddr=0x200000, memsz=0x300000, filesz=0x2FF800)]
 
 
 def expected_view(path: str, segments: tuple[Segment, ...], zero_pfns: set[int]) -> bytes:
@@ -72,3 +77,15 @@ def pfns_read(reads: list[tuple[int, int]], segments: tuple[Segment, ...]) -> se
                 last = (seg.paddr + hi - 1 - seg.file_offset) // PAGE
                 pfns.update(range(first, last + 1))
     return pfns
+
+
+def streamed_dump(tmp_path: Path, kind: str, loads: list[SegSpec] | None = None
+                  ) -> tuple[str, int, tuple[Segment, ...]]:
+    """An ELF core of `loads` (STREAM_LOADS) with unaligned data, or a 6 MiB raw image:
+    (path, size, segments)."""
+    if kind == "elf":
+        dump = build_elf(tmp_path / "vmcore", loads or STREAM_LOADS, page_size_note=PAGE,
+                         data_align=0x200)
+    else:
+        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
+    return dump.path, dump.size, dump.segments
