@@ -117,10 +117,23 @@ def test_sized_for_68_mib_exactly() -> None:
 
 def test_too_little_memory_is_one_line() -> None:
     with pytest.raises(StartupError) as err:
-        sized(Config(), 4 * MiB)
+        sized(Config(), 1 * MiB)
     assert str(err.value) == (
-        "server.memory: 4.0 MiB leave no room for one connection (it needs 5.1 MiB): give "
+        "server.memory: 1.0 MiB leave no room for one connection (it needs 2.0 MiB): give "
         "dumpd more memory (crashkernel=, MemoryMax=) or lower server.memory's other limits")
+
+
+def test_a_crash_kernel_s_few_mib_go_to_connections() -> None:
+    """At crashkernel=160M the capture kernel leaves "auto" about 6 MiB (the lab): no
+    caches, one read's reply at a time, and the rest in connections."""
+    config = sized(load(f"{ROOT}/systemd/dumpd-kdump.toml"), 6 * MiB + 200 * KiB)
+    srv, eng = config.server, config.engine
+    assert (eng.cache_mib, eng.buffer_pool_mib, eng.verdict_cache_kib) == (0.0, 0, 99)
+    assert (srv.max_read_mib, srv.reply_budget_mib, srv.reply_budget_total_mib) == (1, 1, 1)
+    worst = worst_case(config)
+    assert srv.max_connections == (6 * MiB + 200 * KiB - 99 * KiB - MiB) \
+        // worst.per_connection == 5
+    assert worst.total <= 6 * MiB + 200 * KiB
 
 
 def test_the_option_is_checked(tmp_path: Path) -> None:

@@ -156,12 +156,17 @@ def sized(config: Config, budget: int) -> Config:
         return max(least, min(configured, mib // part))
 
     max_read = share(srv.max_read_mib, 32)
-    reply = max(max_read, min(srv.reply_budget_mib, 2 * max_read))
-    engine = replace(eng, cache_mib=min(eng.cache_mib, float(share(16, 16))),
-                     buffer_pool_mib=min(eng.buffer_pool_mib, share(16, 16)),
+    # Under 16 MiB (a crash kernel at crashkernel=160M has a few): no page cache or
+    # buffer pool (every read goes to the source, which mmap makes cheap) and one
+    # read's reply at a time, so that the room goes to connections.
+    small = mib < 16
+    reply = max_read if small else max(max_read, min(srv.reply_budget_mib, 2 * max_read))
+    engine = replace(eng, cache_mib=min(eng.cache_mib, float(share(16, 16, least=0))),
+                     buffer_pool_mib=min(eng.buffer_pool_mib, share(16, 16, least=0)),
                      verdict_cache_kib=max(16, min(eng.verdict_cache_kib, budget // KiB // 64)))
     server = replace(srv, max_read_mib=max_read, reply_budget_mib=reply,
-                     reply_budget_total_mib=max(reply, share(srv.reply_budget_total_mib, 8)),
+                     reply_budget_total_mib=max(reply, share(srv.reply_budget_total_mib, 8,
+                                                             least=0)),
                      stream_window_mib=share(srv.stream_window_mib, 32),
                      max_frame_kib=max(64, min(srv.max_frame_kib, budget // KiB // 256)),
                      write_buffer_kib=max(64, min(srv.write_buffer_kib, budget // KiB // 256)),
