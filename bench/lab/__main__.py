@@ -108,7 +108,8 @@ def keep(where: Path, copy: Path, version: str, outcome: machine.Outcome) -> Non
     where.mkdir(parents=True, exist_ok=True)
     name = f"vmcore-{version}-{int(time.time())}"
     shutil.copy(copy, where / name)
-    data = (where / name).read_bytes()[: 1 << 20]
+    with open(copy, "rb") as dump:
+        data = dump.read(1 << 20)  # the ELF headers and notes: VMCOREINFO is among them
     start = data.find(b"OSRELEASE=")
     info = data[start : data.find(b"\0", start)].decode() if start >= 0 else ""
     (where / f"{name}.vmcoreinfo").write_text(info)

@@ -304,7 +304,8 @@ class Source:
         while offset < end:  # window by window: one that cannot be mapped is read
             stop = min(end, (offset // windows.window + 1) * windows.window)
             try:
-                windows.feed(offset, stop - offset, consume)
+                with windows.piece(offset, stop - offset) as view:
+                    consume(view)
             except MapFailed as exc:  # raised before any of this window was consumed
                 self._map_failed(exc)
                 buffer = memoryview(bytearray(stop - offset))

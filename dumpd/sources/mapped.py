@@ -30,7 +30,7 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 MiB = 1 << 20
@@ -148,15 +148,6 @@ class Windows:
         window's worth) straight from the mapping; the bytes written."""
         with self.piece(offset, count) as src:
             return os.write(fd, src)
-
-    def feed(self, offset: int, length: int, consume: Callable[[memoryview], object]) -> None:
-        """Hand the file bytes `[offset, offset+length)` to `consume`, one view per
-        window (views valid only during the call)."""
-        end = offset + length
-        while offset < end:
-            with self.piece(offset, end - offset) as src:
-                consume(src)
-                offset += len(src)
 
     def close(self) -> None:
         with self._changed:
