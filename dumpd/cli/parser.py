@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read through mmap windows: auto = /proc/vmcore and memory "
                             "devices, on = any file (one cut short while mapped kills the "
                             "server), off = pread and sendfile")
+    serve.add_argument("--vmcoreinfo", dest="source_vmcoreinfo", metavar="FILE",
+                       help="the dead kernel's VMCOREINFO text, for a dump without the note "
+                            "(/dev/oldmem, a raw image): page filtering, read --virt")
     serve.add_argument("--socket", dest="server_socket", metavar="PATH")
     serve.add_argument("--tcp", dest="server_tcp", metavar="HOST:PORT")
     serve.add_argument("--hook", dest="hook_name", metavar="NAME",
