@@ -110,11 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _socket_arg(p)
         p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "info":
+            p.add_argument("--vmcoreinfo", action="store_true",
+                           help="print the dead kernel's VMCOREINFO text as it is")
 
     read = sub.add_parser("read", help="read bytes of the dump")
-    read.add_argument("offset", type=_int, help="file offset (or physical address with --phys)")
+    read.add_argument("offset", type=_int, help="file offset (a physical address with --phys, "
+                      "a kernel virtual address with --virt)")
     read.add_argument("length", type=_int)
-    read.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
+    space = read.add_mutually_exclusive_group()
+    space.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
+    space.add_argument("--virt", action="store_true",
+                       help="OFFSET is a kernel virtual address, translated through the dead "
+                            "kernel's page tables (x86_64)")
     read.add_argument("-o", "--output", help="write raw bytes to this file (new, mode 0600)")
     read.add_argument("--force", action="store_true",
                       help="replace an existing FILE (or write over a block device)")

@@ -29,7 +29,7 @@ from dumpd.engine.buffers import BufferPool
 from dumpd.engine.counters import Counters
 from dumpd.engine.flights import Flights
 from dumpd.engine.hookcall import HookCaller
-from dumpd.engine.kernelview import KernelView, SourceMemory
+from dumpd.engine.kernelview import KernelView
 from dumpd.engine.layout import Layout
 from dumpd.engine.readbatch import ReadBatcher, count_reads, read_cached
 from dumpd.engine.state import Flight, State
@@ -39,6 +39,7 @@ from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
 from dumpd.ratelog import RateLimitedLog
 from dumpd.sources.base import Source
+from dumpd.sources.physical import SourceMemory
 
 MiB = 1 << 20
 

@@ -1,12 +1,10 @@
-"""The dead kernel as the engine sees it: what hooks may read, kernel virtual reads,
-and the crash context `info` shows.
+"""The dead kernel as the engine sees it: kernel virtual reads and the crash context
+`info` shows.
 
-Design rules:
-- Hooks read the dump through `SourceMemory`: straight from the source, never through
-  the engine, so no verdict is asked for the pages a hook reads to give verdicts.
-- `read_virt` translates through the dead kernel's page tables (read the same way:
-  they are metadata), then reads each physical piece through the engine like
-  `read_phys`: verdicts, cache and single-flight hold for the data.
+Design rule: `read_virt` translates through the dead kernel's page tables, read
+straight from the source (they are metadata, as what hooks read through
+`sources.physical`), then reads each physical piece through the engine like
+`read_phys`: verdicts, cache and single-flight hold for the data.
 """
 
 from __future__ import annotations
@@ -20,31 +18,6 @@ from dumpd.errors import DumpdError
 from dumpd.kernel.vmcoreinfo import VmcoreInfo
 from dumpd.kernel.x86_64 import PageTables
 from dumpd.sources.base import Source
-
-
-class SourceMemory:
-    """The `DumpMemory` a hook's `attach` gets (dumpd.hooks.contract)."""
-
-    def __init__(self, source: Source) -> None:
-        self._source = source
-        page = source.page_size
-        whole = ((-(-run.start // page), run.end // page) for run in source.phys_map)
-        self.pfn_ranges = tuple((first, end) for first, end in whole if end > first)
-
-    @property
-    def page_size(self) -> int:
-        return self._source.page_size
-
-    @property
-    def vmcoreinfo(self) -> str | None:
-        return self._source.vmcoreinfo_text
-
-    @property
-    def arch(self) -> str:
-        return self._source.arch
-
-    def read_phys(self, paddr: int, length: int) -> bytes:
-        return self._source.read_phys(paddr, length)
 
 
 def no_vmcoreinfo(source: Source) -> DumpdError:
