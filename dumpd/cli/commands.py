@@ -289,7 +289,8 @@ def _hook_check(args: argparse.Namespace) -> int:
 
     try:
         report = check_plugin(args.name, _options(args.hook_option, "--hook-option"),
-                              pfn_limit=args.pfn_limit, distribution=args.hook_distribution)
+                              pfn_limit=args.pfn_limit, distribution=args.hook_distribution,
+                              dump=args.dump or "")
     except ConformanceError as exc:
         print(f"dumpd: conformance: {exc}", file=sys.stderr)
         return 1
@@ -300,6 +301,8 @@ def _hook_check(args: argparse.Namespace) -> int:
         print("batched lookups  (no batched form)")
     else:
         print(f"batched lookups  {report.batched_pfns_per_s:,.0f} pfns/s")
+    if args.dump:
+        print(f"dump read        {report.dump_bytes:,} bytes in {report.dump_reads:,} reads")
     return 0
 
 

@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hook-distribution", metavar="DIST", default="",
                        help=DISTRIBUTION_HELP)
     check.add_argument("--pfn-limit", type=_int, default=1 << 32,
-                       help="draw random pfns below this (default 2**32)")
+                       help="draw random pfns below this (default 2**32, or the dump's end)")
+    check.add_argument("--dump", metavar="FILE",
+                       help="the dump a hook that reads it (attach) is checked on")
     actions.add_parser("unregister", help="empty the server's hook slot (all pfns are RAM)")
     actions.add_parser("reload", help="have the registered hook reload its data")
     for p in (register, actions.choices["unregister"], actions.choices["reload"]):
