@@ -30,7 +30,8 @@ from dumpd.client.aio import AsyncClient
 from dumpd.config import Config, HookConfig, ServerConfig, SourceConfig
 from dumpd.runner import loop_factory
 from dumpd.server import Server
-from dumpd.testing.conformance import created, measure
+from dumpd.testing.conformance import created
+from dumpd.testing.sampling import measure
 
 PAGE = 4096
 MiB = 1 << 20

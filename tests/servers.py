@@ -34,7 +34,7 @@ async def serving(
     hook_options: dict[str, Any] | None = None, kind: str = "auto", page_size: int = 4096,
     engine: EngineConfig | None = None, clock: Clock | None = None,
     mmap: str = "auto", windows: tuple[int, int] = (4096, 8),
-    finish: FinishConfig | None = None, **server: Any,
+    finish: FinishConfig | None = None, vmcoreinfo: str = "", **server: Any,
 ) -> AsyncIterator[Server]:
     """A started `Server` for `source` on `tmp_path/dumpd.sock`; shut down on exit.
     `clock`: the one its connections' deadlines and finish timers are kept on (None: the
@@ -42,7 +42,8 @@ async def serving(
     `finish`: when it ends by itself."""
     config = Config(
         source=SourceConfig(path=str(source), kind=kind, page_size=page_size, mmap=mmap,
-                            mmap_window_kib=windows[0], mmap_windows=windows[1]),
+                            mmap_window_kib=windows[0], mmap_windows=windows[1],
+                            vmcoreinfo=vmcoreinfo),
         server=ServerConfig(socket=str(tmp_path / "dumpd.sock"), **server),
         engine=engine or EngineConfig(),
         hook=HookConfig(name=hook, options=hook_options or {}),

@@ -159,7 +159,7 @@ SERVER_KEYS = ("admin_uids, allow_gids, allow_uids, idle_timeout, loop, max_conn
     ("bogus = 1\n", "unknown section or key 'bogus'"),
     ("[bogus]\nx = 1\n", "unknown section or key 'bogus'"),
     ("[source]\nfoo = 1\n", "[source] unknown key 'foo' (known: kind, mmap, mmap_window_kib, "
-                            "mmap_windows, page_size, path, size)"),
+                            "mmap_windows, page_size, path, size, vmcoreinfo)"),
     ("[server]\nsockett = 'x'\n", f"[server] unknown key 'sockett' (known: {SERVER_KEYS})"),
     ("[engine]\ncache = 1\n", "[engine] unknown key 'cache' (known: buffer_pool_mib, "
      "cache_mib, hook_reload_timeout, hook_timeout, read_threads, verdict_cache_kib)"),

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dumpd.errors import DumpdError, StartupError
+from dumpd.kernel.vmcoreinfo import parse_lines
 from dumpd.sources import Segment, Source, open_source
 from dumpd.sources.base import MappedRun, PhysPiece, PhysRun
-from dumpd.kernel.vmcoreinfo import parse_lines
 from dumpd.sources.elf import ElfSource, vmcoreinfo_text
 from tests.daemon import info_json, log_lines, one_line_error, run, served, server_pid
 from tests.dumps import (

@@ -217,7 +217,7 @@ class Client:
         return self._run(_calls.read_phys(paddr, length))
 
     def read_virt(self, vaddr: int, length: int) -> bytes:
-        """Bytes by kernel virtual address (the dead kernel's page tables); EFAULT
+        """Bytes by kernel virtual address (the dead kernel's page tables); ERANGE
         where they map nothing, ENOSYS without VMCOREINFO or off x86_64."""
         return self._run(_calls.read_virt(vaddr, length))
 

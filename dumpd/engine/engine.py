@@ -230,7 +230,7 @@ class Engine:
 
     async def read_virt(self, vaddr: int, length: int) -> bytes:
         """Bytes at kernel virtual `vaddr`, through the dead kernel's page tables, then as
-        `read_phys`; EFAULT where nothing maps them (see `KernelView.read_virt`)."""
+        `read_phys`; ERANGE where nothing maps them (see `KernelView.read_virt`)."""
         return await self.kernel.read_virt(vaddr, length, self.read_phys)
 
     async def ask_verdicts(self, offset: int, length: int) -> None:

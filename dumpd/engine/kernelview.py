@@ -73,7 +73,7 @@ class KernelView:
 
     async def read_virt(self, vaddr: int, length: int,
                         read_phys: Callable[[int, int], Awaitable[bytes]]) -> bytes:
-        """The bytes at kernel virtual `[vaddr, vaddr+length)`; EFAULT naming the first
+        """The bytes at kernel virtual `[vaddr, vaddr+length)`; ERANGE naming the first
         address the page tables do not map, ENOSYS without VMCOREINFO or off x86_64."""
         pieces = await asyncio.to_thread(self._translate, vaddr, length)
         parts = [await read_phys(paddr, size) for paddr, size in pieces]

@@ -31,10 +31,11 @@ ReadPhys = Callable[[int, int], bytes]
 
 
 class Unmapped(DumpdError):
-    """A virtual address the dead kernel's page tables do not map (EFAULT)."""
+    """A virtual address the dead kernel's page tables do not map (ERANGE, as a physical
+    address no segment holds)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("EFAULT", message)
+        super().__init__("ERANGE", message)
 
 
 class PageTables:
@@ -95,7 +96,7 @@ class PageTables:
         raise AssertionError("unreachable: the last level is a page")
 
     def translate(self, vaddr: int) -> int:
-        """The physical address of `vaddr`; `Unmapped` (EFAULT) when nothing maps it."""
+        """The physical address of `vaddr`; `Unmapped` (ERANGE) when nothing maps it."""
         return self.walk(vaddr)[0]
 
     def read_virt(self, vaddr: int, length: int) -> bytes:
