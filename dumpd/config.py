@@ -35,6 +35,7 @@ class SourceConfig:
     mmap: str = "auto"
     mmap_window_kib: int = 4096
     mmap_windows: int = 8
+    vmcoreinfo: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,6 +233,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         f"dumpd {__version__} (protocol {PROTOCOL_VERSION})",
         f"source   {dump.path} (raw)",
         "size     20971520 bytes, page size 4096",
+        "kernel   unknown: no VMCOREINFO (serve a raw dump with --vmcoreinfo FILE)",
         "hook     (none registered)",
         "finish   on `dumpd done` or SIGTERM only",
         "segments 1",
@@ -246,6 +247,8 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         "hook": None, "hook_generation": 0, "max_read": 8 * MiB,
         "finish": {"fetches": 0, "verified_fetches": 0, "idle_timeout": 0.0, "deadline": 0.0,
                    "deadline_left": None, "finishing": None},
+        "kernel": {"vmcoreinfo": None, "osrelease": None, "arch": None, "crashtime": None,
+                   "page_size": PAGE, "kernel_offset": None},
     }
 
 

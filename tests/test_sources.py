@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from dumpd.errors import DumpdError, StartupError
 from dumpd.sources import Segment, Source, open_source
 from dumpd.sources.base import MappedRun, PhysPiece, PhysRun
-from dumpd.sources.elf import ElfSource, parse_vmcoreinfo
+from dumpd.kernel.vmcoreinfo import parse_lines
+from dumpd.sources.elf import ElfSource, vmcoreinfo_text
 from tests.daemon import info_json, log_lines, one_line_error, run, served, server_pid
 from tests.dumps import (
     EM_386,
@@ -413,7 +414,8 @@ def test_zero_padded_note_segment_is_accepted(tmp_path: Path) -> None:
 
 
 def test_parse_vmcoreinfo_text() -> None:
-    assert parse_vmcoreinfo(b"PAGESIZE=4096\nno equals\n=x\nA=1=2\nA=3\r\nB=\n\0C=4\n") == {
+    note = b"PAGESIZE=4096\nno equals\n=x\nA=1=2\nA=3\r\nB=\n\0C=4\n"
+    assert parse_lines(vmcoreinfo_text(note)) == {
         "PAGESIZE": "4096", "A": "1=2", "B": "",
     }
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -104,6 +105,9 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _info(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if args.vmcoreinfo:
+            sys.stdout.write(client.vmcoreinfo())
+            return 0
         info = client.info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -111,6 +115,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"dumpd {info['version']} (protocol {info['protocol']})")
     print(f"source   {info['source']['path']} ({info['source']['kind']})")
     print(f"size     {info['size']} bytes, page size {info['page_size']}")
+    if "kernel" in info:
+        print(f"kernel   {kernel_line(info['kernel'])}")
     print(f"hook     {hook_label(info['hook'])}")
     if "finish" in info:
         print(f"finish   {finish_line(info['finish'])}")
@@ -118,6 +124,18 @@ def _info(args: argparse.Namespace) -> int:
     for paddr, offset, filesz, memsz in info["segments"]:
         print(f"  paddr {paddr:#014x}  offset {offset:#012x}  filesz {filesz:#x}  memsz {memsz:#x}")
     return 0
+
+
+def kernel_line(kernel: dict[str, Any]) -> str:
+    """The crash context in words: `6.1.0-57-amd64 x86_64, crashed 2026-12-01 ...`."""
+    if kernel["vmcoreinfo"] is None:
+        return "unknown: no VMCOREINFO (serve a raw dump with --vmcoreinfo FILE)"
+    line = f"{kernel['osrelease'] or 'release unknown'} {kernel['arch'] or 'arch unknown'}"
+    if kernel["crashtime"] is not None:
+        line += time.strftime(", crashed %Y-%m-%d %H:%M:%S UTC", time.gmtime(kernel["crashtime"]))
+    if kernel["kernel_offset"] is not None:
+        line += f", KERNELOFFSET {kernel['kernel_offset']:#x}"
+    return f"{line} (VMCOREINFO from {kernel['vmcoreinfo']})"
 
 
 def finish_line(finish: dict[str, Any]) -> str:
@@ -162,7 +180,8 @@ def _read(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.info()
         chunk = min(READ_CHUNK, info.get("max_read", READ_CHUNK))
-        method = client.read_phys if args.phys else client.read
+        method = (client.read_phys if args.phys else client.read_virt if args.virt
+                  else client.read)
         out = _open_output(args, info) if args.output else None
         try:
             for pos in range(args.offset, args.offset + args.length, chunk):
@@ -270,7 +289,8 @@ def _hook_check(args: argparse.Namespace) -> int:
 
     try:
         report = check_plugin(args.name, _options(args.hook_option, "--hook-option"),
-                              pfn_limit=args.pfn_limit, distribution=args.hook_distribution)
+                              pfn_limit=args.pfn_limit, distribution=args.hook_distribution,
+                              dump=args.dump or "")
     except ConformanceError as exc:
         print(f"dumpd: conformance: {exc}", file=sys.stderr)
         return 1
@@ -281,6 +301,8 @@ def _hook_check(args: argparse.Namespace) -> int:
         print("batched lookups  (no batched form)")
     else:
         print(f"batched lookups  {report.batched_pfns_per_s:,.0f} pfns/s")
+    if args.dump:
+        print(f"dump read        {report.dump_bytes:,} bytes in {report.dump_reads:,} reads")
     return 0
 
 

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="read through mmap windows: auto = /proc/vmcore and memory "
                             "devices, on = any file (one cut short while mapped kills the "
                             "server), off = pread and sendfile")
+    serve.add_argument("--vmcoreinfo", dest="source_vmcoreinfo", metavar="FILE",
+                       help="the dead kernel's VMCOREINFO text, for a dump without the note "
+                            "(/dev/oldmem, a raw image): page filtering, read --virt")
     serve.add_argument("--socket", dest="server_socket", metavar="PATH")
     serve.add_argument("--tcp", dest="server_tcp", metavar="HOST:PORT")
     serve.add_argument("--hook", dest="hook_name", metavar="NAME",
@@ -107,11 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _socket_arg(p)
         p.add_argument("--json", action="store_true", help="print JSON")
+        if name == "info":
+            p.add_argument("--vmcoreinfo", action="store_true",
+                           help="print the dead kernel's VMCOREINFO text as it is")
 
     read = sub.add_parser("read", help="read bytes of the dump")
-    read.add_argument("offset", type=_int, help="file offset (or physical address with --phys)")
+    read.add_argument("offset", type=_int, help="file offset (a physical address with --phys, "
+                      "a kernel virtual address with --virt)")
     read.add_argument("length", type=_int)
-    read.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
+    space = read.add_mutually_exclusive_group()
+    space.add_argument("--phys", action="store_true", help="OFFSET is a physical address")
+    space.add_argument("--virt", action="store_true",
+                       help="OFFSET is a kernel virtual address, translated through the dead "
+                            "kernel's page tables (x86_64)")
     read.add_argument("-o", "--output", help="write raw bytes to this file (new, mode 0600)")
     read.add_argument("--force", action="store_true",
                       help="replace an existing FILE (or write over a block device)")
@@ -152,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hook-distribution", metavar="DIST", default="",
                        help=DISTRIBUTION_HELP)
     check.add_argument("--pfn-limit", type=_int, default=1 << 32,
-                       help="draw random pfns below this (default 2**32)")
+                       help="draw random pfns below this (default 2**32, or the dump's end)")
+    check.add_argument("--dump", metavar="FILE",
+                       help="the dump a hook that reads it (attach) is checked on")
     actions.add_parser("unregister", help="empty the server's hook slot (all pfns are RAM)")
     actions.add_parser("reload", help="have the registered hook reload its data")
     for p in (register, actions.choices["unregister"], actions.choices["reload"]):

@@ -62,6 +62,14 @@ def read_phys(paddr: int, length: int) -> Call[bytes]:
     return Call("read_phys", (paddr, length), _typed(bytes, "read_phys"))
 
 
+def read_virt(vaddr: int, length: int) -> Call[bytes]:
+    return Call("read_virt", (vaddr, length), _typed(bytes, "read_virt"))
+
+
+def vmcoreinfo() -> Call[str]:
+    return Call("vmcoreinfo", (), _typed(str, "vmcoreinfo"))
+
+
 def extents(offset: int, length: int) -> Call[list[tuple[int, int, str]]]:
     return Call("extents", (offset, length), _runs)
 

@@ -169,6 +169,15 @@ class AsyncClient:
         """Bytes by physical address; ERANGE when PT_LOADs do not cover the range."""
         return await self._run(_calls.read_phys(paddr, length))
 
+    async def read_virt(self, vaddr: int, length: int) -> bytes:
+        """Bytes by kernel virtual address (the dead kernel's page tables); EFAULT
+        where they map nothing, ENOSYS without VMCOREINFO or off x86_64."""
+        return await self._run(_calls.read_virt(vaddr, length))
+
+    async def vmcoreinfo(self) -> str:
+        """The dead kernel's VMCOREINFO text; ENOSYS when the dump has none."""
+        return await self._run(_calls.vmcoreinfo())
+
     async def extents(self, offset: int, length: int) -> list[tuple[int, int, str]]:
         """`(offset, length, "data" | "zero")` runs of the file view."""
         return await self._run(_calls.extents(offset, length))

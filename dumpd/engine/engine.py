@@ -29,6 +29,7 @@ from dumpd.engine.buffers import BufferPool
 from dumpd.engine.counters import Counters
 from dumpd.engine.flights import Flights
 from dumpd.engine.hookcall import HookCaller
+from dumpd.engine.kernelview import KernelView
 from dumpd.engine.layout import Layout
 from dumpd.engine.readbatch import ReadBatcher, count_reads, read_cached
 from dumpd.engine.state import Flight, State
@@ -38,6 +39,7 @@ from dumpd.hooks.contract import PfnIsRam
 from dumpd.hooks.slot import HookSlot
 from dumpd.ratelog import RateLimitedLog
 from dumpd.sources.base import Source
+from dumpd.sources.physical import SourceMemory
 
 MiB = 1 << 20
 
@@ -56,6 +58,8 @@ class Engine:
         self._reader = ReadBatcher(source, self.config.read_threads, self.counters)
         self._state = State(0, None, self.config, self.page_size)
         self._zero_page = bytes(self.page_size)
+        self.dump_memory = SourceMemory(source)  # what a hook's attach() reads
+        self.kernel = KernelView(source)
         self._flights = Flights(source, self.layout, self.slot, self.counters, self._reader,
                                 BufferPool(self.config.buffer_pool_mib * MiB), self._zero_page)
 
@@ -223,6 +227,11 @@ class Engine:
         data = b"".join(parts)
         self.counters.bytes_served += len(data)
         return data
+
+    async def read_virt(self, vaddr: int, length: int) -> bytes:
+        """Bytes at kernel virtual `vaddr`, through the dead kernel's page tables, then as
+        `read_phys`; EFAULT where nothing maps them (see `KernelView.read_virt`)."""
+        return await self.kernel.read_virt(vaddr, length, self.read_phys)
 
     async def ask_verdicts(self, offset: int, length: int) -> None:
         """Have the verdicts of the file range at hand, asking the hook for the unknown

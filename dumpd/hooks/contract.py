@@ -14,14 +14,22 @@ Hooks are called from one dedicated worker thread, never concurrently, so a
 hook needs no locking of its own. A call that raises, returns a non-int (`bool`
 included) or takes longer than the configured timeout counts as an error verdict.
 
-Optional methods: `pfn_range_is_ram` (the batched form), `reload` (re-read the
-hook's data on SIGHUP or `hook.reload`) and `close` (on unregister or exit).
-They run on the same thread as the verdict calls.
+Optional methods: `pfn_range_is_ram` (the batched form), `explain` (why pages are
+not RAM, for the record a copy keeps), `reload` (re-read the hook's data on SIGHUP or
+`hook.reload`) and `close` (on unregister or exit). They run on the same thread as the
+verdict calls.
+
+A hook whose verdicts come from the dump itself (the dead kernel's page structures)
+has `attach(dump)`: called once, after the factory and before any verdict, with a
+`DumpMemory`: the dump's VMCOREINFO and its physical memory read directly, no hook
+asked (no recursion, no verdicts for the pages the hook reads). Raising
+HookConfigError (or a `DumpdError` with its own code, ENOSYS for what the dump lacks)
+refuses the registration with that one line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 ENTRY_POINT_GROUP = "dumpd.pfn_is_ram"
@@ -78,3 +86,48 @@ class Closable(Protocol):
 
     def close(self) -> None: ...
 
+
+
+@runtime_checkable
+class Explains(Protocol):
+    """Optional: why pages are not RAM, in words a copy's record keeps."""
+
+    def explain(self, first_pfn: int, count: int) -> Iterable[tuple[int, str]]:
+        """`(run_length, reason)` runs covering `[first_pfn, first_pfn+count)`: reason ""
+        for pages the hook calls RAM, else a short stable word of the hook's ("offline",
+        "hwpoison", "free", "cache", "ballooned", ...)."""
+        ...
+
+
+class DumpMemory(Protocol):
+    """What a hook attached to the dump may read of it."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def vmcoreinfo(self) -> str | None:
+        """The dead kernel's VMCOREINFO text (None: the dump has none and none was given)."""
+        ...
+
+    @property
+    def arch(self) -> str:
+        """The dead kernel's architecture ("x86_64", "aarch64"; "" when unknown)."""
+        ...
+
+    @property
+    def pfn_ranges(self) -> Sequence[tuple[int, int]]:
+        """`[first, end)` pfn ranges the dump holds, sorted."""
+        ...
+
+    def read_phys(self, paddr: int, length: int) -> bytes:
+        """The dump's bytes at physical `paddr`, read directly (no verdict asked);
+        DumpdError ERANGE for bytes the dump does not hold, EIO when unreadable."""
+        ...
+
+
+@runtime_checkable
+class Attachable(Protocol):
+    """Optional: a hook that reads the dump it judges (see the module docstring)."""
+
+    def attach(self, dump: DumpMemory) -> None: ...

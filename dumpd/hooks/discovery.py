@@ -11,12 +11,13 @@ keeps the first copy of each distribution name, as imports do.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import cast
 
-from dumpd.hooks.contract import ENTRY_POINT_GROUP, HookConfigError, PfnIsRam
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import ENTRY_POINT_GROUP, DumpMemory, HookConfigError, PfnIsRam
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +90,16 @@ def find_plugin(name: str, distribution: str = "") -> tuple[EntryPoint, PluginIn
     return providers[0]
 
 
-def load_hook(name: str, options: Mapping[str, object], distribution: str = "") -> PfnIsRam:
-    """Create hook `name` (from `distribution`, if named) with `options`;
-    HookConfigError says what is wrong in one line."""
-    return load_plugin(name, options, distribution)[0]
+def load_hook(name: str, options: Mapping[str, object], distribution: str = "",
+              dump: DumpMemory | None = None) -> PfnIsRam:
+    """Create hook `name` (from `distribution`, if named) with `options`, attached to
+    `dump` when it has `attach`; HookConfigError says what is wrong in one line (a
+    DumpdError from `attach` keeps its own code)."""
+    return load_plugin(name, options, distribution, dump)[0]
 
 
-def load_plugin(name: str, options: Mapping[str, object],
-                distribution: str = "") -> tuple[PfnIsRam, PluginInfo]:
+def load_plugin(name: str, options: Mapping[str, object], distribution: str = "",
+                dump: DumpMemory | None = None) -> tuple[PfnIsRam, PluginInfo]:
     """`load_hook`, and the plugin the hook came from (for the log: a name may be
     anyone's)."""
     ep, info = find_plugin(name, distribution)
@@ -115,4 +118,21 @@ def load_plugin(name: str, options: Mapping[str, object],
             f"hook {name!r} ({ep.value}) returned {type(hook).__name__}, "
             "which has no pfn_is_ram(pfn) method"
         )
+    attach = getattr(hook, "attach", None)
+    if dump is not None and callable(attach):
+        _attach(name, hook, attach, dump)
     return hook, info
+
+
+def _attach(name: str, hook: PfnIsRam, attach: Callable[[DumpMemory], object],
+            dump: DumpMemory) -> None:
+    """Attach the new hook to the dump; a refusal closes it (it will never be used)."""
+    try:
+        attach(dump)
+    except Exception as exc:
+        closer = getattr(hook, "close", None)
+        if callable(closer):
+            closer()
+        if isinstance(exc, HookConfigError | DumpdError):
+            raise
+        raise HookConfigError(f"hook {name!r}: attach: {type(exc).__name__}: {exc}") from exc

@@ -96,7 +96,8 @@ class Server:
                                "hook name (hook.name, --hook)")
         src = cfg.source
         self.source = open_source(src.path, src.kind, src.page_size, src.size or None,
-                                  src.mmap, src.mmap_window_kib * 1024, src.mmap_windows)
+                                  src.mmap, src.mmap_window_kib * 1024, src.mmap_windows,
+                                  src.vmcoreinfo or None)
         given, found = self._given_page_size, self.source.page_size
         if given is not None and given != found:
             raise StartupError(f"{self.source.path}: --page-size {given}, but its VMCOREINFO "
@@ -108,8 +109,8 @@ class Server:
         if cfg.hook.name:
             try:
                 hook, plugin = load_plugin(cfg.hook.name, cfg.hook.options,
-                                         cfg.hook.distribution)
-            except HookConfigError as exc:
+                                         cfg.hook.distribution, self.engine.dump_memory)
+            except (HookConfigError, DumpdError) as exc:
                 raise StartupError(f"[hook] {exc}") from exc
             self.engine.register_hook(cfg.hook.name, hook)
             hook_shown = f"{cfg.hook.name} ({plugin.provider})"

@@ -94,6 +94,8 @@ class Dispatcher:
             "info": Method(self._info, 0),
             "read": Method(self._read, 2),
             "read_phys": Method(self._read_phys, 2),
+            "read_virt": Method(self._read_virt, 2),
+            "vmcoreinfo": Method(self._vmcoreinfo, 0),
             "extents": Method(self._extents, 2),
             "digest": Method(self._digest, 3),
             "stats": Method(self._stats, 0),
@@ -111,11 +113,14 @@ class Dispatcher:
         """Upper bound of the bytes a call holds at once (its reply; a digest's read-ahead),
         reserved in the connection's reply budget before it runs."""
         length = integral(params[1]) if len(params) == 2 else None
-        if method in ("read", "read_phys") and length is not None:
+        if method in ("read", "read_phys", "read_virt") and length is not None:
             return max(0, min(length, self.max_read))
         if method == "extents" and length is not None:
             pages = max(0, min(length, MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
             return pages * EXTENT_ENTRY_BYTES
+        if method == "vmcoreinfo":  # the kernel's text: a page, at most VMCOREINFO_MAX
+            return max(SMALL_REPLY, len(self.engine.kernel.info.text if self.engine.kernel.info
+                                        else ""))
         if method == "digest":  # its window of chunks read ahead, and the one being hashed
             return max(STREAM_CHUNK, self.stream_window) + STREAM_CHUNK
         return SMALL_REPLY
@@ -178,6 +183,7 @@ class Dispatcher:
             "hook_generation": self.engine.slot.generation,
             "max_read": self.max_read,
             "finish": self.finish.status(),
+            "kernel": self.engine.kernel.context(),
         }
 
     async def _read(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> BinParts:
@@ -185,6 +191,13 @@ class Dispatcher:
 
     async def _read_phys(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> bytes:
         return await self.engine.read_phys(*self._range(params, "paddr"))
+
+    async def _read_virt(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> bytes:
+        return await self.engine.read_virt(*self._range(params, "vaddr"))
+
+    async def _vmcoreinfo(self, peer: Peer, params: Sequence[Any],
+                          streams: RunningStreams) -> str:
+        return self.engine.kernel.vmcoreinfo()
 
     async def _extents(self, peer: Peer, params: Sequence[Any],
                        streams: RunningStreams) -> list[Sequence[Any]]:
@@ -278,7 +291,8 @@ class Dispatcher:
             raise DumpdError(
                 "EBUSY", f"hook {self.engine.hook_name!r} is registered; unregister it first")
         try:
-            hook, plugin = await asyncio.to_thread(load_plugin, name, options, distribution)
+            hook, plugin = await asyncio.to_thread(load_plugin, name, options, distribution,
+                                                   self.engine.dump_memory)
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
         try:

@@ -7,8 +7,9 @@ import os
 import stat
 
 from dumpd.errors import StartupError
+from dumpd.kernel.vmcoreinfo import VmcoreInfo
 from dumpd.sources.base import Segment, Source
-from dumpd.sources.elf import ELF_MAGIC, is_valid_page_size, open_elf
+from dumpd.sources.elf import ELF_MAGIC, VMCOREINFO_MAX, is_valid_page_size, open_elf
 from dumpd.sources.mapped import MiB, procfs_device
 from dumpd.sources.raw import open_raw
 from dumpd.sources.signatures import HEAD_BYTES, cut_short_format, known_format
@@ -74,6 +75,33 @@ def _refuse_known_format(path: str, kind: str, head: bytes) -> None:
                        f"{fmt.advice.replace('{path}', path)}")
 
 
+def given_vmcoreinfo(source: Source, path: str) -> None:
+    """Take the dead kernel's VMCOREINFO from the file `path` (a raw dump has no note;
+    the text is what the kernel wrote, as `/sys/kernel/vmcoreinfo` points to it or a
+    tool saved it). A dump with its own note, or text that is not VMCOREINFO, or a
+    PAGESIZE other than the source's, is a one-line StartupError."""
+    if source.vmcoreinfo_text is not None:
+        raise StartupError(f"{path}: {source.path} has a VMCOREINFO note of its own; "
+                           "source.vmcoreinfo is for dumps without one")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(VMCOREINFO_MAX + 1)
+    except OSError as exc:
+        raise StartupError(f"{path}: cannot read the VMCOREINFO: {exc.strerror}") from exc
+    if len(data) > VMCOREINFO_MAX:
+        raise StartupError(f"{path}: more than {VMCOREINFO_MAX} bytes: not a VMCOREINFO")
+    text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+    info = VmcoreInfo(text)
+    if info.osrelease is None:
+        raise StartupError(f"{path}: no OSRELEASE= line: not a VMCOREINFO")
+    if info.get("PAGESIZE") not in (None, str(source.page_size)):
+        raise StartupError(f"{path}: PAGESIZE={info.get('PAGESIZE')}, but {source.path} is "
+                           f"served with pages of {source.page_size}: give --page-size")
+    source.vmcoreinfo_text, source.vmcoreinfo_from = text, path
+    if not source.arch and info.get("SYMBOL(init_top_pgt)") is not None:
+        source.arch = "x86_64"  # only x86_64 exports its top page table by this name
+
+
 def _refuse_cut_short(path: str, head: bytes) -> None:
     """StartupError when all of a file is the start of a known signature (auto only)."""
     fmt = cut_short_format(head)
@@ -85,6 +113,7 @@ def _refuse_cut_short(path: str, head: bytes) -> None:
 def open_source(
     path: str, kind: str = "auto", page_size: int = 4096, size: int | None = None,
     mmap: str = "auto", window: int = 4 * MiB, windows: int = 8,
+    vmcoreinfo: str | None = None,
 ) -> Source:
     """Open `path` as a source of kind "elf", "raw" or "auto".
 
@@ -96,6 +125,8 @@ def open_source(
     is used unless an ELF core's VMCOREINFO gives PAGESIZE; `size` overrides the
     detected file size (needed for devices that report 0). `mmap` says whether reads go
     through at most `windows` mmap windows of `window` bytes (see `_read_path`).
+    `vmcoreinfo` names a file of the dead kernel's VMCOREINFO text, for a dump
+    without the note (see `given_vmcoreinfo`).
     """
     if kind not in KINDS:
         raise StartupError(f"{path}: unknown source kind {kind!r} (expected auto, elf or raw)")
@@ -113,12 +144,15 @@ def open_source(
         if kind == "auto" and not memory_device and not elf:
             _refuse_cut_short(path, head)
         if kind == "elf" or (kind == "auto" and elf):
-            return _read_path(open_elf(path, fd, page_size, size), mmap, window, windows)
-        source = open_raw(path, fd, page_size, size)
+            source: Source = open_elf(path, fd, page_size, size)
+        else:
+            source = open_raw(path, fd, page_size, size)
+        if vmcoreinfo is not None:
+            given_vmcoreinfo(source, vmcoreinfo)
     except BaseException:
         os.close(fd)
         raise
-    if kind == "auto":
+    if kind == "auto" and source.kind == "raw":
         source.guess = ("a character device with no ELF header" if memory_device
                         else "no ELF or known dump signature")
     return _read_path(source, mmap, window, windows)

@@ -166,6 +166,9 @@ class Source:
         self.windows: Windows | None = None  # reads go through these mappings when set
         self.read_path = "pread"  # how the bytes are read: "pread" or "mmap"
         self.read_path_why = "reads and sendfile"  # one line on why (for the log and info)
+        self.vmcoreinfo_text: str | None = None  # the dead kernel's VMCOREINFO, if known
+        self.vmcoreinfo_from = ""  # where it came from: "the ELF note", a file's path
+        self.arch = ""  # the dead kernel's architecture ("x86_64"), "" when unknown
 
     def map_windows(self, window: int, count: int, why: str) -> bool:
         """Read through at most `count` mmap windows of `window` bytes from now on, if
@@ -293,6 +296,18 @@ class Source:
             pos = stop
             i += 1
         return pieces
+
+    def read_phys(self, paddr: int, length: int) -> bytes:
+        """The dump's bytes at physical `[paddr, paddr+length)`, no hook asked (page
+        tables and struct pages for `dumpd.kernel` and hooks); ERANGE outside the
+        dump, EIO when the file cannot be read."""
+        out = bytearray(length)
+        view, at = memoryview(out), 0
+        for piece in self.phys_to_file(paddr, length):
+            if piece.file_offset is not None:
+                self.read_into(piece.file_offset, view[at:at + piece.length])
+            at += piece.length
+        return bytes(out)
 
     def feed(self, offset: int, length: int, consume: Callable[[memoryview], object]) -> None:
         """Hand file bytes `[offset, offset+length)` to `consume` as views of the

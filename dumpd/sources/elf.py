@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from dumpd.errors import StartupError
+from dumpd.kernel.vmcoreinfo import parse_lines
 from dumpd.sources.base import Segment, Source
 from dumpd.sources.raw import view_size
 
@@ -26,6 +27,10 @@ PN_XNUM = 0xFFFF
 MIN_PAGE_SIZE = 512
 VMCOREINFO_MAX = 1 << 20
 """The kernel's VMCOREINFO is one page; anything past 1 MiB is not a real one."""
+
+ARCHES = {3: "i386", 8: "mips", 20: "ppc", 21: "ppc64", 22: "s390x", 40: "arm",
+          62: "x86_64", 183: "aarch64", 243: "riscv64", 258: "loongarch64"}
+"""e_machine to the architecture's usual name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,7 @@ class ElfSource(Source):
     ) -> None:
         super().__init__("elf", path, fd, size, page_size, segments)
         self.vmcoreinfo = vmcoreinfo
+        self.arch = ARCHES.get(machine, f"e_machine {machine}")
         self.elf_class = elf_class
         self.byte_order = byte_order
         self.machine = machine
@@ -250,8 +256,8 @@ def _is_vmcoreinfo(f: _File, ph: _Phdr, name_at: int, namesz: int) -> bool:
     return name.rstrip(b"\0") == b"VMCOREINFO"
 
 
-def _read_vmcoreinfo(f: _File, phdrs: Sequence[_Phdr], endian: str) -> dict[str, str]:
-    """Check every PT_NOTE; parse the first VMCOREINFO note ({} when there is none)."""
+def _read_vmcoreinfo(f: _File, phdrs: Sequence[_Phdr], endian: str) -> str | None:
+    """Check every PT_NOTE; the first VMCOREINFO note's text (None when there is none)."""
     found = None
     for ph in phdrs:
         if ph.type != PT_NOTE:
@@ -260,18 +266,12 @@ def _read_vmcoreinfo(f: _File, phdrs: Sequence[_Phdr], endian: str) -> dict[str,
         desc = _scan_notes(f, ph, endian)
         if found is None:
             found = desc
-    return {} if found is None else parse_vmcoreinfo(found)
+    return None if found is None else vmcoreinfo_text(found)
 
 
-def parse_vmcoreinfo(desc: bytes) -> dict[str, str]:
-    """`KEY=VALUE` lines up to the first NUL; other lines are ignored, first key wins."""
-    text = desc.split(b"\0", 1)[0].decode("utf-8", "replace")
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key:
-            info.setdefault(key, value)
-    return info
+def vmcoreinfo_text(desc: bytes) -> str:
+    """A VMCOREINFO note's text: up to the first NUL."""
+    return desc.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def _page_size(f: _File, vmcoreinfo: dict[str, str], default: int) -> int:
@@ -299,9 +299,13 @@ def open_elf(
     hdr = _parse_header(f)
     phdrs = _program_headers(f, hdr, _program_count(f, hdr))
     segments = _load_segments(f, phdrs)
-    vmcoreinfo = _read_vmcoreinfo(f, phdrs, hdr.endian)
+    text = _read_vmcoreinfo(f, phdrs, hdr.endian)
+    vmcoreinfo = {} if text is None else parse_lines(text)
     page_size = _page_size(f, vmcoreinfo, default_page_size)
-    return ElfSource(
+    source = ElfSource(
         path, fd, f.size, page_size, segments, vmcoreinfo=vmcoreinfo,
         elf_class=hdr.elf_class, byte_order=hdr.byte_order, machine=hdr.machine,
     )
+    if text is not None:
+        source.vmcoreinfo_text, source.vmcoreinfo_from = text, "the ELF note"
+    return source

@@ -11,11 +11,7 @@ Design rule: the product (dumpd's other packages) never imports this package, ex
 the commands that run it on purpose (`dumpd hook check`, `dumpd demo`).
 """
 
-from dumpd.testing.conformance import (
-    ConformanceError,
-    ConformanceReport,
-    HookConformance,
-    check_plugin,
-)
+from dumpd.testing.conformance import ConformanceError, ConformanceReport, check_plugin
+from dumpd.testing.suite import HookConformance
 
 __all__ = ["ConformanceError", "ConformanceReport", "HookConformance", "check_plugin"]

@@ -4,7 +4,8 @@ Point it at an installed entry point name and the options a configuration would
 give it. Two ways to use it:
 
 - in a plugin's pytest suite, subclass `dumpd.testing.HookConformance` (the way fsspec ships
-  an abstract test suite for its backends) and provide a `hook_options` fixture:
+  an abstract test suite for its backends; dumpd.testing.suite) and provide a
+  `hook_options` fixture (and `dump_path(options)` for a hook with `attach`):
 
       class TestMyHook(HookConformance):
           hook_name = "myhook"
@@ -26,7 +27,8 @@ than an exception for the pfns you say fail and for pfns that cannot exist;
 the batched form covers each window exactly with positive run lengths and
 agrees with the single form pfn by pfn; `close()` may be called twice;
 `reload()` with unchanged data changes no verdict, picks up changed data, and
-keeps the old data when the new is bad.
+keeps the old data when the new is bad; for a hook with `attach` and `explain`, the
+checks of dumpd.testing.attached.
 
 This module imports no test framework: a skipped check raises
 `unittest.SkipTest`, which pytest reports as a skip.
@@ -36,21 +38,27 @@ from __future__ import annotations
 
 import random
 import time
-import unittest
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from types import MappingProxyType
-from typing import Any, ClassVar
 
-from dumpd.hooks.contract import ENTRY_POINT_GROUP, HookConfigError, PfnIsRam
+from dumpd.errors import DumpdError
+from dumpd.hooks.contract import ENTRY_POINT_GROUP, DumpMemory, HookConfigError, PfnIsRam
 from dumpd.hooks.discovery import find_plugin, load_hook
 from dumpd.hooks.pfnrange import PFN_LIMIT
+from dumpd.testing.attached import (
+    RecordingMemory,
+    attachable,
+    check_explain,
+    check_reads,
+    check_refusals,
+    opened_dump,
+)
+from dumpd.testing.sampling import measure, sample_pfns, sample_windows
 
 UNKNOWN_OPTION = "dumpd-conformance-unknown-option"
 IMPOSSIBLE_PFNS = (-1, -(1 << 70), PFN_LIMIT, PFN_LIMIT + 12345)
-MAX_WINDOW = 4096
 
 
 class ConformanceError(AssertionError):
@@ -67,13 +75,15 @@ class ConformanceReport:
     checks: list[str] = field(default_factory=list)
     single_per_s: float = 0.0
     batched_pfns_per_s: float | None = None  # None: no batched form
+    dump_reads: int = 0  # what an attached hook read of the dump, all checks together
+    dump_bytes: int = 0
 
 
 def _sign(verdict: int) -> str:
     return "RAM" if verdict > 0 else "not RAM" if verdict == 0 else "error"
 
 
-def _fail(name: str, check: str, detail: str) -> ConformanceError:
+def fail(name: str, check: str, detail: str) -> ConformanceError:
     return ConformanceError(f"hook {name!r}: {check}: {detail}")
 
 
@@ -81,31 +91,38 @@ def entry_point(name: str, distribution: str = "") -> EntryPoint:
     """Entry point `name` of an installed distribution (`distribution`, when several
     declare it)."""
     if not any(ep.name == name for ep in entry_points(group=ENTRY_POINT_GROUP)):
-        raise _fail(name, "entry point", f"no entry point {name!r} in the group "
+        raise fail(name, "entry point", f"no entry point {name!r} in the group "
                     f"{ENTRY_POINT_GROUP!r}; is the plugin's distribution installed?")
     try:
         ep, _ = find_plugin(name, distribution)
     except HookConfigError as exc:
-        raise _fail(name, "entry point", str(exc)) from exc
+        raise fail(name, "entry point", str(exc)) from exc
     if ep.dist is None:
-        raise _fail(name, "entry point", "not declared by an installed distribution")
+        raise fail(name, "entry point", "not declared by an installed distribution")
     return ep
 
 
-def load(name: str, options: Mapping[str, object], distribution: str = "") -> PfnIsRam:
-    """The hook made by entry point `name` of an installed distribution."""
+def load(name: str, options: Mapping[str, object], distribution: str = "",
+         dump: DumpMemory | None = None) -> PfnIsRam:
+    """The hook made by entry point `name` of an installed distribution, attached to
+    `dump` when it reads the dump it judges (then it needs one)."""
     entry_point(name, distribution)
     try:
-        return load_hook(name, options, distribution)
-    except HookConfigError as exc:
-        raise _fail(name, "load", str(exc)) from exc
+        hook = load_hook(name, options, distribution, dump)
+    except (HookConfigError, DumpdError) as exc:
+        raise fail(name, "load", str(exc)) from exc
+    if dump is None and attachable(hook):
+        check_close(name, hook)
+        raise fail(name, "attach", "the hook reads the dump it judges (it has attach()): "
+                    "give it one to be checked on (dumpd hook check --dump FILE)")
+    return hook
 
 
 @contextmanager
-def created(name: str, options: Mapping[str, object], distribution: str = ""
-            ) -> Iterator[PfnIsRam]:
+def created(name: str, options: Mapping[str, object], distribution: str = "",
+            dump: DumpMemory | None = None) -> Iterator[PfnIsRam]:
     """Hook `name` made through its entry point, closed (where it can be) on the way out."""
-    hook = load(name, options, distribution)
+    hook = load(name, options, distribution, dump)
     try:
         yield hook
     finally:
@@ -123,12 +140,12 @@ def check_unknown_option(name: str, options: Mapping[str, object],
     except HookConfigError:
         return
     except Exception as exc:
-        raise _fail(name, "options", f"an unknown option raised {type(exc).__name__}: "
+        raise fail(name, "options", f"an unknown option raised {type(exc).__name__}: "
                     f"{exc}; raise HookConfigError with one line instead") from exc
     close = getattr(hook, "close", None)
     if callable(close):
         close()
-    raise _fail(name, "options", f"accepted the unknown option {UNKNOWN_OPTION!r}; "
+    raise fail(name, "options", f"accepted the unknown option {UNKNOWN_OPTION!r}; "
                 "refuse it with HookConfigError so typos in a configuration are caught")
 
 
@@ -137,10 +154,10 @@ def ask(name: str, hook: PfnIsRam, pfn: int) -> int:
     try:
         verdict = hook.pfn_is_ram(pfn)
     except Exception as exc:
-        raise _fail(name, "pfn_is_ram", f"raised {type(exc).__name__}: {exc} for pfn "
+        raise fail(name, "pfn_is_ram", f"raised {type(exc).__name__}: {exc} for pfn "
                     f"{pfn:#x}; return a verdict < 0 when it cannot tell") from exc
     if type(verdict) is not int:
-        raise _fail(name, "pfn_is_ram", f"returned {verdict!r} ({type(verdict).__name__}) "
+        raise fail(name, "pfn_is_ram", f"returned {verdict!r} ({type(verdict).__name__}) "
                     f"for pfn {pfn:#x}; return an int (> 0 RAM, 0 not RAM, < 0 error)")
     return verdict
 
@@ -151,12 +168,12 @@ def check_verdicts(name: str, hook: PfnIsRam, pfns: Iterable[int],
     for pfn, want in [*expected.items(), *((p, -1) for p in error_pfns)]:
         got = ask(name, hook, pfn)
         if _sign(got) != _sign(want):
-            raise _fail(name, "verdicts", f"pfn {pfn:#x} is {_sign(got)} ({got}), "
+            raise fail(name, "verdicts", f"pfn {pfn:#x} is {_sign(got)} ({got}), "
                         f"expected {_sign(want)}")
     for pfn in [*pfns, *IMPOSSIBLE_PFNS]:
         first, again = ask(name, hook, pfn), ask(name, hook, pfn)
         if _sign(first) != _sign(again):
-            raise _fail(name, "verdicts", f"pfn {pfn:#x} was {_sign(first)}, then "
+            raise fail(name, "verdicts", f"pfn {pfn:#x} was {_sign(first)}, then "
                         f"{_sign(again)} with no reload in between")
 
 
@@ -170,23 +187,23 @@ def check_batched(name: str, hook: PfnIsRam, windows: Iterable[tuple[int, int]])
         try:
             runs = list(ranged(first, count))
         except Exception as exc:
-            raise _fail(name, "batched", f"{where} raised {type(exc).__name__}: {exc}") from exc
+            raise fail(name, "batched", f"{where} raised {type(exc).__name__}: {exc}") from exc
         pos = first
         for run in runs:
             if not (isinstance(run, Sequence) and len(run) == 2):
-                raise _fail(name, "batched", f"{where} gave {run!r}, not (length, verdict)")
+                raise fail(name, "batched", f"{where} gave {run!r}, not (length, verdict)")
             length, verdict = run
             if type(length) is not int or length <= 0 or type(verdict) is not int:
-                raise _fail(name, "batched", f"{where} gave the run {run!r}; want a "
+                raise fail(name, "batched", f"{where} gave the run {run!r}; want a "
                             "positive int length and an int verdict")
             for pfn in range(pos, min(pos + length, first + count)):
                 single = ask(name, hook, pfn)
                 if _sign(single) != _sign(verdict):
-                    raise _fail(name, "batched", f"{where} says pfn {pfn:#x} is "
+                    raise fail(name, "batched", f"{where} says pfn {pfn:#x} is "
                                 f"{_sign(verdict)}, pfn_is_ram says {_sign(single)}")
             pos += length
         if pos != first + count:
-            raise _fail(name, "batched", f"{where} covers {pos - first} pfns, not {count}")
+            raise fail(name, "batched", f"{where} covers {pos - first} pfns, not {count}")
     return True
 
 
@@ -199,7 +216,7 @@ def check_close(name: str, hook: PfnIsRam) -> None:
         try:
             close()
         except Exception as exc:
-            raise _fail(name, "close", f"the {attempt} close() raised "
+            raise fail(name, "close", f"the {attempt} close() raised "
                         f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -220,14 +237,14 @@ def check_reload(name: str, hook: PfnIsRam, pfns: Sequence[int],
     before = verdict_map(name, hook, pfns)
     _reload(name, reload, "unchanged data")
     if verdict_map(name, hook, pfns) != before:
-        raise _fail(name, "reload", "verdicts changed after a reload of unchanged data")
+        raise fail(name, "reload", "verdicts changed after a reload of unchanged data")
     expected = change() if change is not None else None
     if expected is not None:
         _reload(name, reload, "changed data")
         for pfn, want in expected.items():
             got = ask(name, hook, pfn)
             if _sign(got) != _sign(want):
-                raise _fail(name, "reload", f"after reloading changed data pfn {pfn:#x} is "
+                raise fail(name, "reload", f"after reloading changed data pfn {pfn:#x} is "
                             f"{_sign(got)}, expected {_sign(want)}")
     if corrupt is not None and corrupt():
         kept = verdict_map(name, hook, pfns)
@@ -236,10 +253,10 @@ def check_reload(name: str, hook: PfnIsRam, pfns: Sequence[int],
         except Exception:
             pass
         else:
-            raise _fail(name, "reload", "reloading bad data did not raise; raise "
+            raise fail(name, "reload", "reloading bad data did not raise; raise "
                         "HookConfigError saying what is wrong and keep the old data")
         if verdict_map(name, hook, pfns) != kept:
-            raise _fail(name, "reload", "a failed reload changed verdicts; keep the old "
+            raise fail(name, "reload", "a failed reload changed verdicts; keep the old "
                         "data until the new data is complete and valid")
     return True
 
@@ -248,52 +265,8 @@ def _reload(name: str, reload: Callable[[], object], what: str) -> None:
     try:
         reload()
     except Exception as exc:
-        raise _fail(name, "reload", f"reload() of {what} raised {type(exc).__name__}: "
+        raise fail(name, "reload", f"reload() of {what} raised {type(exc).__name__}: "
                     f"{exc}") from exc
-
-
-def sample_pfns(rng: random.Random, pfn_limit: int, around: Iterable[int], n: int) -> list[int]:
-    """`n` random pfns below `pfn_limit`, the edges, and the neighbours of `around`."""
-    pfns = {0, 1, pfn_limit - 1, PFN_LIMIT - 1}
-    for pfn in around:
-        pfns.update(p for p in range(pfn - 2, pfn + 3) if 0 <= p < PFN_LIMIT)
-    pfns.update(rng.randrange(pfn_limit) for _ in range(n))
-    return sorted(pfns)
-
-
-def sample_windows(rng: random.Random, pfn_limit: int, around: Iterable[int], n: int
-                   ) -> list[tuple[int, int]]:
-    """Windows `(first, count)`: empty, at both ends, over `around`, and `n` random ones."""
-    windows = [(0, 0), (0, 1), (0, MAX_WINDOW), (PFN_LIMIT - 3, 3)]
-    windows += [(max(0, pfn - 5), 11) for pfn in around]
-    for _ in range(n):
-        count = rng.choice((1, 2, 7, 64, 513, MAX_WINDOW))
-        windows.append((rng.randrange(max(1, pfn_limit - count)), count))
-    return windows
-
-
-def measure(hook: PfnIsRam, rng: random.Random, pfn_limit: int, seconds: float = 0.25,
-            window: int = 1 << 16, clock: Callable[[], float] = time.perf_counter
-            ) -> tuple[float, float | None]:
-    """Single lookups per second, and batched pfns per second in windows of `window`
-    pfns, at random pfns below `pfn_limit`: as many rounds (4096 lookups, or one window)
-    as start within `seconds` of `clock`."""
-    pfns = [rng.randrange(pfn_limit) for _ in range(4096)]
-    calls, start = 0, clock()
-    while (elapsed := clock() - start) < seconds:
-        for pfn in pfns:
-            hook.pfn_is_ram(pfn)
-        calls += len(pfns)
-    single = calls / elapsed
-    ranged = getattr(hook, "pfn_range_is_ram", None)
-    if ranged is None:
-        return single, None
-    window = min(window, pfn_limit)
-    covered, start = 0, clock()
-    while (elapsed := clock() - start) < seconds:
-        list(ranged(rng.randrange(pfn_limit - window + 1), window))
-        covered += window
-    return single, covered / elapsed
 
 
 def check_plugin(name: str, options: Mapping[str, object], *,
@@ -301,29 +274,51 @@ def check_plugin(name: str, options: Mapping[str, object], *,
                  pfn_limit: int = 1 << 32, samples: int = 200, seed: int = 0,
                  change: Callable[[], Mapping[int, int] | None] | None = None,
                  corrupt: Callable[[], bool] | None = None,
-                 measure_seconds: float = 0.25, distribution: str = "",
+                 measure_seconds: float = 0.25, distribution: str = "", dump: str = "",
                  clock: Callable[[], float] = time.perf_counter) -> ConformanceReport:
     """Every check on hook `name` made with `options`; raises ConformanceError on the first
     failure. `expected` maps pfns to the verdict they must have (by meaning), `error_pfns`
-    must give `< 0`; pfns are sampled below `pfn_limit`. `change` and `corrupt` (see
-    `check_reload`) act on the hook's data for the reload checks. `distribution` picks
-    the provider when several distributions declare `name`. The lookup rates are timed
-    for `measure_seconds` of `clock`."""
-    expected = dict(expected or {})
-    error_pfns = list(error_pfns)
-    rng = random.Random(seed)
-    hook = load(name, options, distribution)
+    must give `< 0`; pfns are sampled below `pfn_limit` (below the dump's last pfn when
+    `dump` names one: the dump a hook with `attach` is attached to). `change` and
+    `corrupt` (see `check_reload`) act on the hook's data for the reload checks.
+    `distribution` picks the provider when several distributions declare `name`. The
+    lookup rates are timed for `measure_seconds` of `clock`."""
+    with ExitStack() as stack:
+        memory = RecordingMemory(stack.enter_context(opened_dump(dump))) if dump else None
+        if memory is not None and memory.pfn_ranges:
+            pfn_limit = min(pfn_limit, memory.pfn_ranges[-1][1])
+        return _check(name, options, memory, dict(expected or {}),
+                      list(error_pfns), pfn_limit, samples, random.Random(seed), change,
+                      corrupt, measure_seconds, distribution, clock)
+
+
+def _check(name: str, options: Mapping[str, object], memory: RecordingMemory | None,
+           expected: dict[int, int], error_pfns: list[int], pfn_limit: int,
+           samples: int, rng: random.Random,
+           change: Callable[[], Mapping[int, int] | None] | None,
+           corrupt: Callable[[], bool] | None, measure_seconds: float, distribution: str,
+           clock: Callable[[], float]) -> ConformanceReport:
+    hook = load(name, options, distribution, memory)
     _, info = find_plugin(name, distribution)
     report = ConformanceReport(name, info.distribution, info.version, ["entry point"])
     try:
         check_unknown_option(name, options, distribution)
         report.checks.append("unknown option refused")
+        if memory is not None and attachable(hook):
+            factory = entry_point(name, distribution).load()
+            check_refusals(name, lambda: factory(dict(options)), memory, fail)
+            report.checks.append("attach")
         around = [*expected, *error_pfns]
         pfns = sample_pfns(rng, pfn_limit, around, samples)
         check_verdicts(name, hook, pfns, expected, error_pfns)
         report.checks.append("verdicts")
-        if check_batched(name, hook, sample_windows(rng, pfn_limit, around, samples // 4)):
+        windows = sample_windows(rng, pfn_limit, around, samples // 4)
+        if check_batched(name, hook, windows):
             report.checks.append("batched form agrees")
+        if check_explain(name, hook, windows, fail):
+            report.checks.append("explain agrees")
+        if memory is not None:
+            check_reads(name, memory, fail)
         if check_reload(name, hook, pfns, change, corrupt):
             report.checks.append("reload")
         report.single_per_s, report.batched_pfns_per_s = measure(
@@ -331,61 +326,6 @@ def check_plugin(name: str, options: Mapping[str, object], *,
     finally:
         check_close(name, hook)
     report.checks.append("close")
+    if memory is not None:
+        report.dump_reads, report.dump_bytes = memory.reads, memory.bytes
     return report
-
-
-class HookConformance:
-    """The kit as a pytest suite: subclass it, set `hook_name`, provide `hook_options`.
-
-    Optional class attributes: `expected` (pfn -> verdict by meaning), `error_pfns`
-    (pfns whose verdict must be < 0), `pfn_limit` (where random pfns are drawn),
-    `hook_distribution` (the provider, when several distributions declare the name).
-    Optional methods, for the reload checks: `change_data(options)` rewrites the
-    hook's data and returns the verdicts now expected; `corrupt_data(options)` makes
-    the data bad and returns True.
-    """
-
-    hook_name: ClassVar[str] = ""
-    hook_distribution: ClassVar[str] = ""
-    expected: ClassVar[Mapping[int, int]] = MappingProxyType({})
-    error_pfns: ClassVar[Sequence[int]] = ()
-    pfn_limit: ClassVar[int] = 1 << 32
-
-    def change_data(self, options: Mapping[str, object]) -> Mapping[int, int] | None:
-        return None
-
-    def corrupt_data(self, options: Mapping[str, object]) -> bool:
-        return False
-
-    def _hook(self, options: Mapping[str, object]) -> AbstractContextManager[PfnIsRam]:
-        if not self.hook_name:
-            raise unittest.SkipTest("HookConformance subclasses set hook_name")
-        return created(self.hook_name, options, self.hook_distribution)
-
-    def test_loads_through_entry_point_and_closes_twice(self, hook_options: dict[str, Any]
-                                                        ) -> None:
-        check_close(self.hook_name, load(self.hook_name, hook_options, self.hook_distribution))
-
-    def test_refuses_unknown_option(self, hook_options: dict[str, Any]) -> None:
-        with self._hook(hook_options):
-            check_unknown_option(self.hook_name, hook_options, self.hook_distribution)
-
-    def test_verdicts(self, hook_options: dict[str, Any]) -> None:
-        with self._hook(hook_options) as hook:
-            pfns = sample_pfns(random.Random(1), self.pfn_limit, self.expected, 200)
-            check_verdicts(self.hook_name, hook, pfns, self.expected, self.error_pfns)
-
-    def test_batched_agrees_with_single(self, hook_options: dict[str, Any]) -> None:
-        around = [*self.expected, *self.error_pfns]
-        windows = sample_windows(random.Random(2), self.pfn_limit, around, 50)
-        with self._hook(hook_options) as hook:
-            if not check_batched(self.hook_name, hook, windows):
-                raise unittest.SkipTest(f"hook {self.hook_name!r} has no batched form")
-
-    def test_reload(self, hook_options: dict[str, Any]) -> None:
-        pfns = sample_pfns(random.Random(3), self.pfn_limit, self.expected, 100)
-        with self._hook(hook_options) as hook:
-            if not check_reload(self.hook_name, hook, pfns,
-                                lambda: self.change_data(hook_options),
-                                lambda: self.corrupt_data(hook_options)):
-                raise unittest.SkipTest(f"hook {self.hook_name!r} has no reload")
