@@ -17,6 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.kdumpbitmap import kept_dumps, lab_run
+from bench.lab.__main__ import keep
+from bench.lab.machine import Options, Outcome
+from dumpd.testing.elfwriter import LoadSpec, vmcoreinfo_note, write_elf_core
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = 77
 
@@ -38,3 +43,28 @@ def test_a_real_capture_kernel_serves_its_vmcore_byte_for_byte(tmp_path: Path) -
     assert guest["end"]["oom"] == []
     assert "| fetched copy == capture kernel's `dd` copy | yes |" in (
         tmp_path / "lab.md").read_text()
+
+
+def test_keep_stores_each_run_beside_its_own_dump(tmp_path: Path) -> None:
+    copy = tmp_path / "fetched.vmcore"
+    write_elf_core(copy, [LoadSpec(0x100000, 0x10000)],
+                   notes=[vmcoreinfo_note(None, {"OSRELEASE": "6.1.0-57-amd64",
+                                                 "PAGESIZE": "4096"})])
+    where = tmp_path / "dumps"
+    balloon = {"target": 448 << 20, "actual": 448 << 20}
+    keep(where, copy, "6.1.0-57-amd64", Outcome(records={"capture": {"kernel": "6.1.0-57-amd64"}},
+                                                  host={"balloon": balloon}),
+         Options(kaslr=True, balloon=64))
+    keep(where, copy, "6.1.0-57-amd64", Outcome(), Options(kaslr=False))
+    on, off = sorted(kept_dumps(where), key=lambda p: "kaslr-off" in p.name)
+    assert "-kaslr-on-balloon-64-" in on.name and "-kaslr-off-balloon-0-" in off.name
+    assert on.read_bytes() == off.read_bytes() == copy.read_bytes()
+    assert Path(f"{on}.vmcoreinfo").read_text() == "OSRELEASE=6.1.0-57-amd64\nPAGESIZE=4096\n"
+    assert Path(f"{on}.version").read_text() == "6.1.0-57-amd64\n"
+    assert json.loads(Path(f"{on}.json").read_text()) == {
+        "kaslr": True, "la57": False, "guest_mem_mib": 512, "crashkernel": "160M",
+        "balloon_mib": 64, "balloon_qmp": balloon}
+    assert json.loads(Path(f"{off}.json").read_text())["balloon_qmp"] is None
+    assert lab_run(on) == ("lab run: KASLR on, guest 512 MiB, crashkernel=160M, balloon 64 MiB "
+                           "asked, QMP: target 469762048 actual 469762048 bytes (67108864 out "
+                           "= 16384 pages)")

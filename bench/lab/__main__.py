@@ -29,7 +29,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--balloon", type=int, default=0, metavar="MiB",
                         help="inflate a virtio balloon by this much before the crash")
     parser.add_argument("--keep", type=Path, metavar="DIR",
-                        help="keep the captured dump, its kernel's version and VMCOREINFO here")
+                        help="keep the captured dump, its kernel's version, VMCOREINFO and "
+                        "the run's options and balloon (NAME.json) here")
     parser.add_argument("--serve-option", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="change the shipped crash-kernel "
                         "configuration dumpd serves with (repeatable; TOML values)")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     "host": outcome.host}, indent=1))
     print(text)
     if args.keep and size:
-        keep(args.keep, copy, version, outcome)
+        keep(args.keep, copy, version, outcome, opts)
     if not same:
         tail = "\n".join(outcome.console[-15:])
         print(f"lab: the fetched copy is not the capture kernel's dd copy\n{tail}",
@@ -103,10 +104,13 @@ def _prefix_equal(copy: Path, disk: Path, size: int) -> bool:
     return True
 
 
-def keep(where: Path, copy: Path, version: str, outcome: machine.Outcome) -> None:
-    """The dump, the kernel's version string and VMCOREINFO, for later work and tests."""
+def keep(where: Path, copy: Path, version: str, outcome: machine.Outcome,
+         opts: machine.Options) -> None:
+    """The dump, the kernel's version string, VMCOREINFO and the run (its options and the
+    balloon QMP reported), for later work and tests: several runs keep several dumps."""
     where.mkdir(parents=True, exist_ok=True)
-    name = f"vmcore-{version}-{int(time.time())}"
+    name = (f"vmcore-{version}-kaslr-{'on' if opts.kaslr else 'off'}-balloon-{opts.balloon}"
+            f"-{int(time.time())}")
     shutil.copy(copy, where / name)
     with open(copy, "rb") as dump:
         data = dump.read(1 << 20)  # the ELF headers and notes: VMCOREINFO is among them
@@ -115,6 +119,10 @@ def keep(where: Path, copy: Path, version: str, outcome: machine.Outcome) -> Non
     (where / f"{name}.vmcoreinfo").write_text(info)
     (where / f"{name}.version").write_text(
         outcome.records.get("capture", {}).get("kernel", version) + "\n")
+    run = {"kaslr": opts.kaslr, "la57": opts.la57, "guest_mem_mib": opts.guest_mem,
+           "crashkernel": opts.crashkernel, "balloon_mib": opts.balloon,
+           "balloon_qmp": outcome.host.get("balloon")}
+    (where / f"{name}.json").write_text(json.dumps(run, indent=1) + "\n")
 
 
 if __name__ == "__main__":
