@@ -68,7 +68,7 @@ def test_unknown_hook_lists_the_installed_ones(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 4 * PAGE)
     line = serve_error("--source", dump.path, "--socket", str(tmp_path / "dumpd.sock"),
                        "--hook", "bogus")
-    assert line == "dumpd: [hook] unknown hook 'bogus'; installed: balloon, none, xen"
+    assert line == "dumpd: [hook] unknown hook 'bogus'; installed: balloon, memmap, none, xen"
 
 
 @pytest.mark.parametrize("options,problem", [
@@ -425,6 +425,7 @@ def test_server_unreachable(tmp_path: Path) -> None:
 def test_plugins_lists_installed_hooks() -> None:
     assert ok("plugins").splitlines() == [
         f"balloon      dumpd-balloon {version('dumpd-balloon')}  (dumpd_balloon:create)",
+        f"memmap       dumpd-memmap {version('dumpd-memmap')}  (dumpd_memmap:create)",
         f"none         dumpd {__version__}  (dumpd.hooks.none:create)",
         f"xen          dumpd-xen {version('dumpd-xen')}  (dumpd_xen:create)",
     ]

@@ -75,7 +75,7 @@ HOOKS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
 }
 
 
-@pytest.mark.parametrize("dist", ["dumpd-balloon", "dumpd-xen"])
+@pytest.mark.parametrize("dist", ["dumpd-balloon", "dumpd-memmap", "dumpd-xen"])
 def test_plugins_are_installed_distributions(dist: str) -> None:
     """Found through the venv's metadata, not through a path into plugins/."""
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP)
