@@ -11,7 +11,7 @@ import pytest
 from dumpd.client.errors import RemoteError
 from tests.dumps import SegSpec, build_elf, file_bytes
 from tests.plugindist import write_distribution
-from tests.servers import client_of, serving
+from tests.servers import client_of, serving, until
 
 PAGE = 4096
 INFO = {"OSRELEASE": "6.1.0-test", "SYMBOL(init_top_pgt)": "ffffffff82a0a000"}
@@ -96,6 +96,7 @@ async def test_attach_gets_the_dump_and_its_reads_ask_no_verdicts(
         stats = await client.stats()
     note = "PAGESIZE=4096\nOSRELEASE=6.1.0-test\nSYMBOL(init_top_pgt)=ffffffff82a0a000\n"
     assert note.encode() in file_bytes(dump)
+    await until(lambda: "closed" in peek)  # closed on the hook's thread after shutdown
     assert seen == {"page_size": PAGE, "arch": "x86_64", "vmcoreinfo": note,
                     "pfn_ranges": [[0x10, 0x18]]}
     assert peek[1:] == [*range(0x10, 0x18), "closed"]  # one verdict per pfn, no recursion

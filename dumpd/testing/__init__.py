@@ -6,6 +6,9 @@
 - `dumpd.testing.elfwriter` writes ELF cores shaped like a kdump vmcore, and
   `dumpd.testing.guest` models the guest `dumpd demo` and the benchmarks dump: dumpd's
   own tests, demo and bench use them, and they make no promise to anyone else.
+- `dumpd.testing.kernel` builds a dead x86_64 kernel's memory (VMCOREINFO, page tables,
+  mem_section, struct pages of each kernel variant) with what makedumpfile would
+  exclude from it, for the tests of dumpd's kernel readers; same terms.
 
 Design rule: the product (dumpd's other packages) never imports this package, except
 the commands that run it on purpose (`dumpd hook check`, `dumpd demo`).

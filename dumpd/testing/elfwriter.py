@@ -10,6 +10,8 @@ Segment contents come from `fill(paddr, length)`; the default, `pattern`, depend
 on the physical address, so a reader can recompute what any physical byte must be.
 Where PT_LOADs overlap in the file, the first one's bytes are the ones that end up
 there (segments are written last to first), matching the first-wins rule of a reader.
+With `sparse`, pages of segment data that are all zero are left as holes (the file is
+sized first), which needs PT_LOADs that do not overlap in the file.
 
 The header and program-header layouts here are written out independently of the
 parser in `dumpd.sources.elf`, so that round-trip tests check one against the other.
@@ -168,6 +170,7 @@ def write_elf_core(
     data_align: int = 4096,
     tail: int = 0,
     fill: Fill = pattern,
+    sparse: bool = False,
 ) -> CoreLayout:
     """Write an ELF core file; see the module docstring for the layout.
 
@@ -222,7 +225,7 @@ def write_elf_core(
         f.seek(note_offset)
         f.write(note_blob)
         for seg in reversed(segments):
-            _write_data(f, seg.file_offset, seg.paddr, seg.filesz, fill)
+            _write_data(f, seg.file_offset, seg.paddr, seg.filesz, fill, sparse)
     return CoreLayout(str(path), elf_class, endian, phoff, phnum, shoff, note_offset,
                       len(note_blob), tuple(segments), size)
 
@@ -238,7 +241,9 @@ def _phdr(
                        align)
 
 
-def _write_data(f: BinaryIO, offset: int, paddr: int, length: int, fill: Fill) -> None:
+def _write_data(
+    f: BinaryIO, offset: int, paddr: int, length: int, fill: Fill, sparse: bool = False
+) -> None:
     """Write `fill(paddr, length)` at `offset`, CHUNK bytes at a time."""
     f.seek(offset)
     done = 0
@@ -247,8 +252,32 @@ def _write_data(f: BinaryIO, offset: int, paddr: int, length: int, fill: Fill) -
         data = fill(paddr + done, n)
         if len(data) != n:
             raise ValueError(f"fill returned {len(data)} bytes for {n}")
-        f.write(data)
+        if sparse:
+            _write_sparse(f, offset + done, data)
+        else:
+            f.write(data)
         done += n
+
+
+def _write_sparse(f: BinaryIO, offset: int, data: bytes) -> None:
+    """Write `data` at `offset` but for its all-zero pages (PATTERN_PAGE-aligned in
+    `data`), which stay holes; `bytes.find` looks for them, not a loop per page."""
+    view, zero = memoryview(data), bytes(PATTERN_PAGE)
+    start = search = 0  # data[:start] is done; no zero page begins before search
+    while (hit := data.find(zero, search)) >= 0:
+        page = end = -(-hit // PATTERN_PAGE) * PATTERN_PAGE
+        while view[end : end + PATTERN_PAGE] == zero:  # the run: one find per run
+            end += PATTERN_PAGE
+        search = max(end, page + PATTERN_PAGE)
+        if end == page:
+            continue
+        if page > start:
+            f.seek(offset + start)
+            f.write(view[start:page])
+        start = end
+    if start < len(data):
+        f.seek(offset + start)
+        f.write(view[start:])
 
 
 def write_raw(path: str | os.PathLike[str], size: int, fill: Fill = pattern) -> None:
