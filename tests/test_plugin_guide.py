@@ -17,6 +17,7 @@ import pytest
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
 from dumpd.hooks.pfnrange import parse_pfn_range
 from dumpd.testing import check_plugin
+from dumpd.testing.kernel import SyntheticKernel
 from tests.docblocks import code_blocks
 from tests.plugindist import write_distribution
 
@@ -64,6 +65,25 @@ def test_the_guide_check_command(holes: Path) -> None:
     assert out[0] == shown[1]
     assert out[2] == shown[3]
     assert re.fullmatch(r"single lookups   [\d,]+/s", out[1])
+
+
+def test_the_guide_hook_that_reads_the_dump_conforms(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guide's `dumpd-offline` (attach, read_phys, VMCOREINFO, explain) passes the kit
+    attached to a synthetic kernel, and says offline exactly for its offline pages."""
+    source = next(b for b in code_blocks("plugins.md", "python") if "dumpd-offline" in b)
+    root = write_distribution(tmp_path / "site", "dumpd-offline", "dumpd_offline", source,
+                              {"offline": "dumpd_offline:create"}, "0.1.0")
+    monkeypatch.syspath_prepend(str(root))
+    kernel = SyntheticKernel("6.12")
+    kernel.write(str(tmp_path / "vmcore"))
+    offline = {pfn for pfn, kind in kernel.kinds.items() if kind == "offline"}
+    assert len(offline) == 36
+    report = check_plugin("offline", {}, expected={**dict.fromkeys(offline, 0), 1: 1, 383: 1,
+                                                   388: 1}, dump=str(tmp_path / "vmcore"),
+                          measure_seconds=0.01)
+    assert report.checks == ["entry point", "unknown option refused", "attach", "verdicts",
+                             "explain agrees", "close"]
 
 
 def test_the_guide_says_what_parse_pfn_range_returns() -> None:
