@@ -1,6 +1,8 @@
 """The crash-kernel lab (bench/lab) as a test: Debian's kernel under QEMU is crashed,
 its capture kernel serves /proc/vmcore with dumpd, the host fetches it over TCP+TLS
 with `--verify`, and the copy must be byte for byte the capture kernel's own `dd` copy.
+A balloon is inflated before the crash: on the kept dump, the memmap hook calls exactly
+its pages not RAM, and its pages at each dump level are makedumpfile's.
 
 Slow (about 3 minutes under TCG), at crashkernel=192M: at the bench's 160M, dumpd's
 memory sizing has a margin of a MiB or two in the capture kernel, and whether it starts
@@ -10,6 +12,7 @@ QEMU or the kernel package cannot be installed; figures are not asserted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -21,16 +24,19 @@ from bench.kdumpbitmap import kept_dumps, lab_run
 from bench.lab.__main__ import keep
 from bench.lab.machine import Options, Outcome
 from dumpd.testing.elfwriter import LoadSpec, vmcoreinfo_note, write_elf_core
+from tests.servers import client_of, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIP = 77
+BALLOON_MIB = 32  # inflated before the crash
 
 
 @pytest.mark.slow
 def test_a_real_capture_kernel_serves_its_vmcore_byte_for_byte(tmp_path: Path) -> None:
     work = Path("/var/tmp/dumpd-lab")  # the kernel package is cached there between runs
     done = subprocess.run([sys.executable, "-m", "bench.lab", "--quick", "--work", str(work),
-                           "--crashkernel", "192M", "--out", str(tmp_path / "lab.md")],
+                           "--crashkernel", "192M", "--balloon", str(BALLOON_MIB),
+                           "--keep", str(tmp_path / "dumps"), "--out", str(tmp_path / "lab.md")],
                           cwd=ROOT, capture_output=True, text=True, timeout=1500, check=False)
     if done.returncode == SKIP:
         pytest.skip(done.stderr.strip().splitlines()[-1])
@@ -43,6 +49,25 @@ def test_a_real_capture_kernel_serves_its_vmcore_byte_for_byte(tmp_path: Path) -
     assert guest["end"]["oom"] == []
     assert "| fetched copy == capture kernel's `dd` copy | yes |" in (
         tmp_path / "lab.md").read_text()
+    (dump,) = kept_dumps(tmp_path / "dumps")
+    asyncio.run(the_balloon_is_offline(tmp_path, dump))
+    compared = subprocess.run([sys.executable, "-m", "bench.memmap_check", "--compare-only",
+                               "--out", str(tmp_path / "memmap.md"), str(dump)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600, check=False)
+    assert compared.returncode == 0, compared.stdout + compared.stderr[-3000:]
+    assert [line.split(": ")[1].split(",")[0] for line in compared.stdout.splitlines()] == [
+        "equal"] * 5  # levels 2, 4, 8, 16, 31: the memmap hook's pages are makedumpfile's
+
+
+async def the_balloon_is_offline(tmp_path: Path, dump: Path) -> None:
+    """Served with the memmap hook's defaults, exactly the balloon's pages are not RAM:
+    the pages virtio-balloon took, marked PageOffline by the dead kernel itself."""
+    async with serving(tmp_path, dump, hook="memmap") as server, client_of(server) as client:
+        size = (await client.info())["size"]
+        extents = []
+        for offset in range(0, size, 1 << 30):
+            extents += await client.extents(offset, min(1 << 30, size - offset))
+    assert sum(length for _, length, kind in extents if kind == "zero") == BALLOON_MIB << 20
 
 
 def test_keep_stores_each_run_beside_its_own_dump(tmp_path: Path) -> None:
