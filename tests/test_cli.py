@@ -244,7 +244,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         "source": {"kind": "raw", "path": dump.path, "read_path": "pread",
                    **source_identity(dump.path)},
         "size": 20 * MiB, "page_size": PAGE, "segments": [[0, 0, 20 * MiB, 20 * MiB]],
-        "hook": None, "hook_generation": 0, "max_read": 8 * MiB,
+        "hook": None, "hook_options": None, "hook_generation": 0, "max_read": 8 * MiB,
         "finish": {"fetches": 0, "verified_fetches": 0, "idle_timeout": 0.0, "deadline": 0.0,
                    "deadline_left": None, "finishing": None},
         "kernel": {"vmcoreinfo": None, "osrelease": None, "arch": None, "crashtime": None,

@@ -470,13 +470,15 @@ def bad_utf8(method: str) -> bytes:
     return packb([2, method, [0, 0, "?"]])[:-1] + b"\xff"
 
 
-HOLE = "stream.hole params must be [msgid, offset, length], got "
+HOLE = "stream.hole params must be [msgid, offset, length, reason?], got "
 DATA = "stream.data params must be [msgid, offset, bin], got "
 ERROR = "stream.error params must be [msgid, offset, length, code, message], got "
 MALFORMED = [
     (packb([2, "stream.hole", []]), HOLE + "[]"),
     (packb([2, "stream.hole", [0, 0]]), HOLE + "[0, 0]"),
     (packb([2, "stream.hole", [0, 0, 4096, 1]]), HOLE + "[0, 0, 4096, 1]"),
+    (packb([2, "stream.hole", [0, 0, 4096, b"zero"]]), HOLE + "[0, 0, 4096, b'zero']"),
+    (packb([2, "stream.hole", [0, 0, 4096, "zero", 1]]), HOLE + "[0, 0, 4096, 'zero', 1]"),
     (packb([2, "stream.hole", [0, 0, "4096"]]), HOLE + "[0, 0, '4096']"),
     (packb([2, "stream.hole", [0, -1, 4096]]), HOLE + "[0, -1, 4096]"),
     (packb([2, "stream.hole", [0, 0, True]]), HOLE + "[0, 0, True]"),

@@ -65,7 +65,8 @@ def test_fetch_of_an_elf_core_is_a_sparse_valid_elf_core(tmp_path: Path) -> None
     assert not Path(f"{copy}.dumpd-fetch").exists()
     assert stderr[-1] == f"verify: sha256 {sha(want)} matches"
     assert stderr[-2].startswith(f"fetched 8.0 MiB of {copy} in ")
-    assert stderr[-2].endswith(": data 4.0 MiB, holes 4.0 MiB, errors 0 B")
+    assert stderr[-2].endswith(": data 4.0 MiB, holes 4.0 MiB, errors 0 B; pages left out: "
+                               "1,024 hook")
     # Each RAM byte read once for the copy, once for --verify's digest, and the first
     # MiB's RAM bytes once more for the fingerprint that recognises the dump.
     ram = dump.size - 4 * MiB

@@ -11,12 +11,23 @@ from pathlib import Path
 
 from dumpd.client.aio import AsyncClient
 from dumpd.sources.base import Segment, Source
+from dumpd.testing.elfwriter import pattern
 from tests.dumps import SegSpec, build_elf, build_raw, file_bytes
 
 PAGE = 4096
 BALLOONED = [(0x21, 0x22), (0x30, 0x3F), (0x250, 0x2FF), (0x4F0, 0x4FF)]
 """Ballooned pfn runs (inclusive) across the dumps `streamed_dump` writes."""
 ZERO_PFNS = {p for a, b in BALLOONED for p in range(a, b + 1)}
+WORDS = ["ballooned", "offline", "ballooned", "hwpoison"]
+"""Why each run of BALLOONED is not RAM, as the tests' `explaining` hook says."""
+EXPLAINED = ",".join(f"{a:#x}-{b:#x}={w}" for (a, b), w in zip(BALLOONED, WORDS, strict=True))
+"""The `runs` option of the `explaining` hook (tests/plugindist.py) for BALLOONED."""
+ZEROED = {0x2, 0x3, 0x4, 0x22, 0x40, 0x41, 0x2FF, 0x300, 0x301, 0x361, 0x3FF, 0x400,
+          0x4FE}
+"""Pfns `zeroed_dump` writes as zeros: runs, ballooned ones (0x22, 0x2FF, 0x4FE), one
+beside a ballooned run (0x300), two on either side of a chunk edge of the raw image
+(0x3FF, 0x400: one hole), one cut by a chunk edge in the ELF core's file (0x361: data
+there)."""
 STREAM_LOADS = [SegSpec(paddr=0x1000, memsz=0x9E000),
                 SegSpec(paddr=0x200000, memsz=0x300000, filesz=0x2FF800)]
 
@@ -88,4 +99,24 @@ def streamed_dump(tmp_path: Path, kind: str, loads: list[SegSpec] | None = None
                          data_align=0x200)
     else:
         dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE)
+    return dump.path, dump.size, dump.segments
+
+
+def zeroed_fill(paddr: int, length: int) -> bytes:
+    """The tests' pattern, with the pfns of ZEROED all zeros."""
+    data = bytearray(pattern(paddr, length))
+    for pfn in ZEROED:
+        lo, hi = max(paddr, pfn * PAGE), min(paddr + length, (pfn + 1) * PAGE)
+        if lo < hi:
+            data[lo - paddr : hi - paddr] = bytes(hi - lo)
+    return bytes(data)
+
+
+def zeroed_dump(tmp_path: Path, kind: str) -> tuple[str, int, tuple[Segment, ...]]:
+    """`streamed_dump`'s dump with the pfns of ZEROED all zeros."""
+    if kind == "elf":
+        dump = build_elf(tmp_path / "vmcore", STREAM_LOADS, page_size_note=PAGE,
+                         data_align=0x200, fill=zeroed_fill)
+    else:
+        dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE, fill=zeroed_fill)
     return dump.path, dump.size, dump.segments

@@ -233,7 +233,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
     offset, length = args.range if args.range else (0, None)
     return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
-                              args.verify, args.quiet, args.chunk, args.fsync, args.force),
+                              args.verify, args.quiet, args.chunk, args.fsync, args.force,
+                              args.zeros),
                  connect=lambda: _client(args))
 
 

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--fsync", action="store_true",
                        help="sync the copy at each checkpoint and at the end (survives a "
                             "crash of the machine, not only of fetch)")
+    fetch.add_argument("--zeros-as-holes", dest="zeros", action="store_true",
+                       help="leave RAM pages that are all zero out as holes too (the "
+                            "server looks at them); FILE.dumpd-holes says which and why")
     fetch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     _socket_arg(fetch)
 

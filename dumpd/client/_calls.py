@@ -96,6 +96,20 @@ def hook_reload() -> Call[dict[str, Any]]:
     return Call("hook.reload", (), _typed(dict, "hook.reload"))
 
 
+def _explained(value: Any) -> dict[str, Any]:
+    answer = _typed(dict, "hook.explain")(value)
+    runs = answer.get("runs")
+    if not (isinstance(runs, list) and all(
+            isinstance(run, list) and len(run) == 2 and type(run[0]) is int
+            and type(run[1]) is str for run in runs)):
+        raise ProtocolViolation("EINVAL", "hook.explain returned malformed runs")
+    return answer
+
+
+def hook_explain(first_pfn: int, count: int) -> Call[dict[str, Any]]:
+    return Call("hook.explain", (first_pfn, count), _explained)
+
+
 def done(now: bool) -> Call[dict[str, Any]]:
     return Call("done", ({"now": True},) if now else (), _typed(dict, "done"))
 

@@ -205,6 +205,12 @@ class AsyncClient:
         """Have the installed hook reload its data; ENOSYS when it has none."""
         return await self._run(_calls.hook_reload())
 
+    async def hook_explain(self, first_pfn: int, count: int) -> dict[str, Any]:
+        """Why the installed hook calls pages not RAM: `{"hook", "hook_generation",
+        "runs": [[length, reason], ...]}` for `count` pfns from `first_pfn` (reason ""
+        for RAM); ENOSYS when no hook is installed or it cannot explain."""
+        return await self._run(_calls.hook_explain(first_pfn, count))
+
     async def done(self, now: bool = False) -> dict[str, Any]:
         """End the server's job: once the open connections close, or `now` (running
         requests get its shutdown_timeout); administrators only."""

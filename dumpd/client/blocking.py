@@ -251,6 +251,12 @@ class Client:
         """Have the installed hook reload its data; ENOSYS when it has none."""
         return self._run(_calls.hook_reload())
 
+    def hook_explain(self, first_pfn: int, count: int) -> dict[str, Any]:
+        """Why the installed hook calls pages not RAM: `{"hook", "hook_generation",
+        "runs": [[length, reason], ...]}` for `count` pfns from `first_pfn` (reason ""
+        for RAM); ENOSYS when no hook is installed or it cannot explain."""
+        return self._run(_calls.hook_explain(first_pfn, count))
+
     def done(self, now: bool = False) -> dict[str, Any]:
         """End the server's job: once the open connections close, or `now` (running
         requests get its shutdown_timeout); administrators only."""
@@ -262,15 +268,18 @@ class Client:
         return self._run(_calls.fetch_verified(fetch_id, sha256))
 
     def stream(self, offset: int, length: int, chunk: int | None = None,
-               sink: int | None = None) -> Stream:
+               sink: int | None = None, zeros_as_holes: bool = False) -> Stream:
         """Stream `[offset, offset+length)` of the file view: iterate the returned `Stream`
         for `StreamData` / `StreamHole` / `StreamError` pieces in offset order; its
         `summary` holds the server's counts once iteration ends. With `sink` (a file
         descriptor), data goes straight into that file at its offsets (`splice`) and
-        arrives as `StreamWritten` pieces."""
+        arrives as `StreamWritten` pieces. `zeros_as_holes`: RAM pages that are all
+        zero come as holes too, each hole with its `reason`."""
         msgid = self._next_msgid
         self._next_msgid = (msgid + 1) & MAX_MSGID
-        options = {} if chunk is None else {"chunk": chunk}
+        options: dict[str, Any] = {} if chunk is None else {"chunk": chunk}
+        if zeros_as_holes:
+            options["zeros_as_holes"] = True
         self._send(encode_request(msgid, "stream", [offset, length, options]))
         return Stream(self, msgid, sink)
 

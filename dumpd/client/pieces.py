@@ -27,10 +27,14 @@ class StreamData:
 
 @dataclass(frozen=True, slots=True)
 class StreamHole:
-    """Non-RAM pages: zeros in the file view, not sent."""
+    """Zeros in the file view, not sent; `reason` says why: "not_ram" (the hook's
+    verdict; what a hole without a reason is), "zero" (RAM pages that are all zero),
+    "file_hole" (the served file holds no data there). The last two come only from a
+    stream asked for `zeros_as_holes`."""
 
     offset: int
     length: int
+    reason: str = "not_ram"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +83,15 @@ PARAMS: dict[str, Sequence[tuple[str, Check]]] = {
     "stream.error": (("msgid", _MSGID), ("offset", _UINT64), ("length", _UINT64),
                      ("code", _of(str)), ("message", _of(str))),
 }
+OPTIONAL: dict[str, Sequence[tuple[str, Check]]] = {"stream.hole": (("reason", _of(str)),)}
+"""Trailing params a notification may leave out (a newer field older servers omit)."""
 COUNTS = ("bytes", "data_bytes", "hole_bytes", "error_bytes")
 
 
 def malformed(method: str, params: object) -> ProtocolViolation:
     """The violation of a stream notification whose params are not as `PARAMS` says."""
-    names = ", ".join(name for name, _ in PARAMS[method])
+    names = ", ".join([name for name, _ in PARAMS[method]]
+                      + [f"{name}?" for name, _ in OPTIONAL.get(method, ())])
     return ProtocolViolation("EINVAL", f"{method} params must be [{names}], got {brief(params)}")
 
 
@@ -94,14 +101,15 @@ def stream_piece(event: Notification) -> tuple[int, StreamPiece] | None:
     if checks is None:
         return None
     params = event.params
-    if len(params) != len(checks) or not all(
-            ok(param) for (_, ok), param in zip(checks, params, strict=True)):
+    allowed = (*checks, *OPTIONAL.get(event.method, ()))
+    if not len(checks) <= len(params) <= len(allowed) or not all(
+            ok(param) for (_, ok), param in zip(allowed, params, strict=False)):
         raise malformed(event.method, params)
     msgid, offset = params[0], params[1]
     if event.method == "stream.data":
         return msgid, StreamData(offset, memoryview(params[2]))
     if event.method == "stream.hole":
-        return msgid, StreamHole(offset, params[2])
+        return msgid, StreamHole(offset, *params[2:])
     return msgid, StreamError(offset, params[2], params[3], params[4])
 
 

@@ -12,6 +12,12 @@ Design rules:
   keeps coming back to) and land in pooled buffers, handed out as views.
 - A chunk the source cannot read is retried page by page, so only the pages that
   fail become `Failed` pieces and the rest still arrives.
+- With `zeros` the RAM pages that hold only zeros become holes too, each hole saying
+  why it is one (`NOT_RAM`, `ZERO`, `FILE_HOLE`); holes merge only with holes of
+  their reason. Finding them means looking at the bytes (engine/zeros.py): a source
+  read through mmap windows is looked at in its mappings and its RAM runs still go
+  out as `Span`s; any other source is read (no sendfile), as the bytes must reach
+  this process to be looked at.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from dumpd.engine.engine import Engine
+from dumpd.engine.zeros import ZeroFinder, judged_pages, split_holes
 from dumpd.errors import DumpdError
 from dumpd.sources.base import ReadError
 
@@ -32,6 +39,7 @@ ZEROS = bytes(MiB)
 VERDICTS_AHEAD = 16 * MiB  # file bytes whose verdicts are asked in one batch
 DIGESTS = ("sha256", "sha512", "sha1", "md5", "blake2b", "blake2s", "sha3_256")
 HASH_INLINE = 64 * 1024  # smaller pieces are hashed on the loop (a thread hop costs more)
+NOT_RAM, ZERO, FILE_HOLE = "not_ram", "zero", "file_hole"  # why a hole is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +58,12 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class Hole:
+    """Zeros in the view, not sent: pages the hook calls not RAM, or (asked for) RAM
+    pages that are all zero, or that the source file holds no data for."""
+
     offset: int
     length: int
+    reason: str = NOT_RAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +83,26 @@ class BulkReader:
     (a hole that runs on into the next chunk is held back and joined). Iterate once."""
 
     def __init__(self, engine: Engine, offset: int, length: int, chunk: int,
-                 window: int, spans: bool = False) -> None:
+                 window: int, spans: bool = False, zeros: bool = False) -> None:
         self._engine = engine
-        self.spans = spans  # RAM runs as `Span`s, not read here (the caller sends them)
+        self.zeros = zeros  # all-zero RAM pages as holes
+        self._spans = False
+        self.spans = spans
         self._end = min(engine.source.size, offset + length)
         self._offset = min(offset, self._end)
         self._chunk = chunk
         self._ahead = max(1, window // chunk)
         self._tasks: deque[asyncio.Task[list[Piece]]] = deque()
+
+    @property
+    def spans(self) -> bool:
+        """Whether RAM runs come as `Span`s, not read here (the caller sends them)."""
+        return self._spans
+
+    @spans.setter
+    def spans(self, wanted: bool) -> None:
+        # Zero pages are found by looking at the bytes: in the mappings, or read.
+        self._spans = wanted and (not self.zeros or self._engine.source.never_blocks)
 
     def _chunks(self) -> list[tuple[int, int]]:
         """Chunk bounds, aligned to the chunk size so pages are never split across two."""
@@ -95,8 +119,9 @@ class BulkReader:
             batch: list[Piece] = []
             for piece in pieces:
                 if isinstance(piece, Hole) and hole is not None and (
-                        hole.offset + hole.length == piece.offset):
-                    hole = Hole(hole.offset, hole.length + piece.length)
+                        hole.offset + hole.length == piece.offset
+                        and hole.reason == piece.reason):
+                    hole = Hole(hole.offset, hole.length + piece.length, hole.reason)
                     continue
                 if hole is not None:
                     batch.append(hole)
@@ -131,6 +156,12 @@ class BulkReader:
             self._tasks.popleft().cancel()
 
     async def _read(self, lo: int, hi: int) -> list[Piece]:
+        """The pieces of the chunk `[lo, hi)`, its all-zero pages cut out as holes when
+        asked."""
+        pieces = await self._pieces(lo, hi)
+        return self._without_zeros(lo, hi, pieces) if self.zeros else pieces
+
+    async def _pieces(self, lo: int, hi: int) -> list[Piece]:
         """The chunk `[lo, hi)`: one read for all its data runs (the engine leaves the
         non-RAM pages between them unread), sliced into pieces without copying."""
         extents = await self._engine.extents(lo, hi - lo)
@@ -149,6 +180,39 @@ class BulkReader:
         return [Hole(start, length) if kind == "zero"
                 else Data(start, view[start - lo : start - lo + length])
                 for start, length, kind in extents]
+
+    def _without_zeros(self, lo: int, hi: int, pieces: list[Piece]) -> list[Piece]:
+        """The pieces of chunk `[lo, hi)` with their all-zero pages cut out as holes."""
+        engine = self._engine
+        unallocated = engine.source.holes(lo, hi)  # of the file: zeros, never looked at
+        out: list[Piece] = []
+        for piece in pieces:
+            if not isinstance(piece, Data | Span):
+                out.append(piece)
+                continue
+            end = piece.offset + _length(piece)
+            runs, in_holes = split_holes(judged_pages(engine.layout, piece.offset, end),
+                                         unallocated, engine.page_size)
+            finder = ZeroFinder(runs, engine.zero_page)
+            try:
+                if isinstance(piece, Data):
+                    finder.look(piece.offset, memoryview(piece.data))
+                elif runs:  # looked at in the source's mappings, then sent from them
+                    engine.source.feed(piece.offset, piece.length,
+                                       _looking(finder, piece.offset))
+                    for start, stop in finder.straddling:
+                        page = memoryview(bytearray(stop - start))
+                        engine.source.read_into(start, page)
+                        finder.look_copy(start, bytes(page))
+            except (DumpdError, OSError):  # sent as it is: the send says what failed
+                out.append(piece)
+                continue
+            zeros = finder.zeros()
+            if isinstance(piece, Span):
+                engine.counters.count_looked(zeros, engine.page_size)
+            out += _cut(piece, sorted([(s, e, ZERO) for s, e in zeros]
+                                      + [(s, e, FILE_HOLE) for s, e in in_holes]))
+        return out
 
     async def _failing_chunk(self, extents: list[tuple[int, int, str]]) -> list[Piece]:
         pieces: list[Piece] = []
@@ -179,6 +243,38 @@ class BulkReader:
                 pieces.append(Data(pos, data))
             pos = stop
         return pieces
+
+
+def _looking(finder: ZeroFinder, offset: int) -> Callable[[memoryview], None]:
+    """A `Source.feed` consumer handing each view to `finder` at its file offset."""
+    position = [offset]
+
+    def look(view: memoryview) -> None:
+        finder.look(position[0], view)
+        position[0] += len(view)
+
+    return look
+
+
+def _cut(piece: Data | Span, holes: list[tuple[int, int, str]]) -> list[Piece]:
+    """`piece` with the sorted, disjoint `holes` (inside it) cut out as `Hole`s."""
+    out: list[Piece] = []
+    pos = piece.offset
+    for start, end, reason in [*holes, (piece.offset + _length(piece), 0, "")]:
+        if pos < start:
+            if isinstance(piece, Span):
+                out.append(Span(pos, start - pos))
+            else:
+                rel = pos - piece.offset
+                out.append(Data(pos, piece.data[rel : rel + start - pos]))
+        if reason:
+            out.append(Hole(start, end - start, reason))
+        pos = end
+    return out
+
+
+def _length(piece: Data | Span) -> int:
+    return piece.length if isinstance(piece, Span) else len(piece.data)
 
 
 def _failed(offset: int, length: int, error: DumpdError) -> Failed:

@@ -40,5 +40,12 @@ class Counters:
         self.source_pages_read += (offset + length - 1) // page_size - offset // page_size + 1
         self.bytes_served += length
 
+    def count_looked(self, ranges: list[tuple[int, int]], page_size: int) -> None:
+        """Count file ranges looked at in the source's mappings but not sent (all-zero
+        pages a stream sends as holes) as the source reads they are."""
+        for offset, end in ranges:
+            self.source_bytes_read += end - offset
+            self.source_pages_read += (end - 1) // page_size - offset // page_size + 1
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -21,8 +21,8 @@ Design rules:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import cast
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 from dumpd.config import EngineConfig
 from dumpd.engine.buffers import BufferPool
@@ -57,11 +57,11 @@ class Engine:
         self._ratelog = RateLimitedLog(logging.getLogger("dumpd.hook"))
         self._reader = ReadBatcher(source, self.config.read_threads, self.counters)
         self._state = State(0, None, self.config, self.page_size)
-        self._zero_page = bytes(self.page_size)
+        self.zero_page = bytes(self.page_size)  # the one shared zero page
         self.dump_memory = SourceMemory(source)  # what a hook's attach() reads
         self.kernel = KernelView(source)
         self._flights = Flights(source, self.layout, self.slot, self.counters, self._reader,
-                                BufferPool(self.config.buffer_pool_mib * MiB), self._zero_page)
+                                BufferPool(self.config.buffer_pool_mib * MiB), self.zero_page)
 
     # -- hook slot -------------------------------------------------------------
 
@@ -70,10 +70,12 @@ class Engine:
         current = self.slot.current
         return current.name if current else None
 
-    def register_hook(self, name: str, hook: PfnIsRam) -> None:
-        """Register `hook`; EBUSY if the slot is taken. Cached verdicts and pages are dropped.
-        The engine logs no changes of the slot: whoever asked for one does, naming who."""
-        registration = self.slot.register(name, hook)
+    def register_hook(self, name: str, hook: PfnIsRam,
+                      options: Mapping[str, Any] | None = None) -> None:
+        """Register `hook` (made with `options`); EBUSY if the slot is taken. Cached
+        verdicts and pages are dropped. The engine logs no changes of the slot: whoever
+        asked for one does, naming who."""
+        registration = self.slot.register(name, hook, options)
         caller = HookCaller(name, hook, self.config.hook_timeout, self.counters, self._ratelog)
         self._state = State(registration.generation, caller, self.config, self.page_size)
 
@@ -113,6 +115,15 @@ class Engine:
         if old.caller is not None:
             old.caller.close()
         return previous.name
+
+    async def explain(self, first_pfn: int, count: int) -> tuple[int, list[tuple[int, str]]]:
+        """The registered hook's `(length, reason)` runs for `count` pfns from
+        `first_pfn`, with the generation they hold for; ENOSYS without a hook or when
+        it cannot explain, EIO when it failed."""
+        state = self._state
+        if state.caller is None:
+            raise DumpdError("ENOSYS", "no hook is registered")
+        return state.generation, await state.caller.explain(first_pfn, count)
 
     # -- reads -----------------------------------------------------------------
 
@@ -156,7 +167,7 @@ class Engine:
             page = self._load_now(state, first)
             if page is None:
                 return None
-        if page is self._zero_page:
+        if page is self.zero_page:
             self.counters.zero_pages_served += 1
         self.counters.bytes_served += end - offset
         return page[offset - first * ps : end - first * ps]

@@ -6,7 +6,8 @@ timeout gives the error verdict for its pfns, as the kernel treats `< 0`: the
 page is read. A call that hangs cannot be interrupted in Python; the loop stops
 waiting for it once no call has completed for `timeout` seconds and the rest of
 the batch counts as timed out. Until the hung call returns, later asks are
-answered with errors at once instead of queueing behind it.
+answered with errors at once instead of queueing behind it. `reload` and `explain`
+run on the same thread, one at a time with the verdict calls.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dumpd.engine.verdicts import Stored, code_of
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError, PfnIsRam
 from dumpd.ratelog import RateLimitedLog
+
+MAX_REASON = 32  # characters of a reason word `explain` gives
 
 Answer = tuple[int, int, Stored]
 """`(first_pfn, end_pfn, code)` as the hook answered it."""
@@ -105,6 +108,32 @@ class HookCaller:
             raise DumpdError("EINVAL", f"reload failed, old data kept: {exc}") from exc
         except Exception as exc:
             raise DumpdError("EIO", f"reload failed, old data kept: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    async def explain(self, first: int, count: int) -> list[tuple[int, str]]:
+        """The hook's `(length, reason)` runs for pfns `[first, first+count)`, checked,
+        from its thread; ENOSYS when it cannot explain, EIO when it failed (raised, a
+        malformed answer, no answer within the timeout)."""
+        explain = getattr(self._hook, "explain", None)
+        if not callable(explain):
+            raise DumpdError("ENOSYS", f"hook {self.name!r} does not explain its verdicts")
+        if self._closed or self._stuck:
+            raise DumpdError("EIO", f"hook {self.name!r} is "
+                             f"{'unregistered' if self._closed else 'stuck in an earlier call'}")
+
+        def call() -> list[tuple[int, str]]:
+            return _explained(explain(first, count), first, count)
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
+        except TimeoutError:
+            self._stuck = True  # asks are answered with errors until it returns
+            future.add_done_callback(self._unstick)
+            raise DumpdError("EIO", f"hook {self.name!r} explain gave no answer within "
+                             f"{self._timeout}s") from None
+        except Exception as exc:
+            raise DumpdError("EIO", f"hook {self.name!r} explain failed: "
                              f"{type(exc).__name__}: {exc}") from exc
 
     def _unstick(self, future: asyncio.Future[Any]) -> None:
@@ -227,3 +256,25 @@ class HookCaller:
         if callable(closer):
             self._executor.submit(closer)
         self._executor.shutdown(wait=False)
+
+
+def _explained(runs: Iterable[tuple[int, str]], first: int, count: int
+               ) -> list[tuple[int, str]]:
+    """`runs` as a list, checked to cover `count` pfns from `first` with short words;
+    ValueError says what is wrong."""
+    out: list[tuple[int, str]] = []
+    pos, end = first, first + count
+    for length, reason in runs:
+        if type(length) is not int or length <= 0 or pos + length > end:
+            raise ValueError(f"bad run length {length!r} at pfn {pos:#x}")
+        if type(reason) is not str or len(reason) > MAX_REASON:
+            raise ValueError(f"reason at pfn {pos:#x} must be a str of at most "
+                             f"{MAX_REASON} characters")
+        if out and out[-1][1] == reason:
+            out[-1] = (out[-1][0] + length, reason)
+        else:
+            out.append((length, reason))
+        pos += length
+    if pos < end:
+        raise ValueError(f"runs stop at pfn {pos:#x}, before {end:#x}")
+    return out

@@ -36,6 +36,16 @@ class Layout:
                 return run
         return None
 
+    def runs_in(self, lo: int, hi: int) -> list[MappedRun]:
+        """The file-map runs holding bytes of `[lo, hi)`, whole (not clipped)."""
+        i = max(0, bisect_right(self._starts, lo) - 1)
+        found = []
+        while i < len(self.file_map) and self.file_map[i].file_start < hi:
+            if self.file_map[i].file_end > lo:
+                found.append(self.file_map[i])
+            i += 1
+        return found
+
     def _runs(self, lo: int, hi: int) -> list[tuple[int, int, int | None]]:
         """`(start, end, paddr_at_start)` pieces of the file map clipped to `[lo, hi)`."""
         out = []

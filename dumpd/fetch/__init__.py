@@ -16,6 +16,8 @@ Design rules:
   `dd`, fetch does not sync unless asked).
 - Ranges the source could not read (`stream.error`) are recorded, listed at the end,
   retried by `--resume`, and make the exit status 1.
+- The pages left out (holes: the hook's, and with `--zeros-as-holes` all-zero pages)
+  are kept, with why, in a record beside the copy (`record.py`), checkpointed with it.
 - A failure of the output (ENOSPC, EIO, ...) is one line naming the file and the
   reason (for a full disk: what is still needed and what is free); the checkpoint is
   saved when it can be, so `--resume` continues. Exit status 1; refusals of the
@@ -39,7 +41,8 @@ from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.output import NO_SPACE, STDOUT, Output, Served, look, os_error
 from dumpd.fetch.progress import Progress, rate, size
-from dumpd.fetch.report import report_verified
+from dumpd.fetch.record import PageMap, Record
+from dumpd.fetch.report import verify
 from dumpd.fetch.state import SUFFIX, FetchState
 
 CHECKPOINT_SECONDS = 5.0
@@ -61,16 +64,18 @@ class FetchRequest:
     chunk: int | None = None
     fsync: bool = False
     force: bool = False  # an existing output may be replaced (a block device written)
+    zeros: bool = False  # all-zero RAM pages left out as holes too (--zeros-as-holes)
 
 
 @dataclass(slots=True)
 class _Job:
-    """The opened output and the state of its copy; `state_path` None: no resume state
-    (a stream or a device)."""
+    """The opened output, the state of its copy and the record of the pages it left
+    out; `state_path` None: no resume state (a stream or a device)."""
 
     output: Output
     state: FetchState
     state_path: str | None
+    record: Record
 
 
 def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) -> int:
@@ -88,6 +93,7 @@ def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) ->
             return _run(client, opener, request, info, job)
         finally:
             job.output.close()
+            job.record.close()
 
 
 def _plan(request: FetchRequest, info: dict[str, Any]) -> tuple[int, int]:
@@ -149,24 +155,29 @@ def _start(request: FetchRequest, info: dict[str, Any], identity: dict[str, Any]
             shown = "stdout" if name == STDOUT else name
             raise StartupError(f"fetch: --resume: {shown} is not a regular file: there is no "
                                "partial copy to resume (fetch again without --resume)")
+        counted = Record(None, PageMap(info), name)  # no room for a record beside
         if kind == "stream":
-            return _Job(out_mod.stream(name, served, offset, request.verify), fresh, None)
+            return _Job(out_mod.stream(name, served, offset, request.verify), fresh, None,
+                        counted)
         if not request.force:
             raise StartupError(f"fetch: {name} is a block device; --force writes the copy "
                                "over its content")
-        return _Job(out_mod.device(name, served, end), fresh, None)
+        return _Job(out_mod.device(name, served, end), fresh, None, counted)
     state_path = name + SUFFIX
     look(state_path, served)
     old = FetchState.find(state_path)
     if request.resume and old is not None and st is not None:
         _check_same(old, identity, state_path)
-        return _Job(out_mod.reopen(name, served, old.done, info["size"]), old, state_path)
+        record = Record.beside(name, info, served, old.record_bytes, request.force)
+        return _Job(out_mod.reopen(name, served, old.done, info["size"]), old, state_path,
+                    record)
     if st is not None and not request.force:
         if request.resume:
             raise StartupError(f"fetch: {name} exists but {state_path} does not: it is no "
                                "partial copy fetch can resume; --force replaces it")
         raise StartupError(f"fetch: {name} exists; --force replaces it, --resume continues "
                            "a partial copy")
+    record = Record.beside(name, info, served, None, request.force or old is not None)
     if request.resume and not request.quiet:
         print(f"fetch: no partial copy of {name} to resume: starting a new one",
               file=sys.stderr)
@@ -180,7 +191,8 @@ def _start(request: FetchRequest, info: dict[str, Any], identity: dict[str, Any]
         output.close()
         output.remove_if_created()
         raise os_error(state_path, "save the resume state", exc) from exc
-    return _Job(output, fresh, state_path)
+    record.drop_old()  # that of the copy replaced (--force)
+    return _Job(output, fresh, state_path, record)
 
 
 def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
@@ -189,7 +201,7 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
     progress = Progress(sum(length for _, length in state.todo()), request.quiet)
     sync = os.fdatasync if request.fsync and out.kind != "stream" else _no_sync
     try:
-        _copy(client, job, progress, request.chunk, sync)
+        _copy(client, job, progress, request, sync)
         sync(out.fd)
     except SinkError as exc:
         progress.finish()
@@ -210,29 +222,31 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
     return _report(client, request, info, job, progress, seconds)
 
 
-def _copy(client: Client, job: _Job, progress: Progress, chunk: int | None,
+def _copy(client: Client, job: _Job, progress: Progress, request: FetchRequest,
           sync: Callable[[int], None]) -> None:
     state = job.state
     for entry in list(state.errors):  # ranges that failed before: try them again
         kept = list(state.errors)
         state.errors.remove(entry)
         try:
-            _fetch_range(client, job, entry[0], entry[1], progress, chunk, sync, False)
+            _fetch_range(client, job, entry[0], entry[1], progress, request, sync, False)
         except BaseException:
             state.errors = kept  # not retried to the end: still owed
             raise
     if state.done < state.end:
-        _fetch_range(client, job, state.done, state.end - state.done, progress, chunk, sync,
-                     True)
+        _fetch_range(client, job, state.done, state.end - state.done, progress, request,
+                     sync, True)
 
 
 def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: Progress,
-                 chunk: int | None, sync: Callable[[int], None], main: bool) -> None:
+                 request: FetchRequest, sync: Callable[[int], None], main: bool) -> None:
     """Copy one range; when it is the `main` range, `state.done` advances (with
-    checkpoints) as its pieces land."""
+    checkpoints) as its pieces land, else its holes are recorded once it is whole."""
     out, state = job.output, job.state
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-    stream = client.stream(offset, length, chunk, sink=out.sink)
+    held: list[tuple[int, int, str]] = []  # holes of a range retried, until it is whole
+    stream = client.stream(offset, length, request.chunk, sink=out.sink,
+                           zeros_as_holes=request.zeros)
     for piece in stream:
         if isinstance(piece, StreamWritten):
             n = piece.length
@@ -245,6 +259,10 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
             n = piece.length
             if out.kind != "file":  # only a file has holes that read as zeros
                 out.zeros(piece.offset, n)
+            if main:
+                job.record.add(piece.offset, n, piece.reason)
+            else:
+                held.append((piece.offset, n, piece.reason))
             progress.add(holes=n)
         else:
             assert isinstance(piece, StreamError)
@@ -255,25 +273,32 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
         if main:
             state.done = piece.offset + n
             if job.state_path is not None and time.monotonic() >= checkpoint:
-                _checkpoint(out.fd, state, job.state_path, sync)
+                _checkpoint(job, sync)
                 checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     summary = stream.summary or {}
     if summary.get("cancelled") or summary.get("bytes") != length:
         raise ConnectionError(f"the stream of {offset:#x}+{length:#x} ended after "
                               f"{summary.get('bytes', 0):#x} bytes")
+    for hole in held:
+        job.record.add(*hole)
 
 
-def _checkpoint(fd: int, state: FetchState, state_path: str,
-                sync: Callable[[int], None]) -> None:
-    """Sync (with --fsync) and save the state; SinkError names the file that failed."""
+def _checkpoint(job: _Job, sync: Callable[[int], None]) -> None:
+    """Sync (with --fsync) the copy and the record, then save the state; SinkError names
+    the file that failed."""
+    assert job.state_path is not None
     try:
-        sync(fd)
+        sync(job.output.fd)
     except OSError as exc:
         raise SinkError(exc.errno, exc.strerror) from exc
     try:
-        state.save(state_path)
+        job.state.record_bytes = job.record.checkpoint(sync)
     except OSError as exc:
-        raise SinkError(exc.errno, exc.strerror, state_path) from exc
+        raise SinkError(exc.errno, exc.strerror, job.record.path) from exc
+    try:
+        job.state.save(job.state_path)
+    except OSError as exc:
+        raise SinkError(exc.errno, exc.strerror, job.state_path) from exc
 
 
 def _no_sync(fd: int) -> None:
@@ -285,7 +310,7 @@ def _saved(job: _Job, sync: Callable[[int], None]) -> str:
     if job.state_path is None:
         return "fetch again for a complete copy"
     try:
-        _checkpoint(job.output.fd, job.state, job.state_path, sync)
+        _checkpoint(job, sync)
     except SinkError as exc:
         return (f"{job.state_path} could not be updated ({exc.strerror}): --resume "
                 "continues from its last checkpoint")
@@ -329,17 +354,25 @@ def _ram_left(opener: Callable[[], Client], todo: list[tuple[int, int]]) -> int 
 
 def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: _Job,
             progress: Progress, seconds: float) -> int:
-    out, state = job.output, job.state
+    out, state, record = job.output, job.state, job.record
+    try:  # the record of a complete copy gets the hook's reasons
+        left = record.counted() if state.errors else record.finish(client, info)
+    except OSError as exc:
+        raise os_error(str(record.path), "write the record of the pages left out", exc) from exc
     if not request.quiet:
         clipped = request.length is not None and state.offset + request.length > state.end
         ended = f" (the range ends at the end of the view, {state.end:#x})" if clipped else ""
+        pages = ", ".join(f"{n:,} {reason}" for reason, n in sorted(left.items()))
         print(f"fetched {size(progress.done)} of {out.name} in {seconds:.1f} s "
               f"({rate(progress.done, seconds)}): data {size(progress.data)}, holes "
-              f"{size(progress.holes)}, errors {size(progress.errors)}{ended}",
-              file=sys.stderr)
+              f"{size(progress.holes)}, errors {size(progress.errors)}{ended}"
+              f"{f'; pages left out: {pages}' if pages else ''}", file=sys.stderr)
+        if record.note and left:
+            print(f"fetch: {record.path}: {record.note}", file=sys.stderr)
     if state.errors:
         if job.state_path is not None:
             try:
+                state.record_bytes = record.checkpoint(_no_sync)
                 state.save(job.state_path)
             except OSError as exc:
                 raise os_error(job.state_path, "save the resume state", exc) from exc
@@ -354,39 +387,5 @@ def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: _J
         with contextlib.suppress(FileNotFoundError):
             os.unlink(job.state_path)
     if request.verify:
-        return _verify(client, info, job, request.quiet)
+        return verify(client, info, job.output, job.state, request.quiet)
     return 0
-
-
-def _changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
-    """What of the served dump changed between two `info` replies (None: nothing):
-    its shape, or the source file itself (another file, or written: mtime_ns)."""
-    for key in ("size", "page_size", "segments"):
-        if before.get(key) != after.get(key):
-            return key
-    for key in ("kind", "device", "inode", "rdev", "mtime_ns"):
-        if before["source"].get(key) != after["source"].get(key):
-            return key
-    return None
-
-
-def _verify(client: Client, info: dict[str, Any], job: _Job, quiet: bool) -> int:
-    """The copy as it is on disk (for a stream: the bytes written) against the server's
-    digest of the view now, and the dump now against the dump the copy started from."""
-    out, state = job.output, job.state
-    changed = _changed(info, client.info())
-    if changed is not None:
-        print(f"dumpd: verify: the served dump changed during the copy ({changed} differs): "
-              f"{out.name} cannot equal it", file=sys.stderr)
-        return 1
-    remote = client.digest(state.offset, state.length)["digest"]
-    local = out.sha256(state.offset, state.end)
-    if local != remote:
-        print(f"dumpd: verify: {out.name} differs from the server's view (sha256 "
-              f"{local} != {remote})", file=sys.stderr)
-        return 1
-    if not quiet:
-        print(f"verify: sha256 {remote} matches", file=sys.stderr)
-    report_verified(client, state, local, info["size"], quiet)
-    return 0
-

@@ -1,4 +1,5 @@
-"""Telling the server that a copy of the whole view is complete and verified
+"""`fetch --verify`: the copy checked against the server's digest of the view, and
+then the server told that a copy of the whole view is complete and verified
 (`fetch.verified`), so that a server waiting for `finish.fetches` can end its job.
 
 The report carries the sha256 the copy was found to have and the copy's fetch id
@@ -11,8 +12,10 @@ stderr, not a failure of the fetch.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from dumpd.client import Client, RemoteError
+from dumpd.fetch.output import Output
 from dumpd.fetch.state import FetchState
 
 
@@ -32,3 +35,38 @@ def report_verified(client: Client, state: FetchState, sha256: str, size: int,
     if not quiet and reply.get("needed"):
         print(f"fetch: verified fetch {reply['fetches']} of the {reply['needed']} the server "
               "waits for (finish.fetches)", file=sys.stderr)
+
+
+def _changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """What of the served dump changed between two `info` replies (None: nothing):
+    its shape, or the source file itself (another file, or written: mtime_ns)."""
+    for key in ("size", "page_size", "segments"):
+        if before.get(key) != after.get(key):
+            return key
+    for key in ("kind", "device", "inode", "rdev", "mtime_ns"):
+        if before["source"].get(key) != after["source"].get(key):
+            return key
+    return None
+
+
+def verify(client: Client, info: dict[str, Any], out: Output, state: FetchState,
+           quiet: bool) -> int:
+    """The copy as it is on disk (for a stream: the bytes written) against the server's
+    digest of the view now, and the dump now against the dump the copy started from;
+    a match is reported (`report_verified`). 0 when they match, else 1 (said on stderr)."""
+    changed = _changed(info, client.info())
+    if changed is not None:
+        print(f"dumpd: verify: the served dump changed during the copy ({changed} differs): "
+              f"{out.name} cannot equal it", file=sys.stderr)
+        return 1
+    remote = client.digest(state.offset, state.length)["digest"]
+    local = out.sha256(state.offset, state.end)
+    if local != remote:
+        print(f"dumpd: verify: {out.name} differs from the server's view (sha256 "
+              f"{local} != {remote})", file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"verify: sha256 {remote} matches", file=sys.stderr)
+    report_verified(client, state, local, info["size"], quiet)
+    return 0
+

@@ -27,7 +27,9 @@ VERSION = 1
 @dataclass(slots=True)
 class FetchState:
     """A copy of `[offset, offset+length)` of the dump `identity`, done up to `done`
-    (an absolute offset) except for the `errors` ranges `[offset, length, code, message]`.
+    (an absolute offset) except for the `errors` ranges `[offset, length, code, message]`;
+    `record_bytes` of the record of the pages it left out (`COPY.dumpd-holes`) hold
+    for it.
     `fetch_id` names this copy to the server (`fetch.verified`) across resumes, so one
     fetch counts once; a state saved before it existed gets a new one."""
 
@@ -36,6 +38,7 @@ class FetchState:
     length: int
     done: int
     errors: list[list[Any]] = field(default_factory=list)
+    record_bytes: int = 0
     fetch_id: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
@@ -98,7 +101,8 @@ class FetchState:
                 raise ValueError("unknown version")
             state = cls(**raw)
             if not (isinstance(state.identity, dict) and
-                    all(type(v) is int for v in (state.offset, state.length, state.done))
+                    all(type(v) is int for v in (state.offset, state.length, state.done,
+                                                  state.record_bytes))
                     and type(state.fetch_id) is str):
                 raise ValueError("wrong field types")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

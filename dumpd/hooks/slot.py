@@ -8,7 +8,9 @@ included) bumps `generation`, which is how the engine knows its cached verdicts
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from dumpd.errors import DumpdError
 from dumpd.hooks.contract import PfnIsRam
@@ -25,11 +27,13 @@ def hook_label(name: str | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Registration:
-    """A hook in the slot, under the name it was registered with."""
+    """A hook in the slot, under the name it was registered with, and the options it
+    was made with (`info` shows them; a fetch's record names them)."""
 
     name: str
     hook: PfnIsRam
     generation: int
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class HookSlot:
@@ -47,14 +51,15 @@ class HookSlot:
     def generation(self) -> int:
         return self._generation
 
-    def register(self, name: str, hook: PfnIsRam) -> Registration:
+    def register(self, name: str, hook: PfnIsRam,
+                 options: Mapping[str, Any] | None = None) -> Registration:
         """Put `hook` in the slot; EBUSY if one is there already."""
         if self._current is not None:
             raise DumpdError(
                 "EBUSY", f"hook {self._current.name!r} is registered; unregister it first"
             )
         self._generation += 1
-        self._current = Registration(name, hook, self._generation)
+        self._current = Registration(name, hook, self._generation, dict(options or {}))
         return self._current
 
     def reloaded(self) -> Registration:
@@ -62,7 +67,9 @@ class HookSlot:
         if self._current is None:
             raise DumpdError("EINVAL", "no hook is registered")
         self._generation += 1
-        self._current = Registration(self._current.name, self._current.hook, self._generation)
+        current = self._current
+        self._current = Registration(current.name, current.hook, self._generation,
+                                     current.options)
         return self._current
 
     def unregister(self) -> Registration | None:

@@ -112,7 +112,7 @@ class Server:
                                          cfg.hook.distribution, self.engine.dump_memory)
             except (HookConfigError, DumpdError) as exc:
                 raise StartupError(f"[hook] {exc}") from exc
-            self.engine.register_hook(cfg.hook.name, hook)
+            self.engine.register_hook(cfg.hook.name, hook, cfg.hook.options)
             hook_shown = f"{cfg.hook.name} ({plugin.provider})"
         srv = cfg.server
         dispatcher = Dispatcher(self.engine, srv.max_read_mib * MiB, self._live_stats,

@@ -38,6 +38,8 @@ MAX_EXTENTS_LENGTH = 1 << 30
 EXTENT_ENTRY_BYTES = 24
 STREAM_CHUNK = 1 << 20  # bytes per stream.data frame unless the client asks otherwise
 MAX_FETCH_ID = 64  # characters of a `fetch.verified` fetch id
+MAX_EXPLAIN = 1 << 20  # pfns one `hook.explain` may ask about
+STREAM_OPTIONS = ("chunk", "zeros_as_holes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class Dispatcher:
             "hook.register": Method(self._register, 2, optional=1, admin=True),
             "hook.unregister": Method(self._unregister, 0, admin=True),
             "hook.reload": Method(self._reload, 0, admin=True),
+            "hook.explain": Method(self._explain, 2),
             "done": Method(self._done, 0, optional=1, admin=True),
             "fetch.verified": Method(self._verified, 2),
         }
@@ -172,6 +175,7 @@ class Dispatcher:
                                      "read_path": source.read_path}
         if self._boot_id is not None:
             described["boot_id"] = self._boot_id
+        current = self.engine.slot.current
         return {
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
@@ -180,6 +184,7 @@ class Dispatcher:
             "page_size": source.page_size,
             "segments": [[s.paddr, s.file_offset, s.filesz, s.memsz] for s in source.segments],
             "hook": self.engine.hook_name,
+            "hook_options": dict(current.options) if current else None,
             "hook_generation": self.engine.slot.generation,
             "max_read": self.max_read,
             "finish": self.finish.status(),
@@ -230,16 +235,35 @@ class Dispatcher:
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
         options = as_map(params[2], "options")
-        unknown = sorted(set(options) - {"chunk"})
+        unknown = sorted(set(options) - set(STREAM_OPTIONS))
         if unknown:
-            raise DumpdError("EINVAL", f"unknown stream option {unknown[0]!r} (known: chunk)")
+            raise DumpdError("EINVAL", f"unknown stream option {unknown[0]!r} (known: "
+                             f"{', '.join(STREAM_OPTIONS)})")
+        zeros = options.get("zeros_as_holes", False)
+        if type(zeros) is not bool:
+            raise DumpdError("EINVAL", f"zeros_as_holes must be true or false, got "
+                             f"{brief(zeros)}")
         asked = options.get("chunk", min(STREAM_CHUNK, self.max_read))
         chunk = integral(asked)
         page = self.engine.page_size
         if chunk is None or not page <= chunk <= self.max_read or chunk % page:
             raise DumpdError("EINVAL", f"chunk must be a multiple of {page} in [{page}, "
                              f"{self.max_read}], got {asked!r}")
-        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window))
+        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window),
+                          zeros=zeros)
+
+    async def _explain(self, peer: Peer, params: Sequence[Any],
+                       streams: RunningStreams) -> dict[str, Any]:
+        """Why the registered hook calls pages not RAM: its `explain` runs for a pfn
+        range, on its thread."""
+        first = as_uint(params[0], "first_pfn")
+        count = as_uint(params[1], "count")
+        if count > MAX_EXPLAIN:
+            raise DumpdError("E2BIG", f"count {count} is above the maximum {MAX_EXPLAIN}")
+        name = self.engine.hook_name
+        generation, runs = await self.engine.explain(first, count)
+        return {"hook": name, "hook_generation": generation,
+                "runs": [[length, reason] for length, reason in runs]}
 
     async def _cancel(self, peer: Peer, params: Sequence[Any],
                       streams: RunningStreams) -> dict[str, bool]:
@@ -296,7 +320,7 @@ class Dispatcher:
         except HookConfigError as exc:
             raise DumpdError("EINVAL", str(exc)) from exc
         try:
-            self.engine.register_hook(name, hook)
+            self.engine.register_hook(name, hook, options)
         except DumpdError:  # another register won the slot while this one loaded
             closer = getattr(hook, "close", None)
             if callable(closer):

@@ -9,7 +9,11 @@ Design rules:
 - On a plain socket (never TLS), when the option is on, RAM runs go from the source
   file to the socket on a worker thread (`SocketWriter`, the engine's `SpanSender`),
   once the transport has nothing left to write before them; the loop keeps reading
-  meanwhile, so a `stream.cancel` gets through.
+  meanwhile, so a `stream.cancel` gets through. A stream that looks for zero pages
+  in a source not read through mmap windows reads its chunks instead (the bytes
+  must be seen), and writes through the transport.
+- A stream asked for `zeros_as_holes` says why each hole is one (a trailing param
+  of `stream.hole`); other streams send holes as before, for older clients.
 - A stream stops after the frame being written when cancelled (a frame is never cut
   short), and ends with a summary of its counts.
 """
@@ -21,7 +25,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from dumpd.engine.bulk import BulkReader, Data, Hole, Piece, Span
+from dumpd.engine.bulk import NOT_RAM, BulkReader, Data, Hole, Piece, Span
 from dumpd.engine.spans import SpanSender
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
@@ -37,13 +41,17 @@ TRANSPORT_POLL = 0.0005  # seconds between looks at a draining transport before 
 
 
 class Stream:
-    """A running stream: its counts so far, and whether it was asked to stop."""
+    """A running stream: its counts so far, and whether it was asked to stop. With
+    `reasons` (asked for `zeros_as_holes`) each hole says why it is one."""
 
-    __slots__ = ("cancelled", "counts")
+    __slots__ = ("cancelled", "counts", "reasons")
 
-    def __init__(self) -> None:
+    def __init__(self, reasons: bool = False) -> None:
         self.cancelled = False
+        self.reasons = reasons
         self.counts = {"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}
+        if reasons:  # of the hole bytes, those of all-zero RAM pages and of file holes
+            self.counts.update(zero_bytes=0, file_hole_bytes=0)
 
     def cancel(self) -> None:
         """Stop after the frame being written (a frame is never cut short)."""
@@ -65,7 +73,11 @@ class Stream:
         elif isinstance(piece, Hole):
             length = piece.length
             counts["hole_bytes"] += length
-            frames = [encode_notification("stream.hole", [msgid, piece.offset, length])]
+            if piece.reason != NOT_RAM:
+                counts[f"{piece.reason}_bytes"] += length
+            params = [msgid, piece.offset, length]
+            frames = [encode_notification("stream.hole", [*params, piece.reason]
+                                          if self.reasons else params)]
         else:
             length = piece.length
             counts["error_bytes"] += length
@@ -123,6 +135,8 @@ class Streams:
         sock = self._sendfile_socket(link)
         reader: BulkReader = await open_reader()
         reader.spans = sock is not None
+        if not reader.spans:  # the reader reads the bytes (to look for zeros): no sendfile
+            sock = None
         return await self._run(link, msgid, reader, sock, spans)
 
     def _sendfile_socket(self, link: Link) -> socket.socket | None:
@@ -140,7 +154,7 @@ class Streams:
         """Send the pieces of `reader` on `link` as notifications; the summary frames to send
         last, or None when the connection went away meanwhile. A DumpdError of the
         reader is raised once the stream is closed."""
-        stream = self._running[msgid] = Stream()
+        stream = self._running[msgid] = Stream(reader.zeros)
         writer = None
         try:
             if sock is not None:  # a dup of the socket: made once the stream is sure to run

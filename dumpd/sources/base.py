@@ -161,7 +161,9 @@ class Source:
         self.phys_map = build_phys_map(self.segments)
         self._phys_starts = [run.start for run in self.phys_map]
         # Regular files can be asked to answer from the page cache or not at all.
-        self._nowait = hasattr(os, "RWF_NOWAIT") and stat.S_ISREG(os.fstat(fd).st_mode)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        self._nowait = hasattr(os, "RWF_NOWAIT") and regular
+        self._seeks_holes = regular  # SEEK_HOLE can say where the file has no data
         self._splice = True  # `copy_to` may use sendfile (until the file system says no)
         self.windows: Windows | None = None  # reads go through these mappings when set
         self.read_path = "pread"  # how the bytes are read: "pread" or "mmap"
@@ -202,6 +204,26 @@ class Source:
         """The source's descriptor (file-view offsets are file offsets); it is only
         ever read from."""
         return self._fd
+
+    def holes(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The `[start, end)` ranges of file bytes `[lo, hi)` the file holds no data for
+        (a sparse file's holes: they read as zeros), as SEEK_DATA/SEEK_HOLE say;
+        none where the file cannot say (devices, /proc/vmcore)."""
+        found: list[tuple[int, int]] = []
+        pos = lo
+        while self._seeks_holes and pos < hi:
+            try:
+                data = os.lseek(self._fd, pos, os.SEEK_DATA)
+                end = hi if data >= hi else os.lseek(self._fd, data, os.SEEK_HOLE)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no data after pos
+                    self._seeks_holes = False  # this file system cannot say
+                    return []
+                data = end = hi
+            if data > pos:
+                found.append((pos, min(data, hi)))
+            pos = end
+        return found
 
     def copy_to(self, fd: int, offset: int, count: int) -> int:
         """Copy up to `count` file bytes at `offset` to `fd` (a non-blocking socket)
