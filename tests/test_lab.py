@@ -76,3 +76,28 @@ async def the_balloon_is_offline(tmp_path: Path, dump: Path) -> None:
             offline.update(range((paddr + lo - file_offset) // page,
                                  (paddr + hi - file_offset) // page))
     assert len(offline) == (BALLOON_MIB << 20) // page
+
+
+def test_keep_stores_each_run_beside_its_own_dump(tmp_path: Path) -> None:
+    copy = tmp_path / "fetched.vmcore"
+    write_elf_core(copy, [LoadSpec(0x100000, 0x10000)],
+                   notes=[vmcoreinfo_note(None, {"OSRELEASE": "6.1.0-57-amd64",
+                                                 "PAGESIZE": "4096"})])
+    where = tmp_path / "dumps"
+    balloon = {"target": 448 << 20, "actual": 448 << 20}
+    keep(where, copy, "6.1.0-57-amd64", Outcome(records={"capture": {"kernel": "6.1.0-57-amd64"}},
+                                                  host={"balloon": balloon}),
+         Options(kaslr=True, balloon=64))
+    keep(where, copy, "6.1.0-57-amd64", Outcome(), Options(kaslr=False))
+    on, off = sorted(kept_dumps(where), key=lambda p: "kaslr-off" in p.name)
+    assert "-kaslr-on-balloon-64-" in on.name and "-kaslr-off-balloon-0-" in off.name
+    assert on.read_bytes() == off.read_bytes() == copy.read_bytes()
+    assert Path(f"{on}.vmcoreinfo").read_text() == "OSRELEASE=6.1.0-57-amd64\nPAGESIZE=4096\n"
+    assert Path(f"{on}.version").read_text() == "6.1.0-57-amd64\n"
+    assert json.loads(Path(f"{on}.json").read_text()) == {
+        "kaslr": True, "la57": False, "guest_mem_mib": 512, "crashkernel": "160M",
+        "balloon_mib": 64, "balloon_qmp": balloon}
+    assert json.loads(Path(f"{off}.json").read_text())["balloon_qmp"] is None
+    assert lab_run(on) == ("lab run: KASLR on, guest 512 MiB, crashkernel=160M, balloon 64 MiB "
+                           "asked, QMP: target 469762048 actual 469762048 bytes (67108864 out "
+                           "= 16384 pages)")
