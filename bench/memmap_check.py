@@ -1,13 +1,15 @@
 """The memmap hook beside makedumpfile, page for page and in time.
 
-`python -m bench.memmap_check DUMP|DIR... [--levels 2,4,8,16,31] [--compare-only]`
+`python -m bench.memmap_check DUMP|DIR... [--levels 1,2,4,8,16,31] [--compare-only]`
 
 For each ELF dump and dump level L, a real `dumpd serve --hook memmap --hook-option
 dump_level=L` (bit 1, zero pages, is no verdict: the hook gets L without it) is asked
 for the whole view's extents; its non-RAM pages must be, page for page, the pages
 makedumpfile excludes at level L for any reason but zero (its 1st bitmap minus its
-2nd: `bench.kdumpbitmap`), over the pfns both hold. A difference prints its first
-pfns with each side's reason (single-level runs of both).
+2nd: `bench.kdumpbitmap`), over the pfns both hold. When L has bit 1, the pages
+`dumpd fetch --zeros-as-holes` leaves out as zero (its record, COPY.dumpd-holes) must
+be makedumpfile's zero pages. A difference prints its first pfns with each side's
+reason (single-level runs of both).
 
 Then the Targets of issue 15 (unless `--compare-only`), best of `--repeat`, page cache
 warm: classifying every pfn (`makedumpfile -d L --dry-run` beside registering the hook
@@ -23,6 +25,7 @@ is not installed (one line says so).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -140,14 +143,42 @@ class Dumpd:
                     "not RAM")
 
 
+def fetched_zeros(dump: Path, work: Path, level: int) -> Ranges:
+    """The pfns `dumpd fetch --zeros-as-holes` leaves out as all-zero RAM, with the hook
+    at `level`, as its record beside the copy (COPY.dumpd-holes) says."""
+    copy = work / "zeros.vmcore"
+    with serving(dump, work, level):
+        subprocess.run([*DUMPD, "fetch", "--socket", str(work / "dumpd.sock"), "-q",
+                        "--zeros-as-holes", "-o", str(copy)], check=True)
+    record = Path(f"{copy}.dumpd-holes")
+    runs = [(first, first + n) for first, n, why in
+            (json.loads(line) for line in record.read_text().splitlines()[1:-1])
+            if why == "zero"]
+    copy.unlink()
+    record.unlink()
+    return normal(runs)
+
+
+def compare_zeros(dump: Path, level: int, mdf: Makedumpfile, hook: Dumpd,
+                  scope: Ranges) -> tuple[bool, str]:
+    """Level bit 1: the zero pages fetch left out against makedumpfile's zero pages."""
+    theirs = intersect(mdf.run(level).kdump.zero, scope)
+    ours = intersect(fetched_zeros(dump, hook.work, level), scope)
+    if theirs == ours:
+        return True, f"; zero pages (fetch --zeros-as-holes): equal, {count(ours):,}"
+    return False, (f"; zero pages DIFFER: only makedumpfile {show(subtract(theirs, ours), 3)}, "
+                   f"only dumpd {show(subtract(ours, theirs), 3)}")
+
+
 def compare(dump: Path, level: int, mdf: Makedumpfile, hook: Dumpd) -> tuple[bool, str]:
     """One dump at one level, page for page: (equal, the line that says so)."""
     served = hook.holes(level)
     run = mdf.run(level)
     scope = intersect(run.kdump.present, hook.view)
     theirs, ours = intersect(run.kdump.excluded, scope), intersect(served, scope)
-    zero = f"; zero pages (fetch's option, no verdict) {count(run.kdump.zero):,}" \
-        if level & 1 else ""
+    zeros_equal, zero = compare_zeros(dump, level, mdf, hook, scope) if level & 1 else (True, "")
+    if not zeros_equal:
+        return False, f"{dump.name} level {level}: DIFFER in zero pages{zero}"
     if theirs == ours:
         return True, (f"{dump.name} level {level}: equal, {count(ours):,} of {count(scope):,} "
                       f"pfns not RAM{zero}")
@@ -261,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[1])
     parser.add_argument("dumps", nargs="+", type=Path, metavar="DUMP",
                         help="an ELF dump, or a directory of dumps `bench.lab --keep` kept")
-    parser.add_argument("--levels", type=_levels, default=[2, 4, 8, 16, 31])
+    parser.add_argument("--levels", type=_levels, default=[1, 2, 4, 8, 16, 31])
     parser.add_argument("--compare-only", action="store_true", help="no timings")
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing (best)")
     parser.add_argument("--out", type=Path, default=RESULTS,
