@@ -250,6 +250,7 @@ def targets(dump: Path, levels: list[int], work: Path, repeat: int) -> list[str]
 
         def fetch_once() -> float:
             copy.unlink(missing_ok=True)
+            Path(f"{copy}.dumpd-holes").unlink(missing_ok=True)
             return _timed([*DUMPD, "fetch", "--socket", str(work / "dumpd.sock"), "-q",
                            *([option] if option else []), "-o", str(copy)])
 
@@ -261,8 +262,8 @@ def targets(dump: Path, levels: list[int], work: Path, repeat: int) -> list[str]
     a, b = _allocated(copy), _allocated(elf)
     rows.append(f"| {dump.name} | allocated bytes of that copy (st_blocks) | {a / 1e6:,.1f} MB "
                 f"| {b / 1e6:,.1f} MB | {a / b:.2f}x | {held(a <= b, '<= 1x')} |")
-    elf.unlink(missing_ok=True)
-    copy.unlink(missing_ok=True)
+    for done in (elf, copy, Path(f"{copy}.dumpd-holes")):
+        done.unlink(missing_ok=True)
     return rows
 
 
