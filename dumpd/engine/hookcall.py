@@ -87,15 +87,19 @@ class HookCaller:
                 return self._error_rest(ranges, answers, f"gave no answer within "
                                                          f"{self._timeout}s")
 
+    def _check_usable(self) -> None:
+        """EIO for a call the hook cannot take now: unregistered, or stuck in a call."""
+        if self._closed or self._stuck:
+            raise DumpdError("EIO", f"hook {self.name!r} is "
+                             f"{'unregistered' if self._closed else 'stuck in an earlier call'}")
+
     async def reload(self, timeout: float) -> None:
         """Run the hook's `reload()` on its thread; DumpdError says why it failed (the
         caller logs the outcome, once)."""
         reload = getattr(self._hook, "reload", None)
         if not callable(reload):
             raise DumpdError("ENOSYS", f"hook {self.name!r} has no data to reload")
-        if self._closed or self._stuck:
-            raise DumpdError("EIO", f"hook {self.name!r} is "
-                             f"{'unregistered' if self._closed else 'stuck in an earlier call'}")
+        self._check_usable()
         future = asyncio.get_running_loop().run_in_executor(self._executor, reload)
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -117,9 +121,7 @@ class HookCaller:
         explain = getattr(self._hook, "explain", None)
         if not callable(explain):
             raise DumpdError("ENOSYS", f"hook {self.name!r} does not explain its verdicts")
-        if self._closed or self._stuck:
-            raise DumpdError("EIO", f"hook {self.name!r} is "
-                             f"{'unregistered' if self._closed else 'stuck in an earlier call'}")
+        self._check_usable()
 
         def call() -> list[tuple[int, str]]:
             return _explained(explain(first, count), first, count)
