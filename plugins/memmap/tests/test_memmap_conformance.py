@@ -3,6 +3,8 @@ synthetic kernel: by default, and at dump level 31 on 7.1's layout."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -40,3 +42,25 @@ class TestLevel31Conformance(TestDefaultConformance):
     def hook_options(self, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         self.path = kernel_dump(tmp_path_factory, "7.1")[1]
         return {"dump_level": 31}
+
+
+def test_dumpd_hook_check_runs_the_kit_on_a_dump(tmp_path_factory: pytest.TempPathFactory
+                                                 ) -> None:
+    """`dumpd hook check memmap --dump FILE`: every check, the attach and explain ones
+    included, and what the hook read of the dump; without a dump, one line says why."""
+    path = kernel_dump(tmp_path_factory, "6.12")[1]
+    done = subprocess.run([sys.executable, "-m", "dumpd", "hook", "check", "memmap",
+                           "--hook-option", "dump_level=31", "--dump", path],
+                          capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stderr) == (0, "")
+    first, *_, last = done.stdout.splitlines()
+    assert first.startswith("hook 'memmap' (dumpd-memmap ")
+    assert first.endswith("conforms: entry point, unknown option refused, attach, verdicts, "
+                          "batched form agrees, explain agrees, close")
+    assert last.startswith("dump read ") and last.endswith(" reads")
+    bare = subprocess.run([sys.executable, "-m", "dumpd", "hook", "check", "memmap"],
+                          capture_output=True, text=True, check=False)
+    assert (bare.returncode, bare.stdout) == (1, "")
+    assert bare.stderr == ("dumpd: conformance: hook 'memmap': attach: the hook reads the "
+                           "dump it judges (it has attach()): give it one to be checked on "
+                           "(dumpd hook check --dump FILE)\n")
