@@ -193,10 +193,13 @@ def _open(path: str, flags: int, served: Served, what: str) -> tuple[int, os.sta
 
 
 def _sized(name: str, fd: int, size: int, created: bool) -> Output:
-    """A regular file of `size` bytes, holes all through, mode 0600."""
+    """A regular file of `size` bytes, holes all through, mode 0600. A file fetch
+    created is empty already: cutting it to 0 would make ext4 (auto_da_alloc) start
+    writing the whole copy back when it is closed, as for a file rewritten in place."""
     try:
         os.fchmod(fd, 0o600)
-        os.ftruncate(fd, 0)
+        if not created:
+            os.ftruncate(fd, 0)
         os.ftruncate(fd, size)
     except OSError as exc:
         output = Output(name, fd, "file", created)
