@@ -154,9 +154,10 @@ def client_pinned() -> Iterator[None]:
 
 
 def fresh(path: Path) -> Path:
-    """`path` removed, and the file system synced, so that every run meets the same
-    writeback state."""
-    if path.exists():
-        path.unlink()
+    """`path` removed (with the record `dumpd fetch` keeps beside a copy that left pages
+    out, `PATH.dumpd-holes`), and the file system synced, so that every run meets the
+    same writeback state."""
+    for stale in (path, path.with_name(f"{path.name}.dumpd-holes")):
+        stale.unlink(missing_ok=True)
     os.sync()
     return path

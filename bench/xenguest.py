@@ -37,7 +37,7 @@ from typing import Any
 
 import dumpd_balloon
 
-from bench.common import DUMPD, PAGE, Emit, MiB, Row, dumpd_server, held, timed, warm
+from bench.common import DUMPD, PAGE, Emit, MiB, Row, dumpd_server, fresh, held, timed, warm
 from bench.qemudm import BalloonedPages, QemuDm, wrapped
 from dumpd.client import Client
 from dumpd.sources import open_source
@@ -183,7 +183,7 @@ def fetch(work: Path, dump: Dump, hook: str, cost_ms: float) -> Run:
             stats = client.stats()
     want = dump.view_sha if hook == "none" else dump.zeroed_sha
     copy_ok = file_sha(copy) == want
-    copy.unlink()
+    fresh(copy)
     return Run(hook, seconds, stats, json.loads(report.read_text()), copy_ok)
 
 
