@@ -24,8 +24,10 @@ from dumpd.kernel.sparsemem import MemMap
 from .classify import ERROR, KEEP, Classifier, Jump
 
 CHUNK_PAGES = 1024
-CACHED_CHUNKS = 64
-"""The LRU's bound: 64 chunks of a byte a pfn, 64 KiB at 1024 pfns a chunk."""
+CACHED_CHUNKS = 512
+"""The LRU's bound: 512 chunks of a byte a pfn, 512 KiB at 1024 pfns a chunk: a whole
+2 GiB of pfns, so that `explain` after a copy of a dump that size classifies nothing
+again."""
 MAX_COMPOUND_ORDER = 18  # x86_64's largest page, 1 GiB: a gigantic hugetlb page
 
 ReadPhys = Callable[[int, int], bytes]

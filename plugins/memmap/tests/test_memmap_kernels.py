@@ -141,7 +141,7 @@ def test_chunks_are_read_in_one_read_per_run_and_the_lru_stays_bounded(
         assert (chunks.classified, chunks.reads, chunks.cached) == (2, 17, 2)
         reasons(hook, memory)
         assert (chunks.classified, chunks.cached) == (18, 18)  # 5 sections, 2 ranges < 1024
-        assert dumpd_memmap.CACHED_CHUNKS == 64
+        assert dumpd_memmap.CACHED_CHUNKS == 512
         monkeypatch.setattr(dumpd_memmap.chunks, "CACHED_CHUNKS", 4)
         chunks.clear()
         reasons(hook, memory)
