@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from dumpd.engine.counters import Counters
 from dumpd.engine.verdicts import Stored, code_of
@@ -26,6 +26,15 @@ from dumpd.hooks.contract import HookConfigError, PfnIsRam
 from dumpd.ratelog import RateLimitedLog
 
 MAX_REASON = 32  # characters of a reason word `explain` gives
+
+T = TypeVar("T")
+
+class NoAnswer(DumpdError):
+    """A call on the hook's thread did not return within its timeout (EIO)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("EIO", message)
+
 
 Answer = tuple[int, int, Stored]
 """`(first_pfn, end_pfn, code)` as the hook answered it."""
@@ -93,6 +102,18 @@ class HookCaller:
             raise DumpdError("EIO", f"hook {self.name!r} is "
                              f"{'unregistered' if self._closed else 'stuck in an earlier call'}")
 
+    async def _once(self, call: Callable[[], T], timeout: float, what: str) -> T:
+        """`call()` on the hook's thread; EIO after `timeout` seconds without an answer,
+        and asks answered with errors until the call returns (it cannot be stopped)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            self._stuck = True
+            future.add_done_callback(self._unstick)
+            raise NoAnswer(f"hook {self.name!r} {what} gave no answer within {timeout}s; "
+                           "it keeps running") from None
+
     async def reload(self, timeout: float) -> None:
         """Run the hook's `reload()` on its thread; DumpdError says why it failed (the
         caller logs the outcome, once)."""
@@ -100,14 +121,10 @@ class HookCaller:
         if not callable(reload):
             raise DumpdError("ENOSYS", f"hook {self.name!r} has no data to reload")
         self._check_usable()
-        future = asyncio.get_running_loop().run_in_executor(self._executor, reload)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            self._stuck = True  # asks are answered with errors until it returns
-            future.add_done_callback(self._unstick)
-            raise DumpdError("EIO", f"hook {self.name!r} reload gave no answer within "
-                             f"{timeout}s; it keeps running") from None
+            await self._once(reload, timeout, "reload")
+        except NoAnswer:
+            raise
         except HookConfigError as exc:
             raise DumpdError("EINVAL", f"reload failed, old data kept: {exc}") from exc
         except Exception as exc:
@@ -126,14 +143,10 @@ class HookCaller:
         def call() -> list[tuple[int, str]]:
             return _explained(explain(first, count), first, count)
 
-        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self._timeout)
-        except TimeoutError:
-            self._stuck = True  # asks are answered with errors until it returns
-            future.add_done_callback(self._unstick)
-            raise DumpdError("EIO", f"hook {self.name!r} explain gave no answer within "
-                             f"{self._timeout}s") from None
+            return await self._once(call, self._timeout, "explain")
+        except NoAnswer:
+            raise
         except Exception as exc:
             raise DumpdError("EIO", f"hook {self.name!r} explain failed: "
                              f"{type(exc).__name__}: {exc}") from exc
