@@ -29,6 +29,7 @@ MAX_REASON = 32  # characters of a reason word `explain` gives
 
 T = TypeVar("T")
 
+
 class NoAnswer(DumpdError):
     """A call on the hook's thread did not return within its timeout (EIO)."""
 

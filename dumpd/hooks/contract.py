@@ -29,7 +29,7 @@ refuses the registration with that one line.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 ENTRY_POINT_GROUP = "dumpd.pfn_is_ram"
@@ -41,6 +41,19 @@ ERROR = -1
 
 class HookConfigError(Exception):
     """The hook's options are wrong; the message says which and why, in one line."""
+
+
+def check_option_names(hook: str, options: Mapping[str, object],
+                       known: Iterable[str]) -> None:
+    """HookConfigError naming the options `hook`'s factory does not know, and those it
+    does: `xen: unknown option 'mpa' (known: transport, map, ...)`."""
+    known = tuple(known)
+    unknown = sorted(map(str, set(options) - set(known)))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise HookConfigError(f"{hook}: unknown option{plural} {names} "
+                              f"(known: {', '.join(known)})")
 
 
 @runtime_checkable

@@ -28,7 +28,7 @@ from dumpd.hooks.contract import HookConfigError
 from dumpd.hooks.discovery import load_plugin
 from dumpd.protocol import brief, integral
 from dumpd.server.finish import Finish, View
-from dumpd.server.params import as_map, as_str, as_uint
+from dumpd.server.params import as_bool, as_options, as_str, as_uint
 
 log = logging.getLogger("dumpd.server")
 
@@ -122,8 +122,7 @@ class Dispatcher:
             pages = max(0, min(length, MAX_EXTENTS_LENGTH)) // self.engine.page_size + 2
             return pages * EXTENT_ENTRY_BYTES
         if method == "vmcoreinfo":  # the kernel's text: a page, at most VMCOREINFO_MAX
-            return max(SMALL_REPLY, len(self.engine.kernel.info.text if self.engine.kernel.info
-                                        else ""))
+            return max(SMALL_REPLY, len(self.engine.source.vmcoreinfo_text or ""))
         if method == "digest":  # its window of chunks read ahead, and the one being hashed
             return max(STREAM_CHUNK, self.stream_window) + STREAM_CHUNK
         return SMALL_REPLY
@@ -234,15 +233,8 @@ class Dispatcher:
         arguments are wrong. The caller sets `spans` on it to send RAM runs itself."""
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
-        options = as_map(params[2], "options")
-        unknown = sorted(set(options) - set(STREAM_OPTIONS))
-        if unknown:
-            raise DumpdError("EINVAL", f"unknown stream option {unknown[0]!r} (known: "
-                             f"{', '.join(STREAM_OPTIONS)})")
-        zeros = options.get("zeros_as_holes", False)
-        if type(zeros) is not bool:
-            raise DumpdError("EINVAL", f"zeros_as_holes must be true or false, got "
-                             f"{brief(zeros)}")
+        options = as_options(params[2], "stream", STREAM_OPTIONS)
+        zeros = as_bool(options.get("zeros_as_holes", False), "zeros_as_holes")
         asked = options.get("chunk", min(STREAM_CHUNK, self.max_read))
         chunk = integral(asked)
         page = self.engine.page_size
@@ -287,14 +279,8 @@ class Dispatcher:
 
     async def _done(self, peer: Peer, params: Sequence[Any],
                     streams: RunningStreams) -> dict[str, Any]:
-        options = as_map(params[0], "options") if params else {}
-        unknown = sorted(set(options) - {"now"})
-        if unknown:
-            raise DumpdError("EINVAL", f"unknown done option {unknown[0]!r} (known: now)")
-        now = options.get("now", False)
-        if type(now) is not bool:
-            raise DumpdError("EINVAL", f"now must be true or false, got {brief(now)}")
-        return self.finish.done(peer.who, now)
+        options = as_options(params[0] if params else None, "done", ("now",))
+        return self.finish.done(peer.who, as_bool(options.get("now", False), "now"))
 
     async def _verified(self, peer: Peer, params: Sequence[Any],
                         streams: RunningStreams) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from dumpd.errors import DumpdError
-from dumpd.protocol import MAX_UINT64, integral
+from dumpd.protocol import MAX_UINT64, brief, integral
 
 
 def as_uint(value: object, name: str) -> int:
@@ -37,4 +37,21 @@ def as_map(value: object, name: str) -> dict[str, Any]:
         return {}
     if type(value) is not dict or not all(type(key) is str for key in value):
         raise DumpdError("EINVAL", f"{name} must be a map with str keys")
+    return value
+
+
+def as_options(value: object, what: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """`value` as a map of `what`'s options (nil: none); a name not in `known` is EINVAL."""
+    options = as_map(value, "options")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DumpdError("EINVAL", f"unknown {what} option {unknown[0]!r} (known: "
+                         f"{', '.join(known)})")
+    return options
+
+
+def as_bool(value: object, name: str) -> bool:
+    """`value` as true or false; anything else (0 and 1 included) is EINVAL."""
+    if type(value) is not bool:
+        raise DumpdError("EINVAL", f"{name} must be true or false, got {brief(value)}")
     return value

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
-from dumpd.hooks.contract import ERROR, NOT_RAM, RAM, HookConfigError
+from dumpd.hooks.contract import ERROR, NOT_RAM, RAM, HookConfigError, check_option_names
 from dumpd.hooks.pfnrange import MAX_PFN, PFN_LIMIT, clip
 
 from .bitmap import MAGIC, PfnBitmap, write_bitmap
@@ -49,7 +49,7 @@ __all__ = [
     "write_text",
 ]
 
-OPTIONS = frozenset({"file"})
+OPTIONS = ("file",)
 """The options `create` accepts."""
 
 
@@ -160,9 +160,5 @@ def _path_option(options: Mapping[str, object]) -> str:
 
 def create(options: Mapping[str, object]) -> BalloonHook:
     """The `dumpd.pfn_is_ram` factory: `options` is `{"file": path to the balloon list}`."""
-    unknown = sorted(map(str, set(options) - OPTIONS))
-    if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise HookConfigError(f"balloon: unknown option{plural} {names} (known: file)")
+    check_option_names("balloon", options, OPTIONS)
     return BalloonHook.from_file(_path_option(options))

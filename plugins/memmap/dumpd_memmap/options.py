@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dumpd.hooks.contract import HookConfigError
+from dumpd.hooks.contract import HookConfigError, check_option_names
 
 ZERO = 1  # DL_EXCLUDE_ZERO: not a verdict (see the module docstring)
 CACHE = 2  # DL_EXCLUDE_CACHE: page cache, not private
@@ -58,11 +58,7 @@ def _dump_level(value: object) -> int:
 
 def parse(options: Mapping[str, object]) -> int:
     """The dump level the options ask for (0: offline and hwpoisoned pages only)."""
-    unknown = sorted(map(str, set(options) - set(OPTIONS)))
-    if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise _error(f"unknown option{plural} {names} (known: {', '.join(OPTIONS)})")
+    check_option_names("memmap", options, OPTIONS)
     if "exclude" in options and "dump_level" in options:
         raise _error("give 'exclude' or 'dump_level', not both (they say the same thing)")
     if "dump_level" in options:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from dumpd.hooks.contract import HookConfigError
+from dumpd.hooks.contract import HookConfigError, check_option_names
 from dumpd.hooks.pfnrange import PFN_LIMIT, parse_pfn_range
 
 from .abi import DOMID_MAX, DOMID_SELF
@@ -105,11 +105,7 @@ def _failing(value: object) -> tuple[tuple[int, int], ...]:
 
 def parse_options(options: Mapping[str, object]) -> XenOptions:
     """Check `options`: names, types and values; HookConfigError names what is wrong."""
-    unknown = sorted(map(str, set(options) - set(OPTIONS)))
-    if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        plural = "s" if len(unknown) > 1 else ""
-        raise HookConfigError(f"xen: unknown option{plural} {names} (known: {', '.join(OPTIONS)})")
+    check_option_names("xen", options, OPTIONS)
     get = options.get
     return XenOptions(
         transport=_transport(get("transport", "auto")),
