@@ -86,8 +86,7 @@ class BulkReader:
                  window: int, spans: bool = False, zeros: bool = False) -> None:
         self._engine = engine
         self.zeros = zeros  # all-zero RAM pages as holes
-        self._spans = False
-        self.spans = spans
+        self.spans = spans and self.can_span  # RAM runs as `Span`s, sent by the caller
         self._end = min(engine.source.size, offset + length)
         self._offset = min(offset, self._end)
         self._chunk = chunk
@@ -95,14 +94,10 @@ class BulkReader:
         self._tasks: deque[asyncio.Task[list[Piece]]] = deque()
 
     @property
-    def spans(self) -> bool:
-        """Whether RAM runs come as `Span`s, not read here (the caller sends them)."""
-        return self._spans
-
-    @spans.setter
-    def spans(self, wanted: bool) -> None:
-        # Zero pages are found by looking at the bytes: in the mappings, or read.
-        self._spans = wanted and (not self.zeros or self._engine.source.never_blocks)
+    def can_span(self) -> bool:
+        """Whether RAM runs may come as `Span`s, not read here: not when zero pages are
+        looked for, unless the bytes are looked at in the source's mappings."""
+        return not self.zeros or self._engine.source.never_blocks
 
     def _chunks(self) -> list[tuple[int, int]]:
         """Chunk bounds, aligned to the chunk size so pages are never split across two."""

@@ -134,9 +134,9 @@ class Streams:
                              "already")
         sock = self._sendfile_socket(link)
         reader: BulkReader = await open_reader()
-        reader.spans = sock is not None
-        if not reader.spans:  # the reader reads the bytes (to look for zeros): no sendfile
+        if not reader.can_span:  # the reader reads the bytes (to look for zeros): no sendfile
             sock = None
+        reader.spans = sock is not None
         return await self._run(link, msgid, reader, sock, spans)
 
     def _sendfile_socket(self, link: Link) -> socket.socket | None:
