@@ -100,6 +100,13 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+def close_hook(hook: object) -> None:
+    """`hook.close()`, for a hook that has it (a hook that will never be used)."""
+    closer = getattr(hook, "close", None)
+    if callable(closer):
+        closer()
+
+
 
 @runtime_checkable
 class Explains(Protocol):

@@ -17,7 +17,13 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import cast
 
 from dumpd.errors import DumpdError
-from dumpd.hooks.contract import ENTRY_POINT_GROUP, DumpMemory, HookConfigError, PfnIsRam
+from dumpd.hooks.contract import (
+    ENTRY_POINT_GROUP,
+    DumpMemory,
+    HookConfigError,
+    PfnIsRam,
+    close_hook,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +136,7 @@ def _attach(name: str, hook: PfnIsRam, attach: Callable[[DumpMemory], object],
     try:
         attach(dump)
     except Exception as exc:
-        closer = getattr(hook, "close", None)
-        if callable(closer):
-            closer()
+        close_hook(hook)
         if isinstance(exc, HookConfigError | DumpdError):
             raise
         raise HookConfigError(f"hook {name!r}: attach: {type(exc).__name__}: {exc}") from exc

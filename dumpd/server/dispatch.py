@@ -24,7 +24,7 @@ from dumpd.bootid import boot_id
 from dumpd.engine import Engine
 from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
-from dumpd.hooks.contract import HookConfigError
+from dumpd.hooks.contract import HookConfigError, close_hook
 from dumpd.hooks.discovery import load_plugin
 from dumpd.protocol import brief, integral
 from dumpd.server.finish import Finish, View
@@ -308,9 +308,7 @@ class Dispatcher:
         try:
             self.engine.register_hook(name, hook, options)
         except DumpdError:  # another register won the slot while this one loaded
-            closer = getattr(hook, "close", None)
-            if callable(closer):
-                closer()
+            close_hook(hook)
             raise
         log.info("hook %s (%s) registered with options %r, asked by %s", name,
                  plugin.provider, options, peer.who)

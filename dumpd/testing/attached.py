@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from dumpd.errors import DumpdError
-from dumpd.hooks.contract import DumpMemory, HookConfigError, PfnIsRam
+from dumpd.hooks.contract import DumpMemory, HookConfigError, PfnIsRam, close_hook
 from dumpd.sources import open_source
 from dumpd.sources.physical import SourceMemory
 
@@ -100,9 +100,7 @@ def check_refusals(name: str, make: Callable[[], PfnIsRam], dump: DumpMemory,
         except Exception as exc:
             _one_line(name, fail, what, exc)
         finally:
-            closer = getattr(hook, "close", None)
-            if callable(closer):
-                closer()
+            close_hook(hook)
 
 
 def check_reads(name: str, memory: RecordingMemory,

@@ -44,7 +44,13 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 
 from dumpd.errors import DumpdError
-from dumpd.hooks.contract import ENTRY_POINT_GROUP, DumpMemory, HookConfigError, PfnIsRam
+from dumpd.hooks.contract import (
+    ENTRY_POINT_GROUP,
+    DumpMemory,
+    HookConfigError,
+    PfnIsRam,
+    close_hook,
+)
 from dumpd.hooks.discovery import find_plugin, load_hook
 from dumpd.hooks.pfnrange import PFN_LIMIT
 from dumpd.testing.attached import (
@@ -126,9 +132,7 @@ def created(name: str, options: Mapping[str, object], distribution: str = "",
     try:
         yield hook
     finally:
-        close = getattr(hook, "close", None)
-        if callable(close):
-            close()
+        close_hook(hook)
 
 
 def check_unknown_option(name: str, options: Mapping[str, object],
@@ -142,9 +146,7 @@ def check_unknown_option(name: str, options: Mapping[str, object],
     except Exception as exc:
         raise fail(name, "options", f"an unknown option raised {type(exc).__name__}: "
                     f"{exc}; raise HookConfigError with one line instead") from exc
-    close = getattr(hook, "close", None)
-    if callable(close):
-        close()
+    close_hook(hook)
     raise fail(name, "options", f"accepted the unknown option {UNKNOWN_OPTION!r}; "
                 "refuse it with HookConfigError so typos in a configuration are caught")
 
