@@ -23,6 +23,7 @@ import pytest
 from bench.kdumpbitmap import kept_dumps, lab_run
 from bench.lab.__main__ import keep
 from bench.lab.machine import Options, Outcome
+from bench.memmap_check import file_pfns
 from dumpd.testing.elfwriter import LoadSpec, vmcoreinfo_note, write_elf_core
 from tests.servers import client_of, serving
 
@@ -70,12 +71,11 @@ async def the_balloon_is_offline(tmp_path: Path, dump: Path) -> None:
         extents = []
         for offset in range(0, info["size"], 1 << 30):
             extents += await client.extents(offset, min(1 << 30, info["size"] - offset))
-    page, offline = info["page_size"], set()
+    page, offline = info["page_size"], set[int]()
     for offset, length, kind in extents:
-        for paddr, file_offset, filesz, _ in info["segments"] if kind == "zero" else ():
-            lo, hi = max(offset, file_offset), min(offset + length, file_offset + filesz)
-            offline.update(range((paddr + lo - file_offset) // page,
-                                 (paddr + hi - file_offset) // page))
+        if kind == "zero":
+            for first, end in file_pfns(info["segments"], offset, length, page):
+                offline.update(range(first, end))
     assert len(offline) == (BALLOON_MIB << 20) // page
 
 
