@@ -17,9 +17,10 @@ other): `dumpd serve --source DUMP` (the ELF) and `--source FILE.kdump`.
   source today), so the baselines are what comes nearest: makedumpfile refiltering the
   same file at level 31 into an uncompressed kdump file (it reads, decompresses and
   writes every dumped page: the target, at least 0.5x its speed, is taken against it);
-  libkdumpfile (drgn) reading every dumped page of it; and `makedumpfile -E -d 31` of
-  the ELF dump, the conversion -E does make, whose output's sha256 is set beside the
-  view's.
+  libkdumpfile (drgn) reading every dumped page of it; and `makedumpfile -E -d 30` of
+  the ELF dump, the file -E would make of the kdump one if it took it (the same pages
+  dumped: level 31 but for bit 1, as the `-c -d 31` file holds each zero page, as its
+  one shared zero page), whose sha256 is set beside the view's.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def read_rows(elf_sock: Path, kdump_sock: Path | None, kd: Kdump, plan: Plan,
 def stream_baselines(dump: Path, kdump: Path, kd: Kdump, work: Path, plan: Plan,
                      scenario: str, emit: Emit) -> tuple[list[tuple[str, float, bool]], str]:
     """(what, best seconds, whether the target is taken against it) of each baseline of
-    the whole-view stream, and the sha256 of `makedumpfile -E -d 31` of the ELF dump."""
+    the whole-view stream, and the sha256 of `makedumpfile -E -d 30` of the ELF dump."""
     refilter, elf = work / "refiltered.kdump", work / "makedumpfile-E.elf"
 
     def makedumpfile(args: list[str], out: Path) -> float:
@@ -193,8 +194,8 @@ def stream_baselines(dump: Path, kdump: Path, kd: Kdump, work: Path, plan: Plan,
     except ImportError:
         emit(Row(scenario, "libkdumpfile (drgn) reading FILE.kdump", "not measured: drgn is "
                  "not installed (pip install drgn)", "", "", ""))
-    found.append(("`makedumpfile -E -d 31` of the ELF dump", best(
-        plan.repeat, lambda: makedumpfile(["-E", "-d", "31", str(dump)], elf)), False))
+    found.append(("`makedumpfile -E -d 30` of the ELF dump", best(
+        plan.repeat, lambda: makedumpfile(["-E", "-d", "30", str(dump)], elf)), False))
     with open(elf, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     refilter.unlink()
@@ -222,7 +223,7 @@ def stream_rows(sock: Path | None, baselines: list[tuple[str, float, bool]], elf
                                        "speed") if targeted else "",
                  {"seconds": round(ours, 4), "view_bytes": size, "baseline": round(seconds, 4),
                   "ratio": round(ratio, 3)}))
-    emit(Row(scenario, "sha256 of the .kdump source's view == that of `makedumpfile -E -d 31` "
+    emit(Row(scenario, "sha256 of the .kdump source's view == that of `makedumpfile -E -d 30` "
              "of the ELF dump", "yes" if digest == elf_digest else "no", "", "", "",
              {"view": digest, "makedumpfile_E": elf_digest}))
 
