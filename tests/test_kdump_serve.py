@@ -170,6 +170,31 @@ async def test_the_memmap_hook_attaches_to_a_served_kdump(
     assert {word for runs in answers[1] for _, word in runs} >= {"", "free", "user", "cache"}
 
 
+def _stream_with_zeros(sock: str, size: int) -> tuple[list[Any], dict[str, Any] | None]:
+    with Client.connect(sock, timeout=30) as client:
+        stream = client.stream(0, size, zeros_as_holes=True)
+        return [p for p in stream if not isinstance(p, StreamData)], stream.summary
+
+
+async def test_zeros_as_holes_on_a_served_kdump(kernel: tuple[SyntheticKernel, Path],
+                                                 tmp_path: Path) -> None:
+    """Level 1 keeps zero pages (makedumpfile's one zero page): a stream asked for
+    `zeros_as_holes` finds them all zero, and the pages with no data stay "excluded"."""
+    synthetic, core = kernel
+    kdump = makedumpfile(core, tmp_path / "dump.kdump", "-l", "-d", "1")
+    kept, memory = dumped(kdump), present(kdump)
+    async with serving(tmp_path, kdump) as server, client_of(server) as client:
+        info = await client.info()
+        pieces, summary = await asyncio.to_thread(_stream_with_zeros,
+                                                  server.config.server.socket, info["size"])
+    offsets = page_offsets(info)
+    assert hole_pfns(pieces, offsets, "excluded") == pfns(subtract(memory, kept))
+    assert hole_pfns(pieces, offsets, "zero") == sorted(set(pfns(kept)) & synthetic.zero_pfns)
+    assert summary is not None and summary["zero_bytes"] == len(
+        hole_pfns(pieces, offsets, "zero")) * PAGE
+    assert not [p for p in pieces if isinstance(p, StreamError)]
+
+
 def _corrupt(tmp_path: Path) -> tuple[Path, int]:
     """A small kdump file whose pfn 9 has a page descriptor past the end of the file."""
     written = write_kdump(tmp_path / "bad.kdump", ((1, 64),),
@@ -185,10 +210,13 @@ async def test_a_bad_page_is_eio_alone_and_the_server_goes_on(tmp_path: Path) ->
             await client.read_phys(bad * PAGE, 8)
         assert info.value.code == "EIO"
         assert f"pfn {bad:#x}: its data is outside the page data of the file" in str(info.value)
+        offsets = page_offsets(await client.info())
+        with pytest.raises(RemoteError, match="EIO"):
+            await client.read(offsets[bad] + 8, 8)  # a page of the view: read at once
+        assert await client.read(offsets[bad + 1], 8) == b"%08d" % (bad + 1)
         size = (await client.info())["size"]
         pieces, summary = await asyncio.to_thread(collect, server.config.server.socket, size)
         errors = [p for p in pieces if isinstance(p, StreamError)]
-        offsets = page_offsets(await client.info())
         assert [(e.offset, e.length, e.code) for e in errors] == [(offsets[bad], PAGE, "EIO")]
         assert summary is not None and summary["error_bytes"] == PAGE
         for pfn in (bad - 1, bad + 1, 63):
@@ -280,10 +308,12 @@ def test_the_labs_real_dumps_served_as_kdump_files(tmp_path: Path, level: str) -
     for dump in dumps:
         kdump = makedumpfile(dump, tmp_path / f"{dump.name}.kdump", "-c", "-d", level)
         kept = dumped(kdump)
+        prog = _drgn(kdump)
         with closing(open_source(str(dump))) as elf, \
                 served(tmp_path, str(kdump)) as sock, Client.connect(sock) as client:
             for first, end in kept:
                 for pfn in range(first, end, 256):
                     n = min(256, end - pfn)
-                    assert client.read_phys(pfn * PAGE, n * PAGE) == elf.read_phys(
-                        pfn * PAGE, n * PAGE), (dump, pfn)
+                    got = client.read_phys(pfn * PAGE, n * PAGE)
+                    assert got == elf.read_phys(pfn * PAGE, n * PAGE), (dump, pfn)
+                    assert got == prog.read(pfn * PAGE, n * PAGE, True), (dump, pfn)

@@ -235,6 +235,23 @@ def test_reads_on_the_loop_are_small_and_from_the_os_cache(tmp_path: Path) -> No
         assert source.read_cached_into(offset, memoryview(bytearray(16 * PAGE))) == 0
 
 
+def test_copy_to_writes_the_views_bytes_not_the_files(tmp_path: Path) -> None:
+    """What a socket would get from `copy_to` is the view, decompressed (the engine
+    never asks it of a kdump source: `spliced` is False)."""
+    written = write_kdump(tmp_path / "dump", ((0, 8),), _page)
+    with closing(kdump_source(written.path)) as source:
+        assert not source.spliced and source.excludes
+        offset = source.segments[0].file_offset + PAGE - 5
+        reader, writer = os.pipe()
+        try:
+            assert source.copy_to(writer, offset, PAGE + 10) == PAGE + 10
+            assert source.copy_to(writer, source.size, 10) == 0
+            assert os.read(reader, 2 * PAGE) == _page(0)[-5:] + _page(1) + _page(2)[:5]
+        finally:
+            os.close(reader)
+            os.close(writer)
+
+
 # --------------------------------------------------------------------------- refused
 
 

@@ -27,6 +27,7 @@ from typing import TypeVar
 SUPER = 64  # bitmap blocks per superblock
 BLOCK_CACHE_BYTES = 1 << 20  # bitmap blocks kept (at least 16 blocks)
 SUPERS_CACHED = 256  # superblocks whose inside counts are kept
+SHORT = 512  # bits of a block looked at as one int (a page or a few: the common read)
 
 T = TypeVar("T")
 Runs = list[tuple[int, int]]
@@ -141,6 +142,15 @@ class Rank:
                 lo = max(first, index * bits) - index * bits
                 hi = min(end, (index + 1) * bits) - index * bits
                 part = block[lo // 8 : -(-hi // 8)]
+                if hi - lo <= SHORT:  # all set or all clear, most often: no search
+                    mask = ((1 << (hi - lo)) - 1) << lo % 8
+                    value = int.from_bytes(part, "little") & mask
+                    if value in (0, mask):
+                        if value and out and out[-1][1] == index * bits + lo:
+                            out[-1] = (out[-1][0], index * bits + hi)
+                        elif value:
+                            out.append((index * bits + lo, index * bits + hi))
+                        continue
                 for start, stop in set_runs(part, index * bits + lo // 8 * 8):
                     start, stop = max(start, index * bits + lo), min(stop, index * bits + hi)
                     if start >= stop:
