@@ -13,6 +13,8 @@ Design rules:
   small LRUs. Memory is 8 bytes per superblock asked about (8 GiB of memory at 4 KiB
   pages) plus the LRUs, whatever the bitmap claims; nothing is kept per pfn. Blocks
   the file has no data for (`skip`: a sparse file's holes) count 0 without a read.
+- No lock is held across a read, and `peek` answers from what is at hand or not at
+  all, so the event loop never waits for a read of another thread.
 """
 
 from __future__ import annotations
@@ -105,7 +107,12 @@ class Rank:
     `read(offset, length)` (bytes of the bitmap; fewer at its end is an error of the
     caller's). `skip(offset)`, when given, says where the first byte at or after
     `offset` that may be set is (the bitmap's size if none): the bytes before it are
-    all zero and are not read. Thread-safe."""
+    all zero and are not read.
+
+    Thread-safe, and no lock is held across a read: `_lock` guards the arrays and the
+    LRUs for the moment it takes to look them up or change them; counting superblocks
+    in order (which reads) is serialized by `_counting` alone, so a `peek` (the event
+    loop's) never waits for a read another thread does."""
 
     def __init__(self, read: Callable[[int, int], bytes], nbits: int, block_size: int,
                  skip: Callable[[int], int] | None = None) -> None:
@@ -113,6 +120,7 @@ class Rank:
         self._skip = skip
         self.nbits = nbits
         self._block = block_size
+        self._block_bits = 8 * block_size
         self._size = -(-nbits // 8)  # bytes that hold bits
         self._super_bytes = SUPER * block_size
         self._super_bits = 8 * self._super_bytes
@@ -120,55 +128,45 @@ class Rank:
         self._inside: OrderedDict[int, array[int]] = OrderedDict()  # superblock -> prefix
         self._blocks: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        self._counting = threading.Lock()
         self.blocks_read = 0  # bitmap blocks read so far (a block read again counts again)
 
     def rank(self, bit: int) -> int:
         """The set bits before `bit` (0 <= bit <= nbits)."""
         if not 0 <= bit <= self.nbits:
             raise ValueError(f"bit {bit} is outside [0, {self.nbits}]")
-        with self._lock:
-            return self._rank(bit)
+        index, within = divmod(bit, self._super_bits)
+        start = self._superblock_start(index)
+        block, offset = divmod(within, self._block_bits)
+        total = start + self._prefix(index)[block]
+        return total + (_count_before(self._block_bytes(index * SUPER + block), offset)
+                        if offset else 0)
 
     def runs(self, first: int, end: int) -> Runs:
         """The runs of set bits in `[first, end)` (clipped to the bitmap)."""
         end = min(end, self.nbits)
-        out: Runs = []
-        if first >= end:
-            return out
-        bits = 8 * self._block
-        with self._lock:
-            for index in range(first // bits, (end - 1) // bits + 1):
-                block = self._block_bytes(index)
-                lo = max(first, index * bits) - index * bits
-                hi = min(end, (index + 1) * bits) - index * bits
-                part = block[lo // 8 : -(-hi // 8)]
-                if hi - lo <= SHORT:  # all set or all clear, most often: no search
-                    mask = ((1 << (hi - lo)) - 1) << lo % 8
-                    value = int.from_bytes(part, "little") & mask
-                    if value in (0, mask):
-                        if value and out and out[-1][1] == index * bits + lo:
-                            out[-1] = (out[-1][0], index * bits + hi)
-                        elif value:
-                            out.append((index * bits + lo, index * bits + hi))
-                        continue
-                for start, stop in set_runs(part, index * bits + lo // 8 * 8):
-                    start, stop = max(start, index * bits + lo), min(stop, index * bits + hi)
-                    if start >= stop:
-                        continue
-                    if out and out[-1][1] == start:
-                        out[-1] = (out[-1][0], stop)
-                    else:
-                        out.append((start, stop))
-        return out
+        bits = self._block_bits
+        blocks = {index: self._block_bytes(index)
+                  for index in range(first // bits, (end - 1) // bits + 1)} if first < end else {}
+        return self._runs(first, end, blocks)
 
-    def cached(self, first: int, end: int) -> bool:
-        """Whether `rank(first)` and `runs(first, end)` need no read now."""
-        bits = 8 * self._block
+    def peek(self, first: int, end: int) -> tuple[int, Runs] | None:
+        """`(rank(first), runs(first, end))` if they need no read now, else None."""
+        end = min(end, self.nbits)
+        bits = self._block_bits
+        index, within = divmod(first, self._super_bits)
         with self._lock:
-            index = first // self._super_bits
-            return (index < len(self._before) and index in self._inside
-                    and all(block in self._blocks
-                            for block in range(first // bits, max(first, end - 1) // bits + 1)))
+            inside = self._inside.get(index)
+            blocks = {block: self._blocks.get(block)
+                      for block in range(first // bits, max(first, end - 1) // bits + 1)}
+            if index >= len(self._before) or inside is None or None in blocks.values():
+                return None
+            start = self._before[index]
+        block, offset = divmod(within, bits)
+        found = {key: value for key, value in blocks.items() if value is not None}
+        rank = start + inside[block] + (_count_before(found[first // bits], offset)
+                                        if offset else 0)
+        return rank, self._runs(first, end, found)
 
     @property
     def memory(self) -> int:
@@ -178,65 +176,99 @@ class Rank:
                     + sum(a.itemsize * len(a) for a in self._inside.values())
                     + sum(len(b) for b in self._blocks.values()))
 
-    def _rank(self, bit: int) -> int:
-        index, within = divmod(bit, self._super_bits)
-        block, offset = divmod(within, 8 * self._block)
-        total = self._superblock_start(index) + self._prefix(index)[block]
-        if offset:
-            data = self._block_bytes(index * SUPER + block)
-            whole, rest = divmod(offset, 8)
-            total += _count(data[:whole])
-            if rest:
-                total += (data[whole] & ((1 << rest) - 1)).bit_count()
-        return total
+    def _runs(self, first: int, end: int, blocks: dict[int, bytes]) -> Runs:
+        """The runs of `[first, end)` (inside the bitmap) in `blocks`, which hold them."""
+        out: Runs = []
+        bits = self._block_bits
+        for index, block in sorted(blocks.items()):
+            lo = max(first, index * bits) - index * bits
+            hi = min(end, (index + 1) * bits) - index * bits
+            part = block[lo // 8 : -(-hi // 8)]
+            base = index * bits
+            if hi - lo <= SHORT:  # all set or all clear, most often: no search
+                mask = ((1 << (hi - lo)) - 1) << lo % 8
+                value = int.from_bytes(part, "little") & mask
+                if value in (0, mask):
+                    if value:
+                        _add(out, base + lo, base + hi)
+                    continue
+            for start, stop in set_runs(part, base + lo // 8 * 8):
+                start, stop = max(start, base + lo), min(stop, base + hi)
+                if start < stop:
+                    _add(out, start, stop)
+        return out
 
     def _superblock_start(self, index: int) -> int:
         """Set bits before superblock `index`, counting the superblocks before it that
-        are not counted yet (their counts are kept in the LRU on the way)."""
-        before = self._before
-        while len(before) <= index:
-            done = len(before) - 1  # superblock `done` is the next to count
-            start = done * self._super_bytes
-            if self._skip is not None:
-                data_at = self._skip(start)
-                empty = min(index, data_at // self._super_bytes) - done
-                if empty > 0:  # superblocks wholly before the next data count 0
-                    before.extend([before[-1]] * empty)
-                    continue
-            before.append(before[-1] + self._prefix(done)[SUPER])
-        return before[index]
+        are not counted yet, in order (their inside counts go to the LRU on the way)."""
+        with self._lock:
+            if index < len(self._before):
+                return self._before[index]
+        with self._counting:
+            while True:
+                with self._lock:
+                    if index < len(self._before):
+                        return self._before[index]
+                    done, total = len(self._before) - 1, self._before[-1]
+                empty = 0
+                if self._skip is not None:  # superblocks wholly before the next data: 0
+                    empty = min(index, self._skip(done * self._super_bytes)
+                                // self._super_bytes) - done
+                with self._lock:
+                    if empty > 0:
+                        self._before.extend(array("Q", [total]) * empty)
+                        continue
+                counted = self._prefix(done)[SUPER]
+                with self._lock:
+                    self._before.append(total + counted)
 
     def _prefix(self, index: int) -> array[int]:
         """Set bits before each block of superblock `index` (SUPER + 1 counts)."""
-        found = self._inside.get(index)
-        if found is not None:
-            self._inside.move_to_end(index)
-            return found
+        with self._lock:
+            found = self._inside.get(index)
+            if found is not None:
+                self._inside.move_to_end(index)
+                return found
         start = index * self._super_bytes
         length = max(0, min(self._size, start + self._super_bytes) - start)
-        data = self._read(start, length) if length else b""
-        self.blocks_read += -(-length // self._block)
+        view = memoryview(self._read(start, length) if length else b"")
         counts = array("I", [0])
-        view = memoryview(data)
         for block in range(SUPER):
             lo = block * self._block
             counts.append(counts[-1] + (_count(view[lo : lo + self._block]) if lo < len(view)
                                         else 0))
-        _remember(self._inside, index, counts, SUPERS_CACHED)
+        with self._lock:
+            self.blocks_read += -(-length // self._block)
+            _remember(self._inside, index, counts, SUPERS_CACHED)
         return counts
 
     def _block_bytes(self, index: int) -> bytes:
-        found = self._blocks.get(index)
-        if found is not None:
-            self._blocks.move_to_end(index)
-            return found
+        with self._lock:
+            found = self._blocks.get(index)
+            if found is not None:
+                self._blocks.move_to_end(index)
+                return found
         start = index * self._block
         length = max(0, min(self._size, start + self._block) - start)
-        data = self._read(start, length) if length else b""
-        self.blocks_read += 1
-        data = data.ljust(self._block, b"\0")
-        _remember(self._blocks, index, data, max(16, BLOCK_CACHE_BYTES // self._block))
+        data = (self._read(start, length) if length else b"").ljust(self._block, b"\0")
+        with self._lock:
+            self.blocks_read += 1
+            _remember(self._blocks, index, data, max(16, BLOCK_CACHE_BYTES // self._block))
         return data
+
+
+def _count_before(block: bytes, offset: int) -> int:
+    """Set bits of `block` before bit `offset`."""
+    whole, rest = divmod(offset, 8)
+    total = _count(block[:whole])
+    return total + ((block[whole] & ((1 << rest) - 1)).bit_count() if rest else 0)
+
+
+def _add(runs: Runs, first: int, end: int) -> None:
+    if runs and runs[-1][1] == first:
+        runs[-1] = (runs[-1][0], end)
+    else:
+        runs.append((first, end))
 
 
 def _remember(cache: OrderedDict[int, T], key: int, value: T, most: int) -> None:

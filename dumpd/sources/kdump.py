@@ -14,8 +14,12 @@ Design rules:
   (`StartupError`): the headers, the bitmaps inside the file, the notes. What can only
   be found page by page (a descriptor past the end, a page that does not decompress)
   is EIO for that page (`ReadError`), and the server goes on.
-- Reads on the event loop (`read_cached_into`) decompress at most `INLINE_MAX` bytes
-  and only what the OS page cache holds; the rest goes to the engine's workers.
+- Reads on the event loop (`read_cached_into`) decompress at most `INLINE_MAX` bytes,
+  only what the OS page cache holds, and only when the bitmap's ranks are at hand
+  (`Rank.peek`: no read, no wait); the rest goes to the engine's workers. `excluded`,
+  which the engine asks on the loop when it sorts a range into read and zero pieces,
+  reads at most the 2nd bitmap's blocks it needs (4 KiB for 32768 pages), once: they
+  stay in a small LRU.
 """
 
 from __future__ import annotations

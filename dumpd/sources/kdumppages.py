@@ -65,9 +65,14 @@ class Pages:
         first page that cannot be had; OSError from the file; with `nowait`,
         WouldBlock (sources/kdumpfile.py) when it would have to wait."""
         ps = self.page_size
-        if nowait and not self.dumped.cached(first, first + count):
-            raise WouldBlock
-        runs = self.runs(first, first + count)
+        if nowait:
+            found = self.dumped.peek(first, first + count)
+            if found is None:
+                raise WouldBlock
+            rank, runs = found
+        else:
+            runs = self.runs(first, first + count)
+            rank = self.dumped.rank(first) if runs else 0
         pos = first
         for start, end in runs:  # what is not dumped is zeros
             out[(pos - first) * ps : (start - first) * ps] = bytes((start - pos) * ps)
@@ -76,7 +81,7 @@ class Pages:
         if not runs:
             return
         pfns = [pfn for start, end in runs for pfn in range(start, end)]
-        descriptors = self._descriptors_of(pfns, nowait)
+        descriptors = self._descriptors_of(pfns, rank, nowait)
         blobs = self._data(pfns, descriptors, nowait)
         for pfn, (_, _, flags, _), blob in zip(pfns, descriptors, blobs, strict=True):
             at = (pfn - first) * ps
@@ -95,9 +100,10 @@ class Pages:
             found = self._decoders[flags] = codecs.by_flag(flags).decompress
         return found
 
-    def _descriptors_of(self, pfns: Sequence[int], nowait: bool) -> list[Descriptor]:
-        """The page descriptors of `pfns` (dumped, consecutive in the bitmap), checked."""
-        rank = self.dumped.rank(pfns[0])
+    def _descriptors_of(self, pfns: Sequence[int], rank: int, nowait: bool
+                        ) -> list[Descriptor]:
+        """The page descriptors of `pfns` (dumped, consecutive in the bitmap, the first
+        of rank `rank`), checked."""
         data = self._file.pread(self._descriptors + rank * DESC.size, len(pfns) * DESC.size,
                                 nowait)
         found: list[Descriptor] = list(DESC.iter_unpack(data[: len(data) // DESC.size
