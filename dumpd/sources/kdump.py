@@ -68,7 +68,6 @@ class KdumpSource(Source):
         super().__init__("kdump", path, fd, view.size, ps, segments)
         self.pages = pages
         self.dump_level = sub.dump_level
-        self._file = file
         self._view = view
         self._metadata = metadata  # the view's bytes before its first page
         self._starts = [load.offset for load in view.loads]
@@ -215,15 +214,14 @@ def _memory(path: str, file: KdumpBytes, layout: Layout) -> Runs:
         if not data:
             _fail(path, f"cannot read its 1st bitmap at {base + pos:#x}")
         try:
-            found = set_runs(data, 8 * pos, MAX_LOADS + 1)
+            for first, end in set_runs(data, 8 * pos, MAX_LOADS + 1):
+                if runs and runs[-1][1] == first:
+                    runs[-1] = (runs[-1][0], end)
+                else:
+                    runs.append((first, end))
+            if len(runs) > MAX_LOADS:
+                raise TooManyRuns
         except TooManyRuns:
-            found = [(0, 0)] * (MAX_LOADS + 1)
-        for first, end in found:
-            if runs and runs[-1][1] == first:
-                runs[-1] = (runs[-1][0], end)
-            else:
-                runs.append((first, end))
-        if len(runs) > MAX_LOADS:
             _fail(path, f"its 1st bitmap has more than {MAX_LOADS} runs of memory, more than "
                   "an ELF core's program headers hold")
         pos += len(data)
@@ -237,8 +235,9 @@ def _memory(path: str, file: KdumpBytes, layout: Layout) -> Runs:
 def open_kdump(path: str, fd: int, file_size: int, flattened: bool) -> KdumpSource:
     """Serve the kdump-compressed file (or its flattened form) open on `fd`, of
     `file_size` bytes; on failure the caller still owns `fd`."""
-    file: KdumpBytes = FlatFile(path, fd, file_size) if flattened else PlainFile(fd, file_size)
     try:
+        file: KdumpBytes = (FlatFile(path, fd, file_size) if flattened
+                            else PlainFile(fd, file_size))
         if flattened and file.pread(0, len(ELF_MAGIC)) == ELF_MAGIC:
             _fail(path, "a flattened ELF core (makedumpfile -E -F output): rearrange it "
                   f"(makedumpfile -R OUTPUT < {path}) and serve OUTPUT")
@@ -250,10 +249,10 @@ def open_kdump(path: str, fd: int, file_size: int, flattened: bool) -> KdumpSour
     except OSError as exc:
         _fail(path, f"cannot read: {exc.strerror or exc}")
     text = vmcoreinfo_text(info) if info else None
-    if text is not None and parse_lines(text).get("PAGESIZE", str(main.block_size)) != str(
-            main.block_size):
-        _fail(path, f"its VMCOREINFO says PAGESIZE={parse_lines(text)['PAGESIZE']}, its "
-              f"header block_size {main.block_size}")
+    said = parse_lines(text).get("PAGESIZE", str(main.block_size)) if text else ""
+    if said and said != str(main.block_size):
+        _fail(path, f"its VMCOREINFO says PAGESIZE={said}, its header block_size "
+              f"{main.block_size}")
     if info and b"VMCOREINFO" not in note_names(notes):
         notes += note(b"VMCOREINFO", 0, info)  # so that tools reading the view find it
     machine_name = main.utsname[4].decode("ascii", "replace")
