@@ -352,3 +352,24 @@ def test_the_labs_real_dumps_served_as_kdump_files(tmp_path: Path, level: str) -
             assert releases[0] == releases[1] and releases[0].startswith(("5.", "6.", "7."))
         again = makedumpfile(copy, tmp_path / f"{dump.name}.again", "-c", "-d", level)
         assert (present(again), dumped(again)) == (present(kdump), kept)
+
+
+@pytest.mark.slow
+def test_crash_shows_the_copy_of_a_served_kdump_as_the_dump(tmp_path: Path) -> None:
+    """With the dead kernel's debug vmlinux (bench.crashcheck: `sys`, `log`, `bt`, `ps`),
+    crash shows of the ELF copy `dumpd fetch` makes of a served `makedumpfile -c -d 31`
+    file what it shows of the original dump."""
+    from bench.crashcheck import CACHE, crash_shows
+
+    dumps = [dump for dump in _lab_dumps() if Path(f"{dump}.version").is_file()]
+    vmlinux = CACHE / f"vmlinux-{Path(f'{dumps[0]}.version').read_text().strip()}" \
+        if dumps else None
+    if vmlinux is None or not vmlinux.is_file() or shutil.which("crash") is None:
+        pytest.skip("needs a lab dump, its debug vmlinux in the lab's cache "
+                    "(python -m bench.crashcheck fetches it) and crash")
+    dump = dumps[0]
+    kdump = makedumpfile(dump, tmp_path / "dump.kdump", "-c", "-d", "31")
+    copy = tmp_path / "copy"
+    with served(tmp_path, str(kdump)) as sock:
+        ok("fetch", "--socket", sock, "-o", str(copy), "--quiet")
+    assert crash_shows(vmlinux, copy) == crash_shows(vmlinux, dump)
