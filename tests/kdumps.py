@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,17 @@ def makedumpfile(core: str | Path, out: Path, *options: str) -> Path:
     else:
         subprocess.run([*command, str(out)], check=True, capture_output=True)
     return out
+
+
+def drgn_of(path: str | Path) -> Any:
+    """drgn's Program on the dump at `path` (libkdumpfile reads kdump-compressed files,
+    flattened ones too); skips the test without drgn or its libkdumpfile."""
+    drgn = pytest.importorskip("drgn")
+    if not getattr(pytest.importorskip("_drgn"), "_with_libkdumpfile", False):
+        pytest.skip("this drgn has no libkdumpfile: it cannot read kdump-compressed files")
+    prog = drgn.Program()
+    prog.set_core_dump(str(path))
+    return prog
 
 
 def pfns(ranges: Iterable[tuple[int, int]]) -> list[int]:

@@ -26,6 +26,7 @@ from dumpd.testing.kernel import SyntheticKernel
 from tests.daemon import info_json, ok, one_line_error, run, served
 from tests.kdumps import (
     PAGE,
+    drgn_of,
     dumped,
     makedumpfile,
     needs_makedumpfile,
@@ -39,16 +40,6 @@ from tests.views import record_reads
 
 MiB = 1 << 20
 pytestmark = needs_makedumpfile
-
-
-def _drgn(path: Path) -> Any:
-    """drgn's Program on `path`; skips without drgn or its libkdumpfile."""
-    drgn = pytest.importorskip("drgn")
-    if not getattr(pytest.importorskip("_drgn"), "_with_libkdumpfile", False):
-        pytest.skip("this drgn has no libkdumpfile: it cannot read kdump-compressed files")
-    prog = drgn.Program()
-    prog.set_core_dump(str(path))
-    return prog
 
 
 def drgn_fault() -> type[Exception]:
@@ -97,7 +88,7 @@ async def test_every_page_over_the_socket_is_the_cores_and_drgns(
     """read_phys, extents, a stream and a digest of the view: dumped pages are the ELF
     core's and drgn's; pages left out are holes ("excluded"), zeros, never read."""
     core = kernel[1]
-    prog = _drgn(level_31)
+    prog = drgn_of(level_31)
     kept, memory = dumped(level_31), present(level_31)
     left_out = pfns(subtract(memory, kept))
     assert len(left_out) > 1000 and len(pfns(kept)) > 1000
@@ -257,7 +248,7 @@ def test_the_cli_serves_a_kdump_and_fetch_copies_it_as_an_elf_core(
     assert all(at > offsets[pfn] for at, pfn in zip(data_at, left_out, strict=False))
     record = [json.loads(line) for line in Path(f"{copy}.dumpd-holes").read_text().splitlines()]
     assert record[-1] == {"pages": {"excluded": len(left_out)}}
-    from_kdump, from_copy = _drgn(level_31), _drgn(copy)
+    from_kdump, from_copy = drgn_of(level_31), drgn_of(copy)
     for pfn in pfns(kept):
         assert from_copy.read(pfn * PAGE, PAGE, True) == from_kdump.read(pfn * PAGE, PAGE, True)
     read_virtually = 0  # through the dead kernel's page tables, as drgn reads any vmcore
@@ -325,7 +316,7 @@ def test_the_labs_real_dumps_served_as_kdump_files(tmp_path: Path, level: str) -
     for dump in dumps:
         kdump = makedumpfile(dump, tmp_path / f"{dump.name}.kdump", "-c", "-d", level)
         kept = dumped(kdump)
-        prog = _drgn(kdump)
+        prog = drgn_of(kdump)
         copy = tmp_path / f"{dump.name}.copy"
         with closing(open_source(str(dump))) as elf, \
                 served(tmp_path, str(kdump)) as sock, Client.connect(sock) as client:

@@ -28,6 +28,7 @@ from tests.kdumps import (
     PAGE,
     allocated,
     descriptor_at,
+    drgn_of,
     dumped,
     makedumpfile,
     needs_makedumpfile,
@@ -106,15 +107,19 @@ def view_pfns(source: KdumpSource, ranges: list[tuple[int, int]]) -> list[int]:
 
 
 def assert_pages_are_the_cores(source: KdumpSource, core: Path, dumped_runs: Ranges,
-                               present_runs: Ranges) -> None:
+                               present_runs: Ranges, drgn: bool = False) -> None:
     """The view's segments are the 1st bitmap's runs, page-aligned; every dumped page
-    is the ELF core's; every other page is zeros and `excluded`."""
+    is the ELF core's (and, with `drgn`, what drgn reads of the file: libkdumpfile
+    needs its VMCOREINFO); every other page is zeros and `excluded`."""
     assert [(s.paddr // PAGE, (s.paddr + s.memsz) // PAGE) for s in source.segments] == list(
         present_runs)
     assert all(s.file_offset % PAGE == 0 and s.filesz == s.memsz for s in source.segments)
+    prog = drgn_of(source.path) if drgn else None  # libkdumpfile reading the same file
     with closing(open_source(str(core))) as elf:
         for pfn in pfns(dumped_runs):
-            assert source.read_phys(pfn * PAGE, PAGE) == elf.read_phys(pfn * PAGE, PAGE), pfn
+            got = source.read_phys(pfn * PAGE, PAGE)
+            assert got == elf.read_phys(pfn * PAGE, PAGE), pfn
+            assert prog is None or got == prog.read(pfn * PAGE, PAGE, True), pfn
     excluded = pfns(subtract(present_runs, dumped_runs))
     for pfn in excluded:
         assert source.read_phys(pfn * PAGE, PAGE) == bytes(PAGE)
@@ -139,7 +144,8 @@ def test_every_dumped_page_is_the_elf_cores(core: Path, tmp_path: Path,
 
 
 @needs_makedumpfile
-@pytest.mark.parametrize("options", [("-c", "-d", "31"), ("-F", "-l", "-d", "31"),
+@pytest.mark.parametrize("options", [("-c", "-d", "0"), ("-l", "-d", "0"), ("-c", "-d", "1"),
+                                     ("-c", "-d", "31"), ("-F", "-l", "-d", "31"),
                                      ("-F", "-c", "-d", "0")], ids=" ".join)
 def test_a_synthetic_kernel_at_every_compression_and_form(
         kernel: tuple[SyntheticKernel, Path], tmp_path: Path, options: tuple[str, ...]) -> None:
@@ -156,7 +162,7 @@ def test_a_synthetic_kernel_at_every_compression_and_form(
     with closing(kdump_source(kdump)) as source:
         assert (source.arch, source.vmcoreinfo_text) == ("x86_64", synthetic.vmcoreinfo)
         assert source.dump_level == int(options[-1])
-        assert_pages_are_the_cores(source, core, dumped(plain), present(plain))
+        assert_pages_are_the_cores(source, core, dumped(plain), present(plain), drgn=True)
         if "-F" in options:
             assert "flattened" in source.read_path_why
             with closing(kdump_source(plain)) as rebuilt:
