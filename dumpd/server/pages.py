@@ -6,10 +6,14 @@ Design rules:
   the reader's pieces end), cut into units at the view's page boundaries; each unit is
   compressed on its own, and a unit that does not shrink goes as it is (makedumpfile's
   rule), so a kdump writer can store the blobs as they come.
-- Compression runs on worker threads (zlib and zstd let go of the GIL), `AHEAD`
-  frames at a time, in the reader's order; the frames of one batch are sent before
-  the next batch is compressed. What a compressed stream holds beyond a plain one is
-  the output of those frames: at most `HELD` bytes (`server/memory.py` counts it).
+- Compression runs on worker threads, off the event loop, `AHEAD` frames at a time,
+  in the reader's order, each frame written as soon as it is compressed; the frames
+  of one batch are sent before the next batch is compressed. (Measured: one call per
+  page holds the GIL for most of its time, so two threads compress no faster than
+  one; what the threads buy is a loop that keeps serving, and the TLS encryption and
+  socket writes of one frame overlapping the compression of the next.) What a
+  compressed stream holds beyond a plain one is the output of those frames, at most
+  `HELD` bytes, held in the server's reply budget (`server/streams.py`).
 - Counts are honest on both sides: the view bytes a frame covers and the bytes of its
   payload, server-wide (`Compression`, in `stats`) and per stream (its summary).
 """
