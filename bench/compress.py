@@ -183,7 +183,7 @@ def report(label: str, view: int, seconds: dict[str, list[float]], received: dic
                  f"{way}, {label}: bytes on the wire, time",
                  f"{wire:.0f} MiB on the wire ({received[way] / view:.2f} of the view; "
                  f"payload {ratio.get(way, 0):.2f}), {rate(seconds[way])}", plain,
-                 f"wire {received['none'] / received[way]:.2f}x smaller, time "
+                 f"none / {way}: wire {received['none'] / received[way]:.2f}x, time "
                  f"{min(seconds['none']) / min(seconds[way]):.2f}x", "",
                  {"view": view, "received": dict(received), "payload_ratio": ratio,
                   "seconds": {w: [round(s, 3) for s in seconds[w]] for w in WAYS}}))

@@ -22,15 +22,16 @@ from dumpd.client import (
     StreamHole,
     StreamPages,
 )
+from dumpd.client.aio import AsyncClient
 from dumpd.codecs import available, codec
 from dumpd.errors import DumpdError
 from dumpd.protocol import ProtocolViolation, encode_bin_notification_head
-from dumpd.server.pages import FRAME
+from dumpd.server.pages import FRAME, HELD
 from dumpd.testing.elfwriter import pattern
 from tests.daemon import one_line_error, run, served, stats_json
 from tests.dumps import build_elf, build_raw, file_bytes
 from tests.pki import Pki
-from tests.servers import failing, free_port, serving
+from tests.servers import failing, free_port, serving, until
 from tests.views import (
     BALLOONED,
     PAGE,
@@ -286,6 +287,121 @@ async def test_bad_compress_options_are_refused(tmp_path: Path,
     assert "zstd" not in offered and "zlib" in offered
 
 
+@pytest.mark.parametrize("sendfile", [True, False], ids=["plain-socket", "streams-read"])
+async def test_what_a_compressed_stream_holds_is_in_the_reply_budget(
+        tmp_path: Path, sendfile: bool) -> None:
+    """On a socket where streams go by sendfile (and the worst case counts no read-ahead
+    for them) a compressed stream holds its read-ahead, chunk and frames in the server's
+    reply budget; where streams read anyway, its frames only."""
+    path, size, _ = mixed_dump(tmp_path, "raw")
+    async with serving(tmp_path, path, reply_budget_total_mib=1,
+                       stream_sendfile=sendfile) as server:
+        sock = server.config.server.socket
+        if sendfile:
+            reply = await asyncio.to_thread(_raw_call, sock, [0, size, {"compress": "zlib"}])
+        else:
+            pieces, summary = await asyncio.to_thread(collect, sock, 0, size, "zlib")
+        budget = server.shared.reply_budget
+        held, peak = budget.held, budget.peak
+    if sendfile:  # 4 MiB read ahead + the 1 MiB chunk + the frames: over 1 MiB
+        assert reply == [1, 0, ["E2BIG", f"a compressed stream here holds {HELD + 5 * MiB} "
+                                "bytes at once, more than the server's whole reply budget "
+                                f"({MiB}, server.reply_budget_total_mib)"], None]
+        assert peak == 0
+    else:
+        assert summary is not None and summary["bytes"] == size
+        assert assemble(0, size, pieces, "zlib") == file_bytes(path)
+        assert (held, peak) == (0, HELD)
+
+
+async def async_collect(client: AsyncClient, offset: int, length: int,
+                        compress: str | None) -> tuple[list[Any], dict[str, Any] | None]:
+    stream = client.stream(offset, length, compress=compress)
+    pieces: list[Any] = []
+    async for p in stream:
+        if isinstance(p, StreamPages):  # the payload is the piece's own: no copy needed
+            assert p.page_size == PAGE
+        pieces.append(p)
+    return pieces, stream.summary
+
+
+async def test_both_clients_stream_compressed_over_tls(tmp_path: Path, pki: Pki) -> None:
+    path, size, _ = mixed_dump(tmp_path, "elf")
+    name = CODECS[-1]
+    port = free_port()
+    async with serving(tmp_path, path, tcp=f"127.0.0.1:{port}",
+                       **pki.server_options()) as server:
+        async with await AsyncClient.connect_tcp("127.0.0.1", port, tls=pki.client()) as client:
+            (pieces, summary), (plain, plain_summary) = await asyncio.gather(
+                async_collect(client, 0, size, name), async_collect(client, 0, size, None))
+            assert (await client.info())["size"] == size  # usable after both
+        blocking = await asyncio.to_thread(blocking_tls, port, pki, size, name)
+        stats = server.shared.stats()
+    view = file_bytes(path)
+    assert assemble(0, size, pieces, name) == assemble(0, size, plain, None) == view
+    assert assemble(0, size, blocking[0], name) == view
+    assert not any(isinstance(p, StreamData) for p in pieces + blocking[0])
+    assert not any(isinstance(p, StreamPages) for p in plain)
+    assert plain_summary is not None and summary == blocking[1] == {
+        **plain_summary, "compressed_bytes": sum(len(p.payload) for p in pieces
+                                                 if isinstance(p, StreamPages))}
+    assert stats["compressed_streams"] == 2
+    assert stats["compressed_view_bytes"] == 2 * size
+
+
+def blocking_tls(port: int, pki: Pki, size: int, name: str
+                 ) -> tuple[list[Any], dict[str, Any] | None]:
+    with Client.connect_tcp("127.0.0.1", port, tls=pki.client(), timeout=30) as client:
+        stream = client.stream(0, size, compress=name)
+        pieces = [StreamPages(p.offset, p.length, p.sizes, memoryview(bytes(p.payload)),
+                              p.page_size) if isinstance(p, StreamPages) else p
+                  for p in stream]
+        return pieces, stream.summary
+
+
+async def test_the_async_client_holds_a_slow_consumer_s_stream_back(tmp_path: Path) -> None:
+    """A consumer that takes nothing stops the client reading: the server stops too, its
+    reads bounded by its window and what the sockets hold; leaving early cancels."""
+    dump = build_raw(tmp_path / "oldmem", 256 * MiB, fill=mixed)
+    async with serving(tmp_path, dump.path) as server, \
+            await AsyncClient.connect(server.config.server.socket) as client:
+        assert server.engine is not None
+        counters = server.engine.counters
+        stream = client.stream(0, dump.size, compress="zlib")
+        async for first in stream:
+            assert isinstance(first, StreamPages) and first.offset == 0
+            await until(lambda: counters.source_bytes_read > 4 * MiB)
+            await asyncio.sleep(0.5)
+            read = counters.source_bytes_read
+            await asyncio.sleep(0.3)
+            assert counters.source_bytes_read == read  # held back
+            break
+        # Its 4 MiB window and frames, the client's 4 MiB of pieces, the sockets' buffers:
+        # about a third of the view bytes read is on the wire (the random pages).
+        assert read <= 32 * MiB
+        assert (await client.read(0, 16)) == file_bytes(dump.path, 0, 16)
+        await until(lambda: not server.connections or all(
+            not c._streams for c in server.connections))  # cancelled by leaving
+        assert client._streams == {}
+
+
+async def test_an_async_stream_cancelled_ends_with_its_summary(tmp_path: Path) -> None:
+    dump = build_raw(tmp_path / "oldmem", 64 * MiB, fill=mixed)
+    async with serving(tmp_path, dump.path) as server, \
+            await AsyncClient.connect(server.config.server.socket) as client:
+        stream = client.stream(0, dump.size, 16 * PAGE, compress="zlib")
+        seen, cancelled = 0, None
+        async for _ in stream:
+            if cancelled is None:
+                cancelled = await stream.cancel()
+            seen += 1
+        again = await stream.cancel()  # not running any more
+    assert (cancelled, again) == (True, False)
+    assert stream.summary is not None and stream.summary["cancelled"] is True
+    assert 0 < stream.summary["bytes"] < dump.size
+    assert seen * 16 * PAGE >= stream.summary["data_bytes"]
+
+
 # -- what the client refuses -------------------------------------------------------------
 
 INFO = {"version": "0", "protocol": 1, "size": 1 << 20, "page_size": PAGE, "codecs": ["zlib"]}
@@ -353,6 +469,35 @@ def test_the_client_takes_a_good_frame_and_refuses_malformed_ones() -> None:
         f"stream.pages unit at {PAGE:#x}: zlib: a compressed page does not decompress: ")
     assert refused(pages_frame(PAGE, PAGE, [len(small)], small), compress=None) == (
         f"stream.pages at {PAGE:#x}+{PAGE:#x} in a stream not asked to compress")
+
+
+async def test_the_async_client_refuses_a_malformed_frame(tmp_path: Path) -> None:
+    small = codec("zlib").compress(bytes(PAGE))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        unpacker = msgpack.Unpacker()
+        while data := await reader.read(65536):  # until the client gives up on it
+            unpacker.feed(data)
+            for request in unpacker:
+                if request[2] == "info":
+                    writer.write(msgpack.packb([1, request[1], None, INFO]))
+                else:  # two units, one size
+                    writer.write(pages_frame(PAGE - 1, 2, [len(small)], small, request[1]))
+                await writer.drain()
+        writer.close()
+
+    path = str(tmp_path / "fake.sock")
+    listener = await asyncio.start_unix_server(answer, path)
+    try:
+        async with await AsyncClient.connect(path) as client:
+            with pytest.raises(ConnectionError) as err:
+                async for _ in client.stream(0, 1 << 20, compress="zlib"):
+                    pass
+    finally:
+        listener.close()
+    cause = err.value.__cause__
+    assert isinstance(cause, ProtocolViolation)
+    assert cause.message == f"stream.pages at {PAGE - 1:#x}+0x2: 1 sizes for 2 units of 4096 bytes"
 
 
 # -- fetch ---------------------------------------------------------------------------------

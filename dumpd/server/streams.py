@@ -167,9 +167,9 @@ class Streams:
         if opened.codec is not None:  # what the worst case does not count for it
             held = HELD + (0 if sock is None else opened.footprint)
             if held > self._budget.capacity:
-                raise DumpdError("E2BIG", f"a compressed stream of these chunks holds {held} "
-                                 f"bytes, more than the server's reply budget "
-                                 f"({self._budget.capacity}): ask for smaller chunks")
+                raise DumpdError("E2BIG", f"a compressed stream here holds {held} bytes at "
+                                 "once, more than the server's whole reply budget "
+                                 f"({self._budget.capacity}, server.reply_budget_total_mib)")
         if not reader.can_span or opened.codec is not None:  # the bytes are read here
             sock = None
         reader.spans = sock is not None
