@@ -512,12 +512,16 @@ def tls_config(tmp_path: Path, pki: Pki, port: int) -> str:
 def test_fetch_compresses_over_tls_by_default_and_not_over_a_unix_socket(
         tmp_path: Path, pki: Pki) -> None:
     dump = build_raw(tmp_path / "oldmem", 0x600 * PAGE, fill=mixed)
+    hook = balloon_file(tmp_path / "balloon.txt", BALLOONED)
     port = free_port()
     tcp = ["--tcp", f"127.0.0.1:{port}", *pki.client_args()]
-    copies = {name: tmp_path / name for name in ("tls", "unix", "tls-none", "tls-zlib")}
-    with served(tmp_path, dump.path, "-c", tls_config(tmp_path, pki, port)) as sock:
+    copies = {name: tmp_path / name for name in ("unix", "tls", "tls-none", "tls-zlib")}
+    with served(tmp_path, dump.path, "-c", tls_config(tmp_path, pki, port), "--hook",
+                "balloon", "--hook-option", f"file={hook}") as sock:
         results = [run("fetch", "-q", "-o", str(copies["unix"]), "--socket", sock)]
         unix = stats_json(sock)
+        piped = run("fetch", "-q", "-o", "-", "--wire-compress", "zlib", "--socket", sock)
+        pipe = stats_json(sock)
         results.append(run("fetch", "-q", "--verify", "-o", str(copies["tls"]), *tcp))
         tls = stats_json(sock)
         results.append(run("fetch", "-q", "-o", str(copies["tls-none"]), "--wire-compress",
@@ -527,19 +531,26 @@ def test_fetch_compresses_over_tls_by_default_and_not_over_a_unix_socket(
                            "zlib", *tcp))
         zlib_stats = stats_json(sock)
         unknown = run("fetch", "-o", str(tmp_path / "x"), "--wire-compress", "lz4", *tcp)
-    assert [(r.returncode, r.stderr) for r in results] == [(0, b"")] * 4
-    for copy in copies.values():
-        assert copy.read_bytes() == file_bytes(dump.path)
-    assert unix["compressed_streams"] == unix["compressed_view_bytes"] == 0
-    best = "zstd" if "zstd" in CODECS else "zlib"
-    assert tls["compressed_streams"] == 1
-    assert tls["compressed_view_bytes"] == dump.size  # the whole view, compressed
-    assert tls["compressed_wire_bytes"] < dump.size * 0.75
-    assert none["compressed_streams"] == 1 and none["compressed_view_bytes"] == dump.size
-    assert zlib_stats["compressed_streams"] == 2
-    zlib_wire = zlib_stats["compressed_wire_bytes"] - tls["compressed_wire_bytes"]
-    assert 0 < zlib_wire < dump.size * 0.75
-    assert best == "zlib" or zlib_wire != tls["compressed_wire_bytes"]  # zstd's, not zlib's
+    assert [(r.returncode, r.stderr) for r in [*results, piped]] == [(0, b"")] * 5
+    view = expected_view(dump.path, dump.segments, ZERO_PFNS)
+    for copy in copies.values():  # the hook's pages holes, the rest where it belongs
+        assert copy.read_bytes() == view
+    assert piped.stdout == view  # a stream: in order, holes as zeros
+    ram = dump.size - len(ZERO_PFNS) * PAGE
+
+    def sent(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int, int]:
+        streams, viewed, wire = (after[k] - before[k] for k in (
+            "compressed_streams", "compressed_view_bytes", "compressed_wire_bytes"))
+        return streams, viewed, wire
+
+    assert unix["compressed_streams"] == unix["compressed_view_bytes"] == 0  # not asked
+    streams, viewed, zlib_wire = sent(unix, pipe)  # asked: the RAM pages compressed
+    assert (streams, viewed) == (1, ram) and 0 < zlib_wire < ram * 0.75
+    streams, viewed, auto_wire = sent(pipe, tls)  # by default over TLS
+    assert (streams, viewed) == (1, ram) and 0 < auto_wire < ram * 0.75
+    assert sent(tls, none) == (0, 0, 0)
+    assert sent(none, zlib_stats) == (1, ram, zlib_wire)  # the same pages, the same codec
+    assert (auto_wire == zlib_wire) == ("zstd" not in CODECS)  # zstd's by default
     assert one_line_error(unknown, 2) == ("dumpd: fetch: --wire-compress lz4: EINVAL: unknown "
                                           "compression 'lz4' (expected zlib, lzo, snappy, "
                                           "zstd)")

@@ -273,7 +273,7 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
         elif isinstance(piece, StreamPages):  # only from a stream asked to compress
             assert codec is not None
             n = piece.length
-            out.append(piece.offset, memoryview(piece.data(codec)))
+            out.put(piece.offset, memoryview(piece.data(codec)))
             progress.add(data=n)
         elif isinstance(piece, StreamHole):
             n = piece.length
