@@ -8,7 +8,10 @@ Scenarios (each a module with `TITLE` and `run(work, quick, emit)`):
 3. bench.smallreads: 8-byte reads, dependent and pipelined, beside a bare echo server.
 4. bench.concurrency: 1, 8, 64 clients on the same and different regions.
 5. bench.footprint: exec to READY=1, idle RSS, peak RSS while serving and fetching.
-6. bench.compress: `dumpd fetch` over TLS without and with compression (zstd, zlib).
+7. bench.kdump: the kdump-compressed format written and served, beside makedumpfile, on a
+   synthetic kernel's dump (`python -m bench.kdump DUMP` for a real one). (6 is the
+   crash-kernel lab, its own command: `python -m bench.lab`.)
+8. bench.compress: `dumpd fetch` over TLS without and with compression (zstd, zlib).
 
 Each row is printed as it is measured; the run ends by writing `results.md` (the
 table) and `results.json` (the rows with their raw numbers, and the machine) to
@@ -38,7 +41,8 @@ SCENARIOS = {
     "3": "bench.smallreads",
     "4": "bench.concurrency",
     "5": "bench.footprint",
-    "6": "bench.compress",
+    "7": "bench.kdump",
+    "8": "bench.compress",
 }
 HEADER = ("scenario", "measure", "dumpd", "baseline", "ratio", "target")
 

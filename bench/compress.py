@@ -1,4 +1,4 @@
-"""Scenario 6, compression in streams: `dumpd fetch` over TCP+TLS on loopback without
+"""Scenario 8, compression in streams: `dumpd fetch` over TCP+TLS on loopback without
 and with `--wire-compress` (zstd, zlib), bytes on the wire and time side by side.
 
 `dumpd serve` in its own process on 127.0.0.1 with TLS and client certificates (a
@@ -179,7 +179,7 @@ def report(label: str, view: int, seconds: dict[str, list[float]], received: dic
     plain = f"none: {received['none'] / MiB:.0f} MiB on the wire, {rate(seconds['none'])}"
     for way in WAYS[1:]:
         wire = received[way] / MiB
-        emit(Row("6. compression", f"`dumpd fetch --tcp` (TLS, loopback) --wire-compress "
+        emit(Row("8. compression", f"`dumpd fetch --tcp` (TLS, loopback) --wire-compress "
                  f"{way}, {label}: bytes on the wire, time",
                  f"{wire:.0f} MiB on the wire ({received[way] / view:.2f} of the view; "
                  f"payload {ratio.get(way, 0):.2f}), {rate(seconds[way])}", plain,
