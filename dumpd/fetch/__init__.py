@@ -36,18 +36,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
-from dumpd.client.pieces import SinkError, StreamData, StreamError, StreamHole, StreamWritten
-from dumpd.errors import DumpdError, StartupError
+from dumpd.client.pieces import (
+    SinkError,
+    StreamData,
+    StreamError,
+    StreamHole,
+    StreamPages,
+    StreamWritten,
+)
+from dumpd.codecs import Codec
+from dumpd.errors import StartupError
 from dumpd.fetch import output as out_mod
-from dumpd.fetch.output import NO_SPACE, STDOUT, Output, Served, look, os_error
+from dumpd.fetch.output import STDOUT, Output, Served, look, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.record import PageMap, Record
 from dumpd.fetch.report import verify
+from dumpd.fetch.space import space_note
 from dumpd.fetch.state import SUFFIX, FetchState
+from dumpd.fetch.wire import wire_codec
 
 CHECKPOINT_SECONDS = 5.0
 FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
-EXTENTS_STEP = 1 << 30  # the largest range `extents` answers at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +74,7 @@ class FetchRequest:
     fsync: bool = False
     force: bool = False  # an existing output may be replaced (a block device written)
     zeros: bool = False  # all-zero RAM pages left out as holes too (--zeros-as-holes)
+    wire_compress: str = "auto"  # the stream's codec: auto, none or a name (--wire-compress)
 
 
 @dataclass(slots=True)
@@ -76,6 +86,7 @@ class _Job:
     state: FetchState
     state_path: str | None
     record: Record
+    codec: Codec | None = None  # what the server compresses the stream's pages with
 
 
 def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) -> int:
@@ -87,8 +98,10 @@ def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) ->
     with opener() as client:
         info = client.info()
         offset, end = _plan(request, info)
+        wire = wire_codec(request.wire_compress, info, client.over_network)
         identity = _identity(client, info)
         job = _start(request, info, identity, offset, end)
+        job.codec = wire
         try:
             return _run(client, opener, request, info, job)
         finally:
@@ -206,7 +219,7 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
     except SinkError as exc:
         progress.finish()
         print(f"dumpd: fetch: {exc.filename or out.name}: {exc.strerror}"
-              f"{_space(opener, job, exc)}; {_saved(job, sync)}", file=sys.stderr)
+              f"{space_note(opener, out, state, exc)}; {_saved(job, sync)}", file=sys.stderr)
         return 1
     except (ConnectionError, OSError, RemoteError) as exc:
         progress.finish()
@@ -245,8 +258,10 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
     out, state = job.output, job.state
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     held: list[tuple[int, int, str]] = []  # holes of a range retried, until it is whole
+    codec = job.codec
     stream = client.stream(offset, length, request.chunk, sink=out.sink,
-                           zeros_as_holes=request.zeros)
+                           zeros_as_holes=request.zeros,
+                           compress=None if codec is None else codec.name)
     for piece in stream:
         if isinstance(piece, StreamWritten):
             n = piece.length
@@ -254,6 +269,11 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
         elif isinstance(piece, StreamData):
             n = len(piece.data)
             out.append(piece.offset, piece.data)
+            progress.add(data=n)
+        elif isinstance(piece, StreamPages):  # only from a stream asked to compress
+            assert codec is not None
+            n = piece.length
+            out.put(piece.offset, memoryview(piece.data(codec)))
             progress.add(data=n)
         elif isinstance(piece, StreamHole):
             n = piece.length
@@ -315,41 +335,6 @@ def _saved(job: _Job, sync: Callable[[int], None]) -> str:
         return (f"{job.state_path} could not be updated ({exc.strerror}): --resume "
                 "continues from its last checkpoint")
     return "run the same command with --resume to continue"
-
-
-def _space(opener: Callable[[], Client], job: _Job, exc: SinkError) -> str:
-    """For a full file system or quota: what is still needed, what is on disk, what is
-    free; else nothing."""
-    if exc.errno not in NO_SPACE:
-        return ""
-    out, state = job.output, job.state
-    free = out_mod.free_space(out.fd)
-    free_text = "unknown" if free is None else size(free)
-    if out.kind == "stream":
-        return (f" ({size(state.end - out.position)} still to write, "
-                f"{size(out.position - state.offset)} written, {free_text} free)")
-    ram = _ram_left(opener, state.todo())
-    need = (f"up to {size(sum(n for _, n in state.todo()))}" if ram is None else
-            f"{size(ram)} of RAM pages")
-    held = out_mod.allocated(out.fd)
-    return (f" ({need} still to write, {'unknown' if held is None else size(held)} on disk "
-            f"already, {free_text} free)")
-
-
-def _ram_left(opener: Callable[[], Client], todo: list[tuple[int, int]]) -> int | None:
-    """RAM bytes of the view in `todo`, asked of the server on a connection of its own
-    (the copy's is in the middle of a stream); None if it cannot say."""
-    total = 0
-    try:
-        with opener() as client:
-            for offset, length in todo:
-                for pos in range(offset, offset + length, EXTENTS_STEP):
-                    step = min(EXTENTS_STEP, offset + length - pos)
-                    total += sum(n for _, n, kind in client.extents(pos, step)
-                                 if kind == "data")
-    except (OSError, DumpdError):
-        return None
-    return total
 
 
 def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: _Job,

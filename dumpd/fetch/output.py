@@ -115,6 +115,19 @@ class Output:
         skip = max(0, self.position - offset)
         self._write(data[skip:])
 
+    def put(self, offset: int, data: memoryview) -> None:
+        """Data at view offset `offset`: after the rest for a stream (`append`), else
+        written at its offset, as the receiver writes what it splices."""
+        if self.kind == "stream":
+            self.append(offset, data)
+            return
+        while data:
+            try:
+                n = os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                raise SinkError(exc.errno, exc.strerror) from exc
+            data, offset = data[n:], offset + n
+
     def zeros(self, offset: int, length: int) -> None:
         """Zeros over `[offset, offset+length)` (a stream: from `position` on)."""
         end = offset + length
