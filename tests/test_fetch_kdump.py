@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.kdumpbitmap import INCOMPLETE, read_kdump
+from bench.kdumpbitmap import INCOMPLETE, kept_dumps, read_kdump
 from bench.kdumppages import kinds, pages
 from bench.pfnranges import normal
 from dumpd import codecs
@@ -27,6 +27,7 @@ from dumpd.kdump.format import MainHeader, SubHeader
 from dumpd.testing.kernel import SyntheticKernel
 from tests.daemon import DUMPD, ENV, one_line_error, run, served, slow_server, state_of
 from tests.dumps import SegSpec, build_elf, build_raw
+from tests.realdumps import kdump_copies_read_as_the_original
 from tests.servers import failing, serving
 
 PAGE = 4096
@@ -34,6 +35,7 @@ MiB, TiB = 1 << 20, 1 << 40
 FLAGS = {"zlib": "-c", "lzo": "-l", "snappy": "-p", "zstd": "-z"}
 needs_makedumpfile = pytest.mark.skipif(shutil.which("makedumpfile") is None,
                                         reason="makedumpfile is not installed")
+KEPT = kept_dumps(Path("/var/tmp/dumpd-lab/dumps"))  # python -m bench.lab --keep DIR
 
 
 @pytest.fixture(scope="module")
@@ -392,3 +394,14 @@ def test_memory_stays_bounded_when_the_bitmaps_are_a_gibibyte(
     assert (sub.max_mapnr_64, main.max_mapnr) == ((16 * TiB + 4 * MiB) // PAGE, 0xFFFFFFFF)
     assert main.bitmap_blocks == 2 * (16 * TiB // PAGE // 8 // PAGE + 1)
     assert copy.stat().st_blocks * 512 < 16 * MiB  # the bitmaps' empty blocks are holes
+
+
+@pytest.mark.slow
+@needs_makedumpfile
+@pytest.mark.skipif(not KEPT, reason="no lab dumps kept in /var/tmp/dumpd-lab/dumps "
+                    "(python -m bench.lab --keep /var/tmp/dumpd-lab/dumps)")
+@pytest.mark.parametrize("dump", KEPT, ids=[p.name for p in KEPT])
+def test_kdump_copies_of_a_real_dump_read_as_the_original(tmp_path: Path, dump: Path) -> None:
+    # crash with the debug vmlinux is tests/test_lab.py's (slow: a minute a dump)
+    sizes = asyncio.run(kdump_copies_read_as_the_original(tmp_path, dump, vmlinux=False))
+    assert sizes["zstd"] < sizes["zlib"] < dump.stat().st_size // 10

@@ -11,10 +11,10 @@ Design rules:
 - Pages go in pfn order: the first-wins physical map of the PT_LOADs (`runs`), each
   run a range of the file view, so a pfn two PT_LOADs hold (the kernel text of
   /proc/vmcore) is dumped once, from the first.
-- The 1st bitmap is the PT_LOADs' pages, as makedumpfile sets it; the 2nd is the
-  pages of the runs the server calls RAM (`extents`): pages past p_filesz and a
-  PT_LOAD's partial last page are in the 1st only. Both are made as sorted pfn runs,
-  never held whole.
+- The 1st bitmap is the PT_LOADs' whole pages, as makedumpfile sets it; the 2nd is
+  the pages of the runs the server calls RAM (`extents`): pages past p_filesz are in
+  the 1st only, a page cut by p_filesz is dumped (as makedumpfile does since 1.7.6).
+  Both are made as sorted pfn runs, never held whole.
 """
 
 from __future__ import annotations
@@ -62,24 +62,18 @@ def max_mapnr(info: dict[str, Any]) -> int:
 
 
 def present(info: dict[str, Any]) -> Runs:
-    """The 1st bitmap: each PT_LOAD's pages, its partial last page too (as
-    makedumpfile sets it when both bitmaps fit in 4 MiB: dumps below 64 GiB)."""
-    ps = info["page_size"]
-    return normal((s.paddr // ps, -(-(s.paddr + s.memsz) // ps)) for s in segments(info))
-
-
-def _whole(info: dict[str, Any]) -> Runs:
-    """The pfns a page of the dump can be for: each PT_LOAD's pages but a partial last
-    one, which makedumpfile never dumps."""
+    """The 1st bitmap: each PT_LOAD's pages but a partial last one, as makedumpfile's
+    cyclic mode sets it. (Its other mode, which it takes only when both bitmaps fit its
+    buffer exactly, max_mapnr a multiple of 4 below 16 Mi pfns, sets that page too.)"""
     ps = info["page_size"]
     return normal((s.paddr // ps, (s.paddr + s.memsz) // ps) for s in segments(info))
 
 
 def runs(info: dict[str, Any]) -> list[Run]:
     """The physical ranges the file view holds data for, in address order (first
-    PT_LOAD wins), within the pages makedumpfile dumps (`_whole`), joined where both
-    the addresses and the view offsets meet."""
-    ps, whole = info["page_size"], _whole(info)
+    PT_LOAD wins), within the 1st bitmap's pages (a partial last page is not dumped),
+    joined where both the addresses and the view offsets meet."""
+    ps, whole = info["page_size"], present(info)
     starts = [first for first, _ in whole]
     out: list[Run] = []
     for piece in build_phys_map(segments(info)):

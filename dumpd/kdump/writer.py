@@ -27,6 +27,7 @@ from dumpd.kdump.format import DESC, HEADER_VERSION, INCOMPLETE, Layout, MainHea
 from dumpd.kdump.notes import NoteFacts
 
 FLUSH = 4 << 20
+U64 = (1 << 64) - 1
 Put = Callable[[int, bytes | bytearray | memoryview], None]
 Compress = Callable[[memoryview], bytes]
 
@@ -63,7 +64,8 @@ class Plan:
         """The `kdump_sub_header` and the notes after it (put at `layout.sub_header`)."""
         at = self.layout.notes
         info = self.facts.vmcoreinfo
-        sub = SubHeader(self.phys_base, self.dump_level,
+        phys_base = self.phys_base & U64  # an unsigned long: KASLR's may be negative
+        sub = SubHeader(phys_base, self.dump_level,
                         offset_vmcoreinfo=at + info[0] if info else 0,
                         size_vmcoreinfo=info[1] if info else 0,
                         offset_note=at if self.notes else 0, size_note=len(self.notes),
