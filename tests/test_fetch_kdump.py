@@ -26,7 +26,7 @@ from dumpd.fetch import FetchRequest, fetch
 from dumpd.kdump.format import MainHeader, SubHeader
 from dumpd.testing.kernel import SyntheticKernel
 from tests.daemon import DUMPD, ENV, one_line_error, run, served, slow_server, state_of
-from tests.dumps import SegSpec, build_elf, build_raw
+from tests.dumps import IRREGULAR, SegSpec, build_elf, build_raw, pattern
 from tests.realdumps import kdump_copies_read_as_the_original
 from tests.servers import failing, serving
 
@@ -271,6 +271,35 @@ async def test_unreadable_pages_read_as_zeros_until_resume_fetches_them_again(
     assert dict(pages(copy)) == dict(pages(whole))
     assert read_kdump(copy).status == 0x1
     assert not Path(f"{copy}.dumpd-fetch").exists()
+
+
+@pytest.mark.parametrize("align", [PAGE, 8], ids=["pages-aligned", "offsets-unaligned"])
+def test_each_page_of_an_irregular_layout_gets_its_bytes(tmp_path: Path, align: int) -> None:
+    """PT_LOADs not page-aligned, cut by p_filesz, empty in the file; with `align` 8 no
+    page of the view starts at a page boundary of the file, so every frame of the
+    stream (8 KiB) cuts pages in two."""
+    dump = build_elf(tmp_path / "vmcore", IRREGULAR, cpus=1, data_align=align)
+    copy = tmp_path / "copy"
+    with served(tmp_path, dump.path) as sock:
+        result = run("fetch", "--format", "kdump", "--chunk", "8192", "-o", str(copy),
+                     "--verify", "--socket", sock)
+    assert result.returncode == 0, result.stderr.decode()
+    kd = read_kdump(copy)
+    # Whole pages only (0x22, the partial last one of 0x20123+0x2345, is in neither
+    # bitmap); 0x12 and 0x30-0x31 are past p_filesz; 0x11 is cut by it.
+    assert kd.present == ((1, 6), (0x10, 0x13), (0x20, 0x22), (0x30, 0x32), (0x40, 0x48))
+    assert kd.dumped == ((1, 6), (0x10, 0x12), (0x20, 0x22), (0x40, 0x48))
+
+    def page(pfn: int) -> bytes:
+        out = bytearray(PAGE)
+        for seg in dump.segments:
+            lo, hi = max(pfn * PAGE, seg.paddr), min((pfn + 1) * PAGE, seg.paddr + seg.filesz)
+            if lo < hi:
+                out[lo - pfn * PAGE : hi - pfn * PAGE] = pattern(lo, hi - lo)
+        return bytes(out)
+
+    assert dict(pages(copy)) == {pfn: page(pfn) for first, end in kd.dumped
+                                 for pfn in range(first, end)}
 
 
 def test_what_a_kdump_copy_cannot_be_is_refused_in_one_line(tmp_path: Path) -> None:
