@@ -8,6 +8,9 @@ Scenarios (each a module with `TITLE` and `run(work, quick, emit)`):
 3. bench.smallreads: 8-byte reads, dependent and pipelined, beside a bare echo server.
 4. bench.concurrency: 1, 8, 64 clients on the same and different regions.
 5. bench.footprint: exec to READY=1, idle RSS, peak RSS while serving and fetching.
+7. bench.kdump: the kdump-compressed format written and served, beside makedumpfile, on a
+   synthetic kernel's dump (`python -m bench.kdump DUMP` for a real one). (6 is the
+   crash-kernel lab, its own command: `python -m bench.lab`.)
 
 Each row is printed as it is measured; the run ends by writing `results.md` (the
 table) and `results.json` (the rows with their raw numbers, and the machine) to
@@ -37,6 +40,7 @@ SCENARIOS = {
     "3": "bench.smallreads",
     "4": "bench.concurrency",
     "5": "bench.footprint",
+    "7": "bench.kdump",
 }
 HEADER = ("scenario", "measure", "dumpd", "baseline", "ratio", "target")
 

@@ -178,9 +178,14 @@ def makedumpfile_version() -> str:
     return next(iter(_version_text().splitlines()), "makedumpfile: no version")
 
 
+def built_with(codec: str) -> bool:
+    """Whether this makedumpfile has `codec` (zlib always; lzo, snappy, zstd as built)."""
+    return codec == "zlib" or bool(re.search(rf"^{codec}\s+enabled", _version_text(), re.M))
+
+
 def compression() -> str:
     """The cheapest page compression this makedumpfile has: lzo, else zlib."""
-    return "-l" if re.search(r"lzo\s+enabled", _version_text()) else "-c"
+    return "-l" if built_with("lzo") else "-c"
 
 
 @dataclass(frozen=True)

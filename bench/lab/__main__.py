@@ -1,7 +1,8 @@
 """`python -m bench.lab`: build, boot, crash, measure, compare, report.
 
-Exit status: 0 when the fetched copy is byte for byte the capture kernel's own `dd`
-copy of /proc/vmcore (whatever the figures), 1 when it is not or a step failed, 77 when
+Exit status: 0 when the fetched copy (each, with and without compression, once fetch
+compresses) is byte for byte the capture kernel's own `dd` copy of /proc/vmcore
+(whatever the figures), 1 when it is not or a step failed, 77 when
 the lab cannot run on this machine (no QEMU or kernel package to be had: one line says
 why).
 """
@@ -59,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         images.certificates(work / "pki")
         kaslr = "" if opts.kaslr else "nokaslr"
-        capture = images.capture_image(work, modules, work / "pki", args.serve_option)
+        fetches = machine.host_fetches()
+        capture = images.capture_image(work, modules, work / "pki", args.serve_option,
+                                       len(fetches))
         guest = images.guest_image(work, vmlinuz, modules, capture, kaslr)
     except images.LabError as exc:
         print(f"lab: {exc}", file=sys.stderr)
@@ -67,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     payload = images.unpacked_size(work / "capture-root")
     print(f"lab: {version}, guest {opts.guest_mem} MiB, crashkernel={opts.crashkernel}, "
           f"capture initramfs {payload / 1e6:.1f} MB unpacked", file=sys.stderr)
-    outcome = machine.boot(opts, vmlinuz, guest, work, work / "pki")
+    outcome = machine.boot(opts, vmlinuz, guest, work, work / "pki", fetches)
     took = time.monotonic() - started
     size = outcome.records.get("capture", {}).get("size", 0)
-    copy, disk = work / "fetched.vmcore", work / "reference.img"
-    same = bool(size) and copy.exists() and copy.stat().st_size == size \
-        and _prefix_equal(copy, disk, size)
-    rows = report.rows(outcome, opts, payload, same)
+    disk = work / "reference.img"
+    copy = work / machine.COPIES["fetch"]
+    identical = {name: _copy_equal(work / machine.COPIES[name], disk, size)
+                 for name, _ in fetches}
+    same = all(identical.values())
+    rows = report.rows(outcome, opts, payload, identical)
     text = report.markdown(rows, opts, version, took)
     out = args.out or (work / "lab.md" if args.quick else
                        Path(__file__).resolve().parents[1] / "results" / "lab.md")
@@ -83,16 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.keep and size:
         keep(args.keep, copy, version, outcome, opts)
+    (work / machine.COPIES["fetch_compressed"]).unlink(missing_ok=True)
     if not same:
         tail = "\n".join(outcome.console[-15:])
-        print(f"lab: the fetched copy is not the capture kernel's dd copy\n{tail}",
+        wrong = ", ".join(name for name, equal in identical.items() if not equal)
+        print(f"lab: the fetched copy ({wrong}) is not the capture kernel's dd copy\n{tail}",
               file=sys.stderr)
         return 1
     return 0
 
 
-def _prefix_equal(copy: Path, disk: Path, size: int) -> bool:
-    """Whether `copy` is byte for byte the first `size` bytes of `disk`."""
+def _copy_equal(copy: Path, disk: Path, size: int) -> bool:
+    """Whether `copy` has `size` bytes, byte for byte the first `size` bytes of `disk`."""
+    if not (size and copy.exists() and copy.stat().st_size == size):
+        return False
     chunk = 8 << 20
     with open(copy, "rb") as a, open(disk, "rb") as b:
         done = 0

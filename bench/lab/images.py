@@ -19,8 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 PACKAGES = ("qemu-system-x86", "qemu-utils", "kexec-tools", "busybox-static", "cpio",
-            "openssl", "gcc", "libc6-dev")
-COMMANDS = ("qemu-system-x86_64", "kexec", "busybox", "cpio", "openssl", "gcc")
+            "openssl", "gcc", "libc6-dev", "iproute2")
+COMMANDS = ("qemu-system-x86_64", "kexec", "busybox", "cpio", "openssl", "gcc", "ss")
 MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
            "virtio_pci", "virtio_blk", "virtio_balloon", "failover", "net_failover",
            "virtio_net")
@@ -155,8 +155,10 @@ def lab_config(pki: str, overrides: Sequence[str] = ()) -> str:
     return text
 
 
-def capture_image(work: Path, modules: Path, pki: Path, overrides: Sequence[str] = ()) -> Path:
-    """The capture kernel's initramfs: the payload, busybox, modules and the lab's side."""
+def capture_image(work: Path, modules: Path, pki: Path, overrides: Sequence[str] = (),
+                  host_fetches: int = 1) -> Path:
+    """The capture kernel's initramfs: the payload, busybox, modules and the lab's side
+    (its dumpd waits for `host_fetches` verified fetches from the host)."""
     root = work / "capture-root"
     shutil.rmtree(root, ignore_errors=True)
     run(sys.executable, "-m", "dumpd", "payload", "--into", root)
@@ -171,6 +173,7 @@ def capture_image(work: Path, modules: Path, pki: Path, overrides: Sequence[str]
     shutil.copytree(pki, lab / "pki", ignore=shutil.ignore_patterns("*.csr", "*.srl", "*.cnf",
                                                                     "client.*", "ca.key"))
     (lab / "dumpd.toml").write_text(lab_config("/lab/pki", overrides))
+    (lab / "host-fetches").write_text(f"{host_fetches}\n")
     image = work / "capture.img"
     _cpio(root, image)
     return image

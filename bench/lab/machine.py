@@ -1,6 +1,11 @@
 """One lab run on the host: boot the guest under QEMU (TCG: nested KVM does not work on
 these machines), balloon it through QMP, crash it, and do the host's part while the
-capture kernel measures: receive the bare TLS baseline, run `dumpd fetch --verify`.
+capture kernel measures: receive the bare TLS baseline, run `dumpd fetch --verify`;
+once `dumpd fetch` has `--wire-compress`, twice: without compression, then with zstd
+(`host_fetches`; the capture kernel's dumpd waits for as many verified fetches).
+Bytes on the wire are what the host's end of the fetch's connections received (TCP_INFO
+bytes_received, as `ss -ti` reports it, polled while the fetch runs: a `--verify`
+fetch holds its connection open through the server's digest, after the last page).
 
 The console is the guest's only voice: `LAB <key> <json>` lines (capture.py, init.sh).
 The network is QEMU's user networking with `restrict=on`: the guest reaches nothing;
@@ -10,17 +15,22 @@ the host reaches its two ports through `hostfwd` on 127.0.0.1 only.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 MiB = 1 << 20
 DUMPD_PORT, BARE_PORT = 7300, 7301
+BYTES_RECEIVED = re.compile(r"\bbytes_received:(\d+)")
 
 
 @dataclass
@@ -125,22 +135,72 @@ def receive_bare(port: int, ca: Path) -> dict[str, Any]:
     return {"bytes": got, "seconds": time.perf_counter() - started}
 
 
-def fetch(port: int, pki: Path, out: Path) -> dict[str, Any]:
-    """`dumpd fetch --tcp --verify` of the whole dump from the capture kernel."""
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "dumpd", "fetch", "--tcp",
-                           f"127.0.0.1:{port}", "--tls-cert", str(pki / "client.pem"),
-                           "--tls-key", str(pki / "client.key"), "--tls-ca",
-                           str(pki / "ca.pem"), "--verify", "-q", "-o", str(out)],
-                          capture_output=True, text=True, check=False)
-    return {"seconds": time.perf_counter() - started, "exit": done.returncode,
-            "stderr": done.stderr.strip().splitlines()}
+COPIES = {"fetch": "fetched.vmcore", "fetch_compressed": "fetched-compressed.vmcore"}
+"""Each host fetch's copy, in the work dir."""
 
 
-def boot(opts: Options, vmlinuz: Path, guest: Path, work: Path, pki: Path) -> Outcome:
-    """One guest boot, crash and capture; the records and the host's figures."""
-    disk, qmp, copy = work / "reference.img", work / "qmp.sock", work / "fetched.vmcore"
-    for stale in (disk, qmp, copy):
+def host_fetches() -> list[tuple[str, list[str]]]:
+    """The host's fetches, in order, with their extra options: the plain one, and once
+    this `dumpd fetch` has `--wire-compress`, the same without and with compression."""
+    text = subprocess.run([sys.executable, "-m", "dumpd", "fetch", "--help"],
+                          capture_output=True, text=True, check=False).stdout
+    if "--wire-compress" not in text:
+        return [("fetch", [])]
+    return [("fetch", ["--wire-compress", "none"]),
+            ("fetch_compressed", ["--wire-compress", "zstd"])]
+
+
+@contextmanager
+def received(port: int, every: float = 0.2) -> Iterator[dict[str, int]]:
+    """Bytes received on each of the host's TCP connections to 127.0.0.1:`port`, by
+    local address, from `ss -ti` every `every` seconds while inside."""
+    seen: dict[str, int] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        listing = subprocess.run(["ss", "-tinH", "dst", f"127.0.0.1:{port}"],
+                                 capture_output=True, text=True, check=False).stdout
+        local = ""
+        for line in listing.splitlines():
+            if not line[:1].isspace():
+                local = line.split()[3]
+            elif (found := BYTES_RECEIVED.search(line)) is not None:
+                seen[local] = max(seen.get(local, 0), int(found[1]))
+
+    def poll() -> None:
+        while not stop.wait(every):
+            sample()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join()
+
+
+def fetch(port: int, pki: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    """`dumpd fetch --tcp --verify EXTRA` of the whole dump from the capture kernel, and
+    the bytes it received (`received`)."""
+    with received(port) as seen:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "dumpd", "fetch", "--tcp",
+                               f"127.0.0.1:{port}", "--tls-cert", str(pki / "client.pem"),
+                               "--tls-key", str(pki / "client.key"), "--tls-ca",
+                               str(pki / "ca.pem"), "--verify", "-q", *extra, "-o", str(out)],
+                              capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "exit": done.returncode, "options": extra,
+            "wire_bytes": sum(seen.values()), "stderr": done.stderr.strip().splitlines()}
+
+
+def boot(opts: Options, vmlinuz: Path, guest: Path, work: Path, pki: Path,
+         fetches: list[tuple[str, list[str]]]) -> Outcome:
+    """One guest boot, crash and capture; the records and the host's figures. `fetches`:
+    `host_fetches()`, which the capture image was made to wait for."""
+    disk, qmp = work / "reference.img", work / "qmp.sock"
+    for stale in (disk, qmp, *(work / name for name in COPIES.values())):
         stale.unlink(missing_ok=True)
     with open(disk, "wb") as image:
         image.truncate((opts.guest_mem + 64) * MiB)  # sparse: the reference copy lands here
@@ -170,7 +230,8 @@ def boot(opts: Options, vmlinuz: Path, guest: Path, work: Path, pki: Path) -> Ou
             elif key == "ready" and json.loads(value) == "bare":
                 outcome.host["bare_tls"] = receive_bare(ports[1], pki / "ca.pem")
             elif key == "ready" and json.loads(value) == "fetch":
-                outcome.host["fetch"] = fetch(ports[0], pki, copy)
+                for name, extra in fetches:
+                    outcome.host[name] = fetch(ports[0], pki, work / COPIES[name], extra)
             elif key in ("capture", "reference", "baseline", "dumpd", "bare", "end"):
                 outcome.records[key] = json.loads(value)
             elif key in ("failed", "exit"):

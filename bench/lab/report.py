@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.lab.machine import Options, Outcome
 
 MiB = 1 << 20
@@ -16,7 +18,8 @@ def _verdict(ok: bool, target: str) -> str:
     return f"{target}: {'met' if ok else 'MISSED'}"
 
 
-def rows(outcome: Outcome, opts: Options, payload: int, same: bool) -> list[Row]:
+def rows(outcome: Outcome, opts: Options, payload: int, identical: dict[str, bool]) -> list[Row]:
+    """The table; `identical`: each host fetch's copy against the `dd` copy."""
     rec, host = outcome.records, outcome.host
     size = rec.get("capture", {}).get("size", 0)
     base, d = rec.get("baseline", {}), rec.get("dumpd", {})
@@ -52,8 +55,13 @@ def rows(outcome: Outcome, opts: Options, payload: int, same: bool) -> list[Row]
                     f"{f_rate:,.1f} MB/s (exit {fetched['exit']})",
                     f"bare TLS sendall from mmap {b_rate:,.1f}", f"{f_rate / b_rate:.2f}x",
                     _verdict(f_rate >= 0.8 * b_rate, ">= 0.8x bare TLS")))
-    out.append(("fetched copy == capture kernel's `dd` copy", "yes" if same else "NO", "",
-                "", _verdict(same, "byte-identical")))
+    squeezed = host.get("fetch_compressed", {})
+    if fetched and squeezed:
+        out += compressed_rows(size, fetched, squeezed)
+    for name, same in identical.items():
+        what = "fetched copy" if name == "fetch" else "compressed fetch's copy"
+        out.append((f"{what} == capture kernel's `dd` copy", "yes" if same else "NO", "",
+                    "", _verdict(same, "byte-identical")))
     low = min(d["available_low_stream"], d["available_low_many"])
     out.append(("MemAvailable: before dumpd / lowest while streaming (1 client, "
                 f"{d['many_clients']} at once)",
@@ -83,6 +91,19 @@ def rows(outcome: Outcome, opts: Options, payload: int, same: bool) -> list[Row]
         out.append(("balloon before the crash", f"{(opts.guest_mem * MiB - b['actual']) / MiB:.0f}"
                     f" MiB out (asked {opts.balloon})", "", "", ""))
     return out
+
+
+def compressed_rows(size: int, plain: dict[str, Any], squeezed: dict[str, Any]) -> list[Row]:
+    """The host fetch with compression beside the one without, same boot: rate, and the
+    bytes the host received on the fetch's connections (the wire's bytes)."""
+    options = " ".join(squeezed["options"])
+    rate, base = _rate(size, squeezed["seconds"]), _rate(size, plain["seconds"])
+    wire, base_wire = squeezed["wire_bytes"], plain["wire_bytes"]
+    return [(f"host `dumpd fetch --tcp --verify {options}`",
+             f"{rate:,.1f} MB/s (exit {squeezed['exit']})",
+             f"{' '.join(plain['options'])}: {base:,.1f}", f"{rate / base:.2f}x", ""),
+            ("", f"{wire / 1e6:,.1f} MB on the wire (received, TCP_INFO)",
+             f"{base_wire / 1e6:,.1f}", f"{wire / base_wire:.2f}x" if base_wire else "", "")]
 
 
 def markdown(table: list[Row], opts: Options, version: str, took: float) -> str:

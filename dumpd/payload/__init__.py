@@ -57,7 +57,10 @@ from dumpd.errors import Refused, StartupError
 from dumpd.hooks.contract import ENTRY_POINT_GROUP
 
 DEPENDENCIES = ("dumpd", "msgpack", "uvloop", "aiofiles")
-"""The distributions dumpd runs with (pyproject's dependencies and dumpd itself)."""
+"""The distributions dumpd runs with (pyproject's dependencies and dumpd itself), but
+backports.zstd: its 1.2 MB would put the payload over its 20 MiB, so in the crash
+kernel zstd is ENOSYS and streams are compressed with zlib (`info.codecs` says so); the
+host compresses the zstd pages of `fetch --format kdump --compress zstd` itself."""
 CODECS = ("encodings.idna", "encodings.utf_8", "encodings.ascii", "encodings.latin_1",
           "encodings.cp437", "encodings.aliases")
 """Codecs looked up by name at run time, which no import statement names: idna (every
