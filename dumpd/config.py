@@ -129,8 +129,9 @@ class Config:
         def bad(key: str, why: str) -> StartupError:
             return StartupError(f"{origin}: {key}: {why}")
 
-        if self.source.kind not in ("auto", "elf", "raw"):
-            raise bad("source.kind", f"must be auto, elf or raw, not {self.source.kind!r}")
+        if self.source.kind not in ("auto", "elf", "raw", "kdump"):
+            raise bad("source.kind",
+                      f"must be auto, elf, raw or kdump, not {self.source.kind!r}")
         ps = self.source.page_size
         if ps < 512 or ps & (ps - 1):
             raise bad("source.page_size", f"must be a power of two >= 512, not {ps}")

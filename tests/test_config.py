@@ -210,7 +210,7 @@ def test_wrong_types(tmp_path: Path, text: str, key: str, got: str) -> None:
 @pytest.mark.parametrize("text,key,why", [
     ("[source]\npage_size = 3000\n", "source.page_size", "must be a power of two >= 512, not 3000"),
     ("[source]\npage_size = 256\n", "source.page_size", "must be a power of two >= 512, not 256"),
-    ('[source]\nkind = "zip"\n', "source.kind", "must be auto, elf or raw, not 'zip'"),
+    ('[source]\nkind = "zip"\n', "source.kind", "must be auto, elf, raw or kdump, not 'zip'"),
     ('[source]\nmmap = "yes"\n', "source.mmap", "must be auto, on or off, not 'yes'"),
     ("[source]\nmmap_window_kib = 100\n", "source.mmap_window_kib",
      "must be a positive multiple of 64, not 100"),

@@ -118,7 +118,7 @@ def test_a_copy_leaves_zero_pages_as_holes_and_records_why_pages_are_left_out(
         "dumpd_holes": 1, "complete": True, "copy": "copy", "source": path,
         "page_size": PAGE, "hook": "explaining", "hook_options": {"runs": EXPLAINED},
         "hook_generation": 1}
-    assert sorted(header["reasons"]) == ["file_hole", "hook", "hook:WORD", "zero"]
+    assert sorted(header["reasons"]) == ["excluded", "file_hole", "hook", "hook:WORD", "zero"]
     assert runs == expected_record(zeros=True)
     assert trailer == {"pages": {"zero": 10, "hook:ballooned": 178, "hook:offline": 16,
                                  "hook:hwpoison": 16}}

@@ -544,8 +544,7 @@ def test_close_releases_the_fd(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- not memory
 
-KDUMP_ADVICE = ("dumpd cannot serve it, and makedumpfile cannot convert it to ELF; serve "
-                "/proc/vmcore itself, or an ELF copy saved with makedumpfile -E")
+AS_KDUMP = 'serve it as kind = "kdump" (or auto)'
 
 
 def dump_header(magic: bytes, rest: bytes = b"") -> bytes:
@@ -564,24 +563,15 @@ def compressed(tmp_path: Path, tool: str) -> bytes:
 
 PAGE_4K = 4096
 FORMATS: dict[str, tuple[Callable[[Path], bytes], str]] = {
-    # diskdump_mod.h: struct disk_dump_header, signature "KDUMP   ", header_version 6
-    "kdump": (lambda _: dump_header(b"KDUMP   ", (6).to_bytes(4, "little")),
-              "a kdump-compressed dump (makedumpfile output without -E), not {expected}: "
-              + KDUMP_ADVICE),
     "diskdump": (lambda _: dump_header(b"DISKDUMP", (1).to_bytes(4, "little")),
                  "a diskdump dump (the diskdump format), not {expected}: dumpd cannot serve "
                  "it; read it with crash"),
-    # makedumpfile.h: struct makedumpfile_header, char signature[16], type and version
-    # (TYPE_FLAT_HEADER 1, VERSION_FLAT_HEADER 1) as big-endian int64
-    "flattened": (lambda _: dump_header(b"makedumpfile\0\0\0\0", (1).to_bytes(8, "big") * 2),
-                  "a flattened makedumpfile dump (makedumpfile -F output), not {expected}: "
-                  "rearrange it with makedumpfile -R OUTPUT < {path}, and serve OUTPUT if it "
-                  "is an ELF core (it is when the dump was made with -E)"),
     # sadump_mod.h: struct sadump_part_header, signature1 "sadu", signature2 "mp\0\0"
     "sadump": (lambda _: dump_header((0x75646173).to_bytes(4, "little")
                                      + (0x0000706D).to_bytes(4, "little")),
-               "an sadump dump, not {expected}: dumpd cannot serve it, and makedumpfile "
-               "cannot convert it to ELF; read it with crash"),
+               "an sadump dump, not {expected}: dumpd cannot serve it; read it with crash, "
+               "or convert it with makedumpfile (without -E: to a kdump-compressed dump, "
+               "which dumpd serves)"),
     "gzip": (lambda tmp: compressed(tmp, "gzip"), "a gzip-compressed file, not {expected}: "
              "decompress it first (gunzip -k {path}) and serve the result"),
     "xz": (lambda tmp: compressed(tmp, "xz"), "an xz-compressed file, not {expected}: "
@@ -593,8 +583,18 @@ FORMATS: dict[str, tuple[Callable[[Path], bytes], str]] = {
     "lz4": (lambda tmp: compressed(tmp, "lz4"), "an lz4-compressed file, not {expected}: "
             "decompress it first (unlz4 {path}) and serve the result"),
 }
-EXPECTED = {"auto": "an ELF core or raw memory", "raw": 'raw memory as kind = "raw" says',
-            "elf": 'an ELF core as kind = "elf" says'}
+EXPECTED = {"auto": "an ELF core, a kdump-compressed dump or raw memory",
+            "raw": 'raw memory as kind = "raw" says', "elf": 'an ELF core as kind = "elf" says',
+            "kdump": 'a kdump-compressed dump as kind = "kdump" says'}
+SERVED = {
+    # diskdump_mod.h: struct disk_dump_header, signature "KDUMP   ", header_version 6
+    "kdump": (dump_header(b"KDUMP   ", (6).to_bytes(4, "little")),
+              "a kdump-compressed dump (makedumpfile output without -E)"),
+    # makedumpfile.h: struct makedumpfile_header, char signature[16], type and version
+    # (TYPE_FLAT_HEADER 1, VERSION_FLAT_HEADER 1) as big-endian int64
+    "flattened": (dump_header(b"makedumpfile\0\0\0\0", (1).to_bytes(8, "big") * 2),
+                  "a flattened makedumpfile dump (makedumpfile -F output)"),
+}
 
 
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
@@ -609,14 +609,17 @@ def test_dumps_and_compressed_files_are_refused_by_name(tmp_path: Path, fmt: str
         expected=EXPECTED[kind], path=path)
 
 
-@pytest.mark.parametrize("kind", ["auto", "raw"])
-def test_serve_refuses_a_kdump_file_in_one_line(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["elf", "raw"])
+@pytest.mark.parametrize("fmt", sorted(SERVED))
+def test_serve_refuses_a_kdump_file_as_another_kind_in_one_line(tmp_path: Path, fmt: str,
+                                                                 kind: str) -> None:
+    """Served as what it is (tests/test_kdump_source.py), never as memory or an ELF core."""
     path = tmp_path / "vmcore.kdump"
-    path.write_bytes(dump_header(b"KDUMP   "))
+    head, what = SERVED[fmt]
+    path.write_bytes(head)
     error = one_line_error(run("serve", "--source", str(path), "--kind", kind,
                                "--socket", str(tmp_path / "dumpd.sock")), 2)
-    assert error == (f"dumpd: {path}: a kdump-compressed dump (makedumpfile output without "
-                     f"-E), not {EXPECTED[kind]}: {KDUMP_ADVICE}")
+    assert error == f"dumpd: {path}: {what}, not {EXPECTED[kind]}: {AS_KDUMP}"
     assert not (tmp_path / "dumpd.sock").exists()
 
 
@@ -713,8 +716,8 @@ def test_permission_denied(tmp_path: Path) -> None:
 def test_bad_arguments(tmp_path: Path) -> None:
     path = tmp_path / "oldmem.img"
     build_raw(path, 0x1000)
-    assert startup_error(path, kind="kdump") == (
-        f"{path}: unknown source kind 'kdump' (expected auto, elf or raw)"
+    assert startup_error(path, kind="sadump") == (
+        f"{path}: unknown source kind 'sadump' (expected auto, elf, raw or kdump)"
     )
     for page_size in (0, 256, 3000):
         assert startup_error(path, page_size=page_size) == (

@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a dump on a socket")
     serve.add_argument("-c", "--config", help="TOML configuration file")
     serve.add_argument("--source", dest="source_path", metavar="PATH",
-                       help="dump to serve (/proc/vmcore, a vmcore file, /dev/oldmem)")
-    serve.add_argument("--kind", dest="source_kind", choices=["auto", "elf", "raw"])
+                       help="dump to serve (/proc/vmcore, a vmcore file, a kdump-compressed "
+                            "file, /dev/oldmem)")
+    serve.add_argument("--kind", dest="source_kind", choices=["auto", "elf", "raw", "kdump"])
     serve.add_argument("--page-size", dest="source_page_size", type=_int, metavar="BYTES",
                        help="the dump's page size: the default without VMCOREINFO PAGESIZE=, "
                             "an error when VMCOREINFO says otherwise")

@@ -5,6 +5,8 @@ Design rules:
 - Chunks are read ahead while earlier ones are consumed, never more than `window`
   bytes of the range at once, so a slow consumer bounds memory instead of growing it.
 - Non-RAM pages become holes (never read, never sent); adjacent holes are merged.
+  So do pages the dump left out (the source's `excluded`: a kdump-compressed file's),
+  holes of their own reason (`EXCLUDED`) in every stream.
 - A chunk is read in one engine read whatever its mix of RAM and non-RAM pages (the
   engine reads only the RAM ones) and cut into pieces as views of that buffer.
   Verdicts are asked `VERDICTS_AHEAD` bytes at a time, one hook call for many chunks.
@@ -39,7 +41,7 @@ ZEROS = bytes(MiB)
 VERDICTS_AHEAD = 16 * MiB  # file bytes whose verdicts are asked in one batch
 DIGESTS = ("sha256", "sha512", "sha1", "md5", "blake2b", "blake2s", "sha3_256")
 HASH_INLINE = 64 * 1024  # smaller pieces are hashed on the loop (a thread hop costs more)
-NOT_RAM, ZERO, FILE_HOLE = "not_ram", "zero", "file_hole"  # why a hole is one
+NOT_RAM, ZERO, FILE_HOLE, EXCLUDED = "not_ram", "zero", "file_hole", "excluded"  # why a hole is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +60,9 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class Hole:
-    """Zeros in the view, not sent: pages the hook calls not RAM, or (asked for) RAM
-    pages that are all zero, or that the source file holds no data for."""
+    """Zeros in the view, not sent: pages the hook calls not RAM, or the dump left out,
+    or (asked for) RAM pages that are all zero, or that the source file holds no data
+    for."""
 
     offset: int
     length: int
@@ -95,9 +98,30 @@ class BulkReader:
 
     @property
     def can_span(self) -> bool:
-        """Whether RAM runs may come as `Span`s, not read here: not when zero pages are
-        looked for, unless the bytes are looked at in the source's mappings."""
-        return not self.zeros or self._engine.source.never_blocks
+        """Whether RAM runs may come as `Span`s, not read here: only where the view's
+        bytes are the source file's, and not when zero pages are looked for unless the
+        bytes are looked at in the source's mappings."""
+        source = self._engine.source
+        return source.spliced and (not self.zeros or source.never_blocks)
+
+    @property
+    def excludes(self) -> bool:
+        """Whether holes of pages the dump left out may come (`EXCLUDED`)."""
+        return self._engine.layout.excludes
+
+    def _holes(self, start: int, length: int) -> list[Piece]:
+        """The hole of a "zero" extent: pages the dump left out, and the hook's."""
+        end = start + length
+        pieces: list[Piece] = []
+        pos = start
+        for lo, hi in self._engine.layout.excluded(start, end):
+            if pos < lo:
+                pieces.append(Hole(pos, lo - pos))
+            pieces.append(Hole(lo, hi - lo, EXCLUDED))
+            pos = hi
+        if pos < end:
+            pieces.append(Hole(pos, end - pos))
+        return pieces
 
     def _chunks(self) -> list[tuple[int, int]]:
         """Chunk bounds, aligned to the chunk size so pages are never split across two."""
@@ -161,8 +185,9 @@ class BulkReader:
         non-RAM pages between them unread), sliced into pieces without copying."""
         extents = await self._engine.extents(lo, hi - lo)
         if self.spans:
-            return [Hole(start, length) if kind == "zero" else Span(start, length)
-                    for start, length, kind in extents]
+            return [piece for start, length, kind in extents
+                    for piece in (self._holes(start, length) if kind == "zero"
+                                  else [Span(start, length)])]
         buffer: bytes | memoryview = b""
         if any(kind == "data" for _, _, kind in extents):
             try:
@@ -172,9 +197,9 @@ class BulkReader:
                     raise
                 return await self._failing_chunk(extents)
         view = memoryview(buffer)
-        return [Hole(start, length) if kind == "zero"
-                else Data(start, view[start - lo : start - lo + length])
-                for start, length, kind in extents]
+        return [piece for start, length, kind in extents
+                for piece in (self._holes(start, length) if kind == "zero"
+                              else [Data(start, view[start - lo : start - lo + length])])]
 
     def _without_zeros(self, lo: int, hi: int, pieces: list[Piece]) -> list[Piece]:
         """The pieces of chunk `[lo, hi)` with their all-zero pages cut out as holes."""
@@ -213,7 +238,7 @@ class BulkReader:
         pieces: list[Piece] = []
         for start, length, kind in extents:
             if kind == "zero":
-                pieces.append(Hole(start, length))
+                pieces += self._holes(start, length)
             else:
                 pieces += await self._page_by_page(start, start + length)
         return pieces

@@ -51,7 +51,8 @@ class Engine:
         self.source = source
         self.config = config or EngineConfig()
         self.page_size = source.page_size
-        self.layout = Layout(source.file_map, source.page_size)
+        self.layout = Layout(source.file_map, source.page_size,
+                             source.excluded if source.excludes else None)
         self.slot = HookSlot()
         self.counters = Counters()
         self._ratelog = RateLimitedLog(logging.getLogger("dumpd.hook"))
@@ -213,9 +214,10 @@ class Engine:
 
     def _read_whole(self, state: State, lo: int, hi: int) -> bool:
         """Whether file bytes `[lo, hi)` lie in one run of the file map and are all read
-        from the source by the verdicts at hand (RAM or error; not NOT_RAM, not unknown)."""
+        from the source by the verdicts at hand (RAM or error; not NOT_RAM, not unknown)
+        and the dump did not leave them out."""
         run = self.layout.run_holding(lo, hi)
-        if run is None:
+        if run is None or (self.layout.excludes and self.layout.excluded(lo, hi)):
             return False
         if run.paddr is None or state.caller is None:
             return True

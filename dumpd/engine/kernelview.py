@@ -22,9 +22,10 @@ from dumpd.sources.base import Source
 
 def no_vmcoreinfo(source: Source) -> DumpdError:
     """ENOSYS for a dump whose kernel dumpd knows nothing of."""
-    how = ("give its VMCOREINFO as a file (source.vmcoreinfo, --vmcoreinfo FILE)"
-           if source.kind == "raw" else "its ELF core has no VMCOREINFO note; give one "
-           "as a file (source.vmcoreinfo, --vmcoreinfo FILE)")
+    given = "as a file (source.vmcoreinfo, --vmcoreinfo FILE)"
+    how = {"raw": f"give its VMCOREINFO {given}",
+           "kdump": f"its kdump-compressed file has none; give one {given}"}.get(
+        source.kind, f"its ELF core has no VMCOREINFO note; give one {given}")
     return DumpdError("ENOSYS", f"{source.path}: no VMCOREINFO: {how}")
 
 

@@ -3,14 +3,15 @@ bytes are served from the source and which as zeros.
 
 Pure functions over the source's `file_map` and a page size; the engine feeds
 them verdicts. A file byte is zero exactly when it holds memory of a pfn whose
-verdict is NOT_RAM; every other byte (RAM, error, unknown to no hook, ELF
-metadata) is read from the source.
+verdict is NOT_RAM, or of a page the dump left out (the source's `excluded`: a
+kdump-compressed file's pages not dumped, whatever the hook says of them); every
+other byte (RAM, error, unknown to no hook, ELF metadata) is read from the source.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from dumpd.engine.verdicts import Run, Stored
 from dumpd.sources.base import MappedRun
@@ -18,14 +19,28 @@ from dumpd.sources.base import MappedRun
 Piece = tuple[int, int, bool]
 """`(file_start, file_end, is_zero)`."""
 
+Excluded = Callable[[int, int], list[tuple[int, int]]]
+"""The sorted `[start, end)` ranges of file bytes `[lo, hi)` in pages the dump left out."""
+
 
 class Layout:
     """The file map of one source, indexed for range queries."""
 
-    def __init__(self, file_map: Sequence[MappedRun], page_size: int) -> None:
+    def __init__(self, file_map: Sequence[MappedRun], page_size: int,
+                 excluded: Excluded | None = None) -> None:
         self.file_map = tuple(file_map)
         self.page_size = page_size
         self._starts = [run.file_start for run in self.file_map]
+        self._excluded = excluded
+
+    @property
+    def excludes(self) -> bool:
+        """Whether the source may have pages it left out (`excluded`)."""
+        return self._excluded is not None
+
+    def excluded(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The file bytes of `[lo, hi)` in pages the dump left out, sorted ranges."""
+        return [] if self._excluded is None else self._excluded(lo, hi)
 
     def run_holding(self, lo: int, hi: int) -> MappedRun | None:
         """The one file-map run that holds all of `[lo, hi)`, or None (several, or a gap)."""
@@ -99,7 +114,29 @@ class Layout:
                 stop = min(end, stop_pfn * ps - delta)
                 _append(pieces, pos, stop, code is not_ram)
                 pos = stop
-        return pieces
+        return pieces if self._excluded is None else self._cut(pieces, self._excluded(lo, hi))
+
+    @staticmethod
+    def _cut(pieces: list[Piece], holes: list[tuple[int, int]]) -> list[Piece]:
+        """`pieces` with the sorted ranges `holes` made zero pieces."""
+        if not holes:
+            return pieces
+        starts = [start for start, _ in holes]
+        out: list[Piece] = []
+        for start, end, is_zero in pieces:
+            pos = start
+            i = max(0, bisect_right(starts, start) - 1)
+            while not is_zero and i < len(holes) and holes[i][0] < end:
+                hs, he = max(holes[i][0], pos), min(holes[i][1], end)
+                if hs < he:
+                    if pos < hs:
+                        _append(out, pos, hs, False)
+                    _append(out, hs, he, True)
+                    pos = he
+                i += 1
+            if pos < end:
+                _append(out, pos, end, is_zero)
+        return out
 
 
 def _append(pieces: list[Piece], start: int, end: int, is_zero: bool) -> None:

@@ -21,6 +21,7 @@ Design rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from dumpd.fetch.output import NO_SPACE, Output, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.start import Job, Target, identity, open_copy
 from dumpd.fetch.state import FetchState
-from dumpd.kdump.bitmap import Bits, blocks, read_sparse
+from dumpd.kdump.bitmap import Rank, blocks
 from dumpd.kdump.format import FLAT_END_RECORD, FormatError, flat_header, flat_record
 from dumpd.kdump.pages import Dumper, Feed
 from dumpd.kdump.writer import Cursor, PageWriter, Plan
@@ -68,8 +69,8 @@ class FileSink:
     def keep_bits(self, offset: int, data: bytes) -> None:
         """A block of the 2nd bitmap at `offset` of it: in the file already."""
 
-    def bits(self, base: int, size: int) -> Bits:
-        return Bits(lambda offset, length: read_sparse(self.fd, offset, length), base, size)
+    def bits(self, base: int, plan: Plan) -> Rank:
+        return bitmap_in(self.fd, base, plan)
 
     def close(self) -> None:
         """The file is the output's to close."""
@@ -91,14 +92,29 @@ class FlatSink:
     def keep_bits(self, offset: int, data: bytes) -> None:
         os.pwrite(self._aside, data, offset)
 
-    def bits(self, base: int, size: int) -> Bits:
-        return Bits(lambda offset, length: read_sparse(self._aside, offset, length), 0, size)
+    def bits(self, base: int, plan: Plan) -> Rank:
+        return bitmap_in(self._aside, 0, plan)
 
     def end(self) -> None:
         self.out.write(FLAT_END_RECORD)
 
     def close(self) -> None:
         os.close(self._aside)
+
+
+def bitmap_in(fd: int, base: int, plan: Plan) -> Rank:
+    """The 2nd bitmap at `base` of the file `fd` (its holes, the bitmap's empty parts,
+    never read)."""
+    size = plan.layout.bitmap_size
+
+    def skip(offset: int) -> int:
+        try:
+            return min(size, os.lseek(fd, base + offset, os.SEEK_DATA) - base)
+        except OSError as exc:
+            return size if exc.errno == errno.ENXIO else offset  # ENXIO: no data after
+
+    return Rank(lambda offset, length: os.pread(fd, length, base + offset), plan.max_mapnr,
+                plan.page_size, skip)
 
 
 def _codec(request: FetchRequest) -> codecs.Codec:
@@ -181,7 +197,7 @@ class _Copy:
         layout = self.plan.layout
         self.writer = PageWriter(self.sink.put, self.plan, Cursor(
             self.k["rank"], self.k["cursor"], self.k["zero"]), self.codec.compress)
-        bits = self.sink.bits(layout.bitmap2, layout.bitmap_size)
+        bits = self.sink.bits(layout.bitmap2, self.plan)
         for entry in list(self.state.errors):  # pages that failed before: again
             kept = list(self.state.errors)
             self.state.errors.remove(entry)

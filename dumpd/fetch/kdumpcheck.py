@@ -7,10 +7,11 @@ Design rules:
   that range of the view (non-RAM pages as zeros) against the sha256 of the same
   physical bytes as the copy gives them back (pages not dumped as zeros); and each
   PT_NOTE of the view against the notes the copy holds.
-- A file is read back from disk, through its own bitmap and descriptors, its pages
-  decompressed, independently of how it was written; a pipe's copy is hashed as it is
-  written (`RunHashes` fed the pages dumped), the only time its bytes are seen.
-- Memory stays bounded: pages are read one at a time, descriptors a block at a time.
+- A file is read back from disk by dumpd's reader of the format (`dumpd.sources`, as
+  `serve --source FILE.kdump` reads it: its bitmaps, its descriptors, its pages
+  decompressed), not by what wrote it; a pipe's copy is hashed as it is written
+  (`RunHashes` fed the pages dumped), the only time its bytes are seen.
+- Memory stays bounded: a MiB of pages is read back at a time.
 """
 
 from __future__ import annotations
@@ -20,19 +21,17 @@ import os
 import sys
 from typing import Any
 
-from dumpd import codecs
 from dumpd.client import Client
-from dumpd.errors import DumpdError
+from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch.kdumpplan import Run, runs
 from dumpd.fetch.output import Output, os_error
 from dumpd.fetch.progress import size
 from dumpd.fetch.report import changed
-from dumpd.kdump.bitmap import Bits, read_sparse
-from dumpd.kdump.format import DESC, FormatError
 from dumpd.kdump.writer import Plan
+from dumpd.sources import open_source
 
 ZEROS = memoryview(bytes(1 << 20))
-DESCS_READ = 4096  # descriptors read at a time
+BLOCK = 1 << 20  # bytes of physical memory read back at a time
 
 
 class RunHashes:
@@ -74,55 +73,21 @@ class RunHashes:
                 for run, h in zip(self._runs, self._hashes, strict=True)]
 
 
-class _Reader:
-    """The pages of a kdump file as the file gives them back."""
-
-    def __init__(self, fd: int, plan: Plan) -> None:
-        self._fd = fd
-        self._size = plan.page_size
-        self._table = plan.layout.descriptors
-        self._end = os.fstat(fd).st_size
-        self._first = -1  # rank of the first descriptor in `_descs`
-        self._descs = b""
-
-    def _desc(self, rank: int) -> tuple[int, int, int]:
-        if not 0 <= rank - self._first < len(self._descs) // DESC.size:
-            self._first = rank
-            self._descs = os.pread(self._fd, DESCS_READ * DESC.size,
-                                   self._table + rank * DESC.size)
-        if (rank - self._first + 1) * DESC.size > len(self._descs):
-            raise FormatError(f"descriptor {rank} is past the end of the file")
-        offset, length, flags, _ = DESC.unpack_from(self._descs,
-                                                    (rank - self._first) * DESC.size)
-        return offset, length, flags
-
-    def page(self, rank: int) -> bytes:
-        offset, length, flags = self._desc(rank)
-        if not (0 < length <= self._size and offset >= 0 and offset + length <= self._end):
-            raise FormatError(f"descriptor {rank} says {length} bytes at {offset:#x}")
-        blob = os.pread(self._fd, length, offset)
-        if not flags:
-            if length != self._size:
-                raise FormatError(f"descriptor {rank}: {length} raw bytes, not a page")
-            return blob
-        try:
-            return codecs.by_flag(flags).decompress(blob, self._size)
-        except DumpdError as exc:
-            raise FormatError(f"descriptor {rank}: {exc.message}") from exc
-
-
-def read_back(fd: int, plan: Plan, bits: Bits, runs: list[Run], hashes: RunHashes) -> None:
-    """Feed `hashes` the pages of the kdump file at `fd`, in pfn order."""
-    reader, ps = _Reader(fd, plan), plan.page_size
-    rank = next_pfn = 0
-    for run in runs:
-        first, end = max(run.start // ps, next_pfn), -(-run.end // ps)
-        rank += bits.count(next_pfn, first)
-        for pfn in range(first, end):
-            if bits.test(pfn):
-                hashes.page(pfn, memoryview(reader.page(rank)))
-                rank += 1
-        next_pfn = max(next_pfn, end)
+def read_back(path: str, runs: list[Run]) -> list[tuple[int, int, str]]:
+    """`(view offset, length, sha256)` of each run, as the kdump file at `path` gives its
+    physical memory back (`dumpd.sources`, the reader `serve --source FILE.kdump` uses:
+    pages decompressed, pages not dumped zeros)."""
+    source = open_source(path, kind="kdump")
+    try:
+        out = []
+        for run in runs:
+            h = hashlib.sha256()
+            for pos in range(run.start, run.end, BLOCK):
+                h.update(source.read_phys(pos, min(BLOCK, run.end - pos)))
+            out.append((run.offset, run.end - run.start, h.hexdigest()))
+        return out
+    finally:
+        source.close()
 
 
 def verify(client: Client, info: dict[str, Any], plan: Plan, notes: list[tuple[int, int]],
@@ -134,18 +99,15 @@ def verify(client: Client, info: dict[str, Any], plan: Plan, notes: list[tuple[i
         print(f"dumpd: verify: the served dump changed during the copy ({what} differs): "
               f"{out.name} cannot equal it", file=sys.stderr)
         return 1
-    layout = plan.layout
     held = plan.notes
-    if hashes is None:
-        hashes = RunHashes(runs(info), plan.page_size)
-        bits = Bits(lambda offset, length: read_sparse(out.fd, offset, length), layout.bitmap2,
-                    layout.bitmap_size)
+    if hashes is not None:
+        memory = hashes.finish()
+    else:
         try:
-            read_back(out.fd, plan, bits, runs(info), hashes)
-            held = os.pread(out.fd, len(plan.notes), layout.notes)
-        except FormatError as exc:
-            print(f"dumpd: verify: {out.name} is not a kdump file dumpd can read back: {exc}",
-                  file=sys.stderr)
+            memory = read_back(out.name, runs(info))
+            held = os.pread(out.fd, len(plan.notes), plan.layout.notes)
+        except (StartupError, DumpdError) as exc:
+            print(f"dumpd: verify: {out.name} does not read back: {exc}", file=sys.stderr)
             return 1
         except OSError as exc:
             raise os_error(out.name, "read the copy back", exc) from exc
@@ -154,7 +116,7 @@ def verify(client: Client, info: dict[str, Any], plan: Plan, notes: list[tuple[i
         ranges.append((offset, length, hashlib.sha256(held[pos : pos + length]).hexdigest()))
         pos += length
     total = 0
-    for offset, length, local in [*hashes.finish(), *ranges]:
+    for offset, length, local in [*memory, *ranges]:
         remote = client.digest(offset, length)["digest"]
         if local != remote:
             print(f"dumpd: verify: {out.name} differs from the server's view at "

@@ -8,7 +8,8 @@ reason]` per run of pfns, in the order the copy got them (the view's; ranges ret
 after a read error last), then `{"pages": {reason: count}}`. Reasons: `hook:WORD`
 (the hook calls the pages not RAM, and says why: `explain`), `hook` (it gives no
 reason), `zero` (RAM whose bytes in the dump are all zero: `--zeros-as-holes`),
-`file_hole` (the served file holds no data there).
+`file_hole` (the served file holds no data there), `excluded` (the served dump left
+the pages out: a kdump-compressed file's pages not dumped).
 
 Design rules:
 - While the copy runs, runs are appended as its holes arrive (the stream's reasons,
@@ -49,6 +50,8 @@ MEANING = {
     "hook": "the hook calls these pages not RAM (it gives no reason); never read",
     "zero": "RAM whose bytes in the dump are all zero (--zeros-as-holes)",
     "file_hole": "the served file holds no data for these pages (a hole of its own)",
+    "excluded": "the served dump left these pages out (a kdump-compressed file's pages not "
+                "dumped: makedumpfile's dump level); never read",
 }
 Run = list[Any]
 """`[first_pfn, count, reason]`."""

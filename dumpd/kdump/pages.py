@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dumpd.kdump.bitmap import Bits
+from dumpd.kdump.bitmap import Rank
 from dumpd.kdump.writer import PageWriter
 
 Tap = Callable[[int, memoryview], None]
@@ -28,7 +28,7 @@ class Dumper:
     pfn below was handled, `rank` of them dumped. `tap(pfn, pages)`, if given, sees
     the bytes of the pages dumped as data."""
 
-    def __init__(self, bits: Bits, writer: PageWriter, next_pfn: int, rank: int,
+    def __init__(self, bits: Rank, writer: PageWriter, next_pfn: int, rank: int,
                  tap: Tap | None = None) -> None:
         self.bits = bits
         self.writer = writer
@@ -38,11 +38,15 @@ class Dumper:
         self._tap = tap
         self._size = writer.page_size
 
+    def _count(self, first: int, end: int) -> int:
+        """Pfns of `[first, end)` set in the 2nd bitmap."""
+        return self.bits.rank(end) - self.bits.rank(first) if first < end else 0
+
     def zeros(self, end: int) -> None:
         """Pfns up to `end` read as zeros (those dumped get the zero page)."""
         if end <= self.next_pfn:
             return
-        dumped = self.bits.count(self.next_pfn, end)
+        dumped = self._count(self.next_pfn, end)
         if dumped:
             self.writer.zero(self.rank, dumped)
             self.rank += dumped
@@ -52,7 +56,7 @@ class Dumper:
         """Whole pages from `pfn` on, raw."""
         self.zeros(pfn)
         count = len(pages) // self._size
-        if self.bits.count(pfn, pfn + count) == count:
+        if self._count(pfn, pfn + count) == count:
             self.writer.raw(self.rank, pages)
             if self._tap is not None:
                 self._tap(pfn, pages)
@@ -60,7 +64,7 @@ class Dumper:
             self.next_pfn = pfn + count
             return
         for i in range(count):
-            if self.bits.test(pfn + i):
+            if self._count(pfn + i, pfn + i + 1):
                 self.data(pfn + i, pages[i * self._size : (i + 1) * self._size])
             else:
                 self.dropped += 1
@@ -70,7 +74,7 @@ class Dumper:
                    page: Callable[[], memoryview]) -> None:
         """One page as the plan's codec compressed it; `page()` gives its bytes."""
         self.zeros(pfn)
-        if self.bits.test(pfn):
+        if self._count(pfn, pfn + 1):
             self.writer.blob(self.rank, blob)
             if self._tap is not None:
                 self._tap(pfn, page())
@@ -83,12 +87,12 @@ class Dumper:
         """Pfns the source could not read: zeros, those handled already too (an error
         may follow the data it voids). The rank of the first of them."""
         if pfn < self.next_pfn:
-            done = self.bits.count(pfn, min(self.next_pfn, pfn + count))
-            first_rank = self.rank - self.bits.count(pfn, self.next_pfn)
+            done = self._count(pfn, min(self.next_pfn, pfn + count))
+            first_rank = self.rank - self._count(pfn, self.next_pfn)
             if done:
                 self.writer.zero(first_rank, done)
         else:
-            first_rank = self.rank + self.bits.count(self.next_pfn, pfn)
+            first_rank = self.rank + self._count(self.next_pfn, pfn)
         self.zeros(pfn + count)
         return first_rank
 

@@ -13,7 +13,8 @@ Design rules:
   in a source not read through mmap windows reads its chunks instead (the bytes
   must be seen), and writes through the transport.
 - A stream asked for `zeros_as_holes` says why each hole is one (a trailing param
-  of `stream.hole`); other streams send holes as before, for older clients.
+  of `stream.hole`); other streams send holes as before, for older clients, but for
+  holes of pages the dump left out (`excluded`, no older client's source had them).
 - A stream stops after the frame being written when cancelled (a frame is never cut
   short), and ends with a summary of its counts.
 """
@@ -42,16 +43,19 @@ TRANSPORT_POLL = 0.0005  # seconds between looks at a draining transport before 
 
 class Stream:
     """A running stream: its counts so far, and whether it was asked to stop. With
-    `reasons` (asked for `zeros_as_holes`) each hole says why it is one."""
+    `reasons` (asked for `zeros_as_holes`) each hole says why it is one; `excludes`:
+    the source has pages it left out (their holes are counted apart)."""
 
     __slots__ = ("cancelled", "counts", "reasons")
 
-    def __init__(self, reasons: bool = False) -> None:
+    def __init__(self, reasons: bool = False, excludes: bool = False) -> None:
         self.cancelled = False
         self.reasons = reasons
         self.counts = {"bytes": 0, "data_bytes": 0, "hole_bytes": 0, "error_bytes": 0}
         if reasons:  # of the hole bytes, those of all-zero RAM pages and of file holes
             self.counts.update(zero_bytes=0, file_hole_bytes=0)
+        if excludes:  # of the hole bytes, those of pages the dump left out
+            self.counts.update(excluded_bytes=0)
 
     def cancel(self) -> None:
         """Stop after the frame being written (a frame is never cut short)."""
@@ -77,7 +81,8 @@ class Stream:
                 counts[f"{piece.reason}_bytes"] += length
             params = [msgid, piece.offset, length]
             frames = [encode_notification("stream.hole", [*params, piece.reason]
-                                          if self.reasons else params)]
+                                          if self.reasons or piece.reason != NOT_RAM
+                                          else params)]
         else:
             length = piece.length
             counts["error_bytes"] += length
@@ -154,7 +159,7 @@ class Streams:
         """Send the pieces of `reader` on `link` as notifications; the summary frames to send
         last, or None when the connection went away meanwhile. A DumpdError of the
         reader is raised once the stream is closed."""
-        stream = self._running[msgid] = Stream(reader.zeros)
+        stream = self._running[msgid] = Stream(reader.zeros, reader.excludes)
         writer = None
         try:
             if sock is not None:  # a dup of the socket: made once the stream is sure to run

@@ -1,4 +1,5 @@
-"""Sources of a crashed kernel's memory: ELF cores (/proc/vmcore) and raw oldmem."""
+"""Sources of a crashed kernel's memory: ELF cores (/proc/vmcore), raw oldmem, and saved
+kdump-compressed dumps."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ from dumpd.errors import StartupError
 from dumpd.kernel.vmcoreinfo import VmcoreInfo
 from dumpd.sources.base import Segment, Source
 from dumpd.sources.elf import ELF_MAGIC, VMCOREINFO_MAX, is_valid_page_size, open_elf
+from dumpd.sources.kdump import open_kdump
 from dumpd.sources.mapped import MiB, procfs_device
-from dumpd.sources.raw import open_raw
-from dumpd.sources.signatures import HEAD_BYTES, cut_short_format, known_format
+from dumpd.sources.raw import open_raw, view_size
+from dumpd.sources.signatures import (
+    FLATTENED,
+    HEAD_BYTES,
+    SERVED_FORMATS,
+    cut_short_format,
+    known_format,
+)
 
 __all__ = ["KINDS", "MMAP_MODES", "Segment", "Source", "open_source"]
 
-KINDS = ("auto", "elf", "raw")
+KINDS = ("auto", "elf", "raw", "kdump")
 MMAP_MODES = ("auto", "on", "off")
 
 NOT_A_FILE = "not a regular file or a device"
@@ -63,16 +71,24 @@ def _head(path: str, fd: int) -> bytes:
         raise StartupError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
+EXPECTED = {"auto": "an ELF core, a kdump-compressed dump or raw memory",
+            "elf": 'an ELF core as kind = "elf" says',
+            "raw": 'raw memory as kind = "raw" says',
+            "kdump": 'a kdump-compressed dump as kind = "kdump" says'}
+
+
 def _refuse_known_format(path: str, kind: str, head: bytes) -> None:
-    """StartupError when `head` is the signature of a format dumpd does not serve."""
+    """StartupError when `head` is the signature of a format dumpd does not serve, or
+    of a kdump-compressed dump when `kind` says the file is something else."""
     fmt = known_format(head)
-    if fmt is None:
-        return
-    expected = {"auto": "an ELF core or raw memory",
-                "elf": 'an ELF core as kind = "elf" says',
-                "raw": 'raw memory as kind = "raw" says'}[kind]
-    raise StartupError(f"{path}: {fmt.what}, not {expected}: "
-                       f"{fmt.advice.replace('{path}', path)}")
+    if fmt is None and kind in ("elf", "raw"):
+        fmt = known_format(head, SERVED_FORMATS)
+    if fmt is not None:
+        raise StartupError(f"{path}: {fmt.what}, not {EXPECTED[kind]}: "
+                           f"{fmt.advice.replace('{path}', path)}")
+    if kind == "kdump" and known_format(head, SERVED_FORMATS) is None:
+        raise StartupError(f"{path}: not {EXPECTED[kind]} (no kdump-compressed or "
+                           f"flattened signature at offset 0)")
 
 
 def given_vmcoreinfo(source: Source, path: str) -> None:
@@ -115,13 +131,15 @@ def open_source(
     mmap: str = "auto", window: int = 4 * MiB, windows: int = 8,
     vmcoreinfo: str | None = None,
 ) -> Source:
-    """Open `path` as a source of kind "elf", "raw" or "auto".
+    """Open `path` as a source of kind "elf", "raw", "kdump" or "auto".
 
     A regular file or block device with the signature of a format dumpd does not
-    serve (kdump-compressed, gzip, ...: see `signatures`) is refused whatever the
-    kind; character devices (/dev/oldmem) are memory and are not sniffed. "auto"
-    takes an ELF core by its magic, and anything else as raw memory, saying so in
-    the source's `guess` (the server logs it once start-up succeeded). `page_size`
+    serve (diskdump, gzip, ...: see `signatures`) is refused whatever the kind, and
+    a kdump-compressed one as "elf" or "raw"; character devices (/dev/oldmem) are
+    memory and are not sniffed. "auto" takes an ELF core by its magic, a
+    kdump-compressed dump (or its flattened form) by its signature, and anything else
+    as raw memory, saying so in the source's `guess` (the server logs it once
+    start-up succeeded). `page_size`
     is used unless an ELF core's VMCOREINFO gives PAGESIZE; `size` overrides the
     detected file size (needed for devices that report 0). `mmap` says whether reads go
     through at most `windows` mmap windows of `window` bytes (see `_read_path`).
@@ -129,22 +147,27 @@ def open_source(
     without the note (see `given_vmcoreinfo`).
     """
     if kind not in KINDS:
-        raise StartupError(f"{path}: unknown source kind {kind!r} (expected auto, elf or raw)")
+        raise StartupError(f"{path}: unknown source kind {kind!r} (expected auto, elf, raw "
+                           "or kdump)")
     if not is_valid_page_size(page_size):
         raise StartupError(f"{path}: page_size {page_size} is not a power of two >= 512")
     fd = _open_fd(path)
     try:
         memory_device = stat.S_ISCHR(os.fstat(fd).st_mode)
-        head = b"" if memory_device and kind != "auto" else _head(path, fd)
-        if not memory_device:
+        head = b"" if memory_device and kind in ("elf", "raw") else _head(path, fd)
+        if not memory_device or kind == "kdump":
             _refuse_known_format(path, kind, head)
         # A file shorter than the ELF magic but starting it is a core cut short: open_elf
         # says so. Other signatures cut short are refused; kind = "raw" takes them as raw.
         elf = bool(head) and ELF_MAGIC.startswith(head[:4])
-        if kind == "auto" and not memory_device and not elf:
+        kdump = not memory_device and known_format(head, SERVED_FORMATS) is not None
+        if kind == "auto" and not memory_device and not elf and not kdump:
             _refuse_cut_short(path, head)
-        if kind == "elf" or (kind == "auto" and elf):
-            source: Source = open_elf(path, fd, page_size, size)
+        if kind == "kdump" or (kind == "auto" and kdump):
+            source: Source = open_kdump(path, fd, view_size(path, fd, size),
+                                        known_format(head, (FLATTENED,)) is not None)
+        elif kind == "elf" or (kind == "auto" and elf):
+            source = open_elf(path, fd, page_size, size)
         else:
             source = open_raw(path, fd, page_size, size)
         if vmcoreinfo is not None:
@@ -165,10 +188,15 @@ def _read_path(source: Source, mode: str, window: int, windows: int) -> Source:
     auto maps what cannot shrink under a mapping: /proc/vmcore (any file of /proc)
     and memory devices (/dev/oldmem). A regular file or a block device could be cut
     short while mapped, and the next touch of its lost pages would kill the server
-    with SIGBUS.
+    with SIGBUS. A source whose view is not its file's bytes (not `spliced`: a
+    kdump-compressed file) reads as it reads, whatever `mode` says.
     """
     if mode not in MMAP_MODES:
         raise StartupError(f"{source.path}: mmap must be auto, on or off, not {mode!r}")
+    if not source.spliced:
+        if mode == "on":
+            source.read_path_why += " (mmap = on does not apply: the view is not the file)"
+        return source
     st = source.stat()
     if mode == "off":
         source.read_path_why = "mmap = off"

@@ -7,6 +7,10 @@ Design rules:
   `paddr is None` (ELF headers, notes, padding) are served as they are, with no verdict.
 - Where PT_LOADs overlap, the first one in program-header order wins, for file
   offsets and physical addresses alike (as the kernel's vmcore list does).
+- A source whose view is not its file's bytes (a kdump-compressed file's) is not
+  `spliced`: nothing is sent or mapped from its descriptor as it is. A source may
+  know pages it has no data for (`excludes`: a kdump file's pages left out), which
+  the engine never reads and sends as holes.
 - Sources know nothing of hooks, caches or sockets; `read_into` blocks and is
   called from worker threads, unless the source reads through mmap windows
   (`map_windows`, sources/mapped.py): then every read is a copy out of a mapping
@@ -146,6 +150,9 @@ class ReadError(DumpdError):
 class Source:
     """A positional reader over one open file descriptor (read-only)."""
 
+    spliced = True  # the view's bytes are the file's: `copy_to` may send them from it
+    excludes = False  # `excluded` may find pages the dump left out
+
     def __init__(
         self, kind: str, path: str, fd: int, size: int, page_size: int,
         segments: Sequence[Segment],
@@ -224,6 +231,11 @@ class Source:
                 found.append((pos, min(data, hi)))
             pos = end
         return found
+
+    def excluded(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The sorted `[start, end)` ranges of view bytes `[lo, hi)` in pages the dump
+        left out (zeros, never read): none here, only where `excludes`."""
+        return []
 
     def copy_to(self, fd: int, offset: int, count: int) -> int:
         """Copy up to `count` file bytes at `offset` to `fd` (a non-blocking socket)
