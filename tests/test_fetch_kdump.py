@@ -19,10 +19,14 @@ from pathlib import Path
 import pytest
 
 from bench.kdumpbitmap import INCOMPLETE, kept_dumps, read_kdump
-from bench.kdumppages import kinds, pages
+from bench.kdumppages import descriptors, kinds, pages
 from bench.pfnranges import normal
 from dumpd import codecs
+from dumpd.client import Client
 from dumpd.fetch import FetchRequest, fetch
+from dumpd.fetch.kdumpcheck import verify
+from dumpd.fetch.kdumpplan import make_plan
+from dumpd.fetch.output import Output
 from dumpd.kdump.format import MainHeader, SubHeader
 from dumpd.testing.kernel import SyntheticKernel
 from tests.daemon import DUMPD, ENV, one_line_error, run, served, slow_server, state_of
@@ -300,6 +304,31 @@ def test_each_page_of_an_irregular_layout_gets_its_bytes(tmp_path: Path, align: 
 
     assert dict(pages(copy)) == {pfn: page(pfn) for first, end in kd.dumped
                                  for pfn in range(first, end)}
+
+
+def test_verify_finds_a_page_changed_on_disk(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    loads = [SegSpec(0x1000, 0x9F000), SegSpec(MiB, 3 * MiB)]
+    dump = build_elf(tmp_path / "vmcore", loads, cpus=1, page_size_note=PAGE)
+    copy = tmp_path / "copy"
+    with served(tmp_path, dump.path) as sock:
+        assert run("fetch", "--format", "kdump", "-q", "-o", str(copy), "--socket",
+                   sock).returncode == 0
+        _, offset, length, flags, _ = next(d for d in descriptors(copy) if d[0] == 0x180)
+        assert (length, flags) == (PAGE, 0)  # the pattern does not compress: stored raw
+        with open(copy, "r+b") as f:
+            f.seek(offset + 100)
+            f.write(b"X")
+        with Client.connect(sock) as client, open(copy, "rb") as f:
+            info = client.info()
+            plan, notes = make_plan(client, info, codecs.ZLIB, False)
+            status = verify(client, info, plan, notes, Output(str(copy), f.fileno(), "file",
+                                                              owned=False), None, False)
+    seg = dump.segments[1]
+    assert status == 1
+    assert capsys.readouterr().err.startswith(
+        f"dumpd: verify: {copy} differs from the server's view at {seg.file_offset:#x}"
+        f"+{seg.filesz:#x} (sha256 ")
 
 
 def test_what_a_kdump_copy_cannot_be_is_refused_in_one_line(tmp_path: Path) -> None:
