@@ -11,6 +11,7 @@ Scenarios (each a module with `TITLE` and `run(work, quick, emit)`):
 7. bench.kdump: the kdump-compressed format written and served, beside makedumpfile, on a
    synthetic kernel's dump (`python -m bench.kdump DUMP` for a real one). (6 is the
    crash-kernel lab, its own command: `python -m bench.lab`.)
+8. bench.compress: `dumpd fetch` over TLS without and with compression (zstd, zlib).
 
 Each row is printed as it is measured; the run ends by writing `results.md` (the
 table) and `results.json` (the rows with their raw numbers, and the machine) to
@@ -41,6 +42,7 @@ SCENARIOS = {
     "4": "bench.concurrency",
     "5": "bench.footprint",
     "7": "bench.kdump",
+    "8": "bench.compress",
 }
 HEADER = ("scenario", "measure", "dumpd", "baseline", "ratio", "target")
 

@@ -1,7 +1,7 @@
 """pytest's hooks and fixtures only: every async test on both event loops; the
-reliability figures (`tests.figures`) printed at the end. Helpers the tests share are
-in modules of their own (servers, daemon, dumps, views, figures); no test imports this
-file."""
+reliability figures (`tests.figures`) printed at the end; the TLS tests' certificates
+(`pki`, from `tests.pki`). Helpers the tests share are in modules of their own
+(servers, daemon, dumps, views, figures, pki); no test imports this file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import pytest
 import uvloop
 
 from tests.figures import FIGURES, Figures
+
+pytest_plugins = ["tests.pki"]  # its `pki` fixture, for every module with TLS tests
 
 
 def pytest_asyncio_loop_factories(

@@ -20,6 +20,7 @@ import pytest
 
 from dumpd import PROTOCOL_VERSION, __version__
 from dumpd.cli.commands import hexdump
+from dumpd.codecs import available
 from tests.daemon import (
     DUMPD,
     ENV,
@@ -236,6 +237,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
         "kernel   unknown: no VMCOREINFO (serve a raw dump with --vmcoreinfo FILE)",
         "hook     (none registered)",
         "finish   on `dumpd done` or SIGTERM only",
+        f"codecs   {', '.join(available())} (pages sent compressed)",
         "segments 1",
         "  paddr 0x000000000000  offset 0x0000000000  filesz 0x1400000  memsz 0x1400000",
     ]
@@ -249,6 +251,7 @@ def test_info_human_and_json(tmp_path: Path) -> None:
                    "deadline_left": None, "finishing": None},
         "kernel": {"vmcoreinfo": None, "osrelease": None, "arch": None, "crashtime": None,
                    "page_size": PAGE, "kernel_offset": None},
+        "codecs": available(),
     }
 
 

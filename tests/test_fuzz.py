@@ -34,7 +34,6 @@ from hypothesis import strategies as st
 from dumpd.client import Client
 from dumpd.config import Config, EngineConfig, FinishConfig, ServerConfig, SourceConfig
 from dumpd.engine import Engine
-from dumpd.engine.bulk import BulkReader
 from dumpd.errors import DumpdError
 from dumpd.protocol import (
     FrameDecoder,
@@ -48,7 +47,7 @@ from dumpd.protocol import (
     integral,
 )
 from dumpd.server import Server
-from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer
+from dumpd.server.dispatch import NOT_READY, BinParts, Dispatcher, Peer, Streamed
 from dumpd.server.finish import Finish
 from dumpd.sources import open_source
 from dumpd.sources.base import Segment
@@ -300,8 +299,8 @@ class NoStreams:
 
 def opened(result: Any) -> Any:
     """`result`, the reader of a stream closed (it is not run here)."""
-    if isinstance(result, BulkReader):
-        result.close()
+    if isinstance(result, Streamed):
+        result.reader.close()
     return result
 
 
@@ -366,7 +365,7 @@ def test_an_integral_float_gets_the_reply_its_int_gets_in_every_method(tmp_path:
             return "ok", b"".join(result) if isinstance(result, BinParts) else result
 
         async def pieces(params: list[Any]) -> list[Any]:
-            reader = await dispatcher.call(peer, "stream", params, NoStreams())
+            reader = (await dispatcher.call(peer, "stream", params, NoStreams())).reader
             try:
                 return [piece async for batch in reader for piece in batch]
             finally:

@@ -161,7 +161,8 @@ async def test_digest_of_the_view(tmp_path: Path) -> None:
     ([0, 10, {"chunk": 1000}], "chunk must be a multiple of 4096 in [4096, 8388608], got 1000"),
     ([0, 10, {"chunk": 16 * MiB}], "chunk must be a multiple of 4096 in [4096, 8388608], "
                                    "got 16777216"),
-    ([0, 10, {"speed": 1}], "unknown stream option 'speed' (known: chunk, zeros_as_holes)"),
+    ([0, 10, {"speed": 1}], "unknown stream option 'speed' (known: chunk, compress, "
+                            "zeros_as_holes)"),
     ([0, 10, {"zeros_as_holes": 1}], "zeros_as_holes must be true or false, got 1"),
     ([0, -1, {}], "length must be in [0, 2**64-1], got -1"),
     ([0, 10], "stream takes 3 parameters, got 2"),

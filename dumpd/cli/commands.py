@@ -120,6 +120,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"hook     {hook_label(info['hook'])}")
     if "finish" in info:
         print(f"finish   {finish_line(info['finish'])}")
+    if "codecs" in info:
+        print(f"codecs   {', '.join(info['codecs']) or 'none'} (pages sent compressed)")
     print(f"segments {len(info['segments'])}")
     for paddr, offset, filesz, memsz in info["segments"]:
         print(f"  paddr {paddr:#014x}  offset {offset:#012x}  filesz {filesz:#x}  memsz {memsz:#x}")
@@ -234,7 +236,7 @@ def _fetch(args: argparse.Namespace) -> int:
     offset, length = args.range if args.range else (0, None)
     return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
                               args.verify, args.quiet, args.chunk, args.fsync, args.force,
-                              args.zeros, args.format, args.compress),
+                              args.zeros, args.wire_compress, args.format, args.compress),
                  connect=lambda: _client(args))
 
 

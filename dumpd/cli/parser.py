@@ -150,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--zeros-as-holes", dest="zeros", action="store_true",
                        help="leave RAM pages that are all zero out as holes too (the "
                             "server looks at them); FILE.dumpd-holes says which and why")
+    fetch.add_argument("--wire-compress", dest="wire_compress", default="auto",
+                       metavar="auto|none|CODEC",
+                       help="have the server compress the pages it sends with CODEC (zlib, "
+                            "lzo, snappy, zstd: what `dumpd info` lists); default auto: zstd "
+                            "(else zlib) over --tcp, none over a Unix socket")
     fetch.add_argument("--format", choices=["elf", "kdump"],
                        help="elf: the view as it is (the default for a file); kdump: "
                             "makedumpfile's kdump-compressed format (the default into a pipe "

@@ -21,6 +21,7 @@ from dumpd.client.pieces import (
     StreamData,
     StreamError,
     StreamHole,
+    StreamPages,
     StreamPiece,
     StreamWritten,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "StreamData",
     "StreamError",
     "StreamHole",
+    "StreamPages",
     "StreamPiece",
     "StreamWritten",
 ]

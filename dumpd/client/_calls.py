@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from dumpd.client.errors import RemoteError
-from dumpd.client.pieces import stream_piece
+from dumpd.client.pieces import checked_params
 from dumpd.protocol import Notification, ProtocolViolation, Response
 
 T = TypeVar("T")
@@ -78,6 +78,17 @@ def digest(offset: int, length: int, algorithm: str) -> Call[dict[str, Any]]:
     return Call("digest", (offset, length, algorithm), _typed(dict, "digest"))
 
 
+def stream_options(chunk: int | None, zeros_as_holes: bool, compress: str | None
+                   ) -> dict[str, Any]:
+    """The options map of a `stream` request (defaults left out, for older servers)."""
+    options: dict[str, Any] = {} if chunk is None else {"chunk": chunk}
+    if zeros_as_holes:
+        options["zeros_as_holes"] = True
+    if compress is not None:
+        options["compress"] = compress
+    return options
+
+
 def stats() -> Call[dict[str, Any]]:
     return Call("stats", (), _typed(dict, "stats"))
 
@@ -130,7 +141,7 @@ def check_notification(event: Notification) -> RemoteError | None:
     notification of the wrong shape is a `ProtocolViolation`, as in the receiver); the
     server's `error` notification, sent just before it closes the connection, is
     returned as the `RemoteError` that explains the loss."""
-    stream_piece(event)
+    checked_params(event)
     params = event.params
     if event.method == "error" and len(params) == 2 and all(type(p) is str for p in params):
         return RemoteError(params[0], params[1])

@@ -15,7 +15,9 @@ from typing import Any, Self, TypeVar, cast
 
 from dumpd.client import _calls
 from dumpd.client._calls import Call, NotificationCallback, check_notification
+from dumpd.client.aiostream import AsyncStream, Inbox
 from dumpd.client.errors import RemoteError, ServerUnreachable, unreachable
+from dumpd.client.pieces import StreamPiece, stream_piece
 from dumpd.hostport import join_host_port
 from dumpd.protocol import (
     DEFAULT_CLIENT_MAX_FRAME_SIZE,
@@ -79,6 +81,9 @@ class AsyncClient:
         self._lost: BaseException | None = None
         self._write_ready: asyncio.Future[None] | None = None
         self._server_error: RemoteError | None = None
+        self._streams: dict[int, Inbox] = {}  # streams running, by msgid
+        self._crowded: set[Inbox] = set()  # those holding too much: reading paused
+        self._page_size = 0  # the server's, once `info` said it (for compressed streams)
         self.on_notification = on_notification
 
     @classmethod
@@ -152,14 +157,66 @@ class AsyncClient:
         if len(self._pending) > MAX_MSGID:
             raise ConnectionError("every msgid is in flight")
         msgid = self._next_msgid
-        while msgid in self._pending:  # only after wrapping around 2**32
+        while msgid in self._pending or msgid in self._streams:  # after wrapping 2**32
             msgid = (msgid + 1) & MAX_MSGID
         self._next_msgid = (msgid + 1) & MAX_MSGID
         return msgid
 
     async def info(self) -> dict[str, Any]:
         """The dump and server description (see docs/protocol.md, `info`)."""
-        return await self._run(_calls.info())
+        described = await self._run(_calls.info())
+        page_size = described.get("page_size")
+        if type(page_size) is int and page_size > 0:
+            self._page_size = page_size
+        return described
+
+    def stream(self, offset: int, length: int, chunk: int | None = None,
+               zeros_as_holes: bool = False, compress: str | None = None) -> AsyncStream:
+        """Stream `[offset, offset+length)` of the file view: `async for` the returned
+        `AsyncStream` for its pieces in offset order, as the blocking client's `stream`
+        gives them (`compress`: data as `StreamPages`); reading pauses while more than
+        a few MiB of them wait to be taken."""
+        options = _calls.stream_options(chunk, zeros_as_holes, compress)
+        return AsyncStream(self, [offset, length, options], compress is not None)
+
+    async def _open_stream(self, params: list[Any], compress: bool) -> tuple[int, Inbox]:
+        """Send a `stream` request; its msgid and the inbox its pieces arrive in."""
+        page_size = 0
+        if compress:  # the page size the units of `stream.pages` are cut at
+            page_size = self._page_size or (await self.info())["page_size"]
+        transport = self._transport
+        if transport is None or self._lost is not None or transport.is_closing():
+            raise ConnectionError("not connected to dumpd") from self._lost
+        msgid = self._allocate_msgid()
+        inbox = self._streams[msgid] = Inbox(page_size, self._crowd)
+        transport.write(encode_request(msgid, "stream", params))
+        return msgid, inbox
+
+    def _close_stream(self, msgid: int, inbox: Inbox) -> None:
+        """The consumer of stream `msgid` is done with it: if it has not ended, stop
+        it and drop what still comes."""
+        self._crowd(inbox, False)
+        if inbox.end is not None:
+            self._streams.pop(msgid, None)
+            return
+        inbox.dropping = True
+        transport = self._transport
+        if transport is not None and not transport.is_closing():  # its reply is dropped
+            transport.write(encode_request(self._allocate_msgid(), "stream.cancel", [msgid]))
+
+    def _crowd(self, inbox: Inbox, over: bool) -> None:
+        """Pause reading while any stream holds too many pieces, resume once none does."""
+        before = bool(self._crowded)
+        if over:
+            self._crowded.add(inbox)
+        else:
+            self._crowded.discard(inbox)
+        transport = self._transport
+        if before != bool(self._crowded) and transport is not None and not transport.is_closing():
+            if self._crowded:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     async def read(self, offset: int, length: int) -> bytes:
         """File-view bytes `[offset, offset+length)`; short at the end, like pread."""
@@ -247,16 +304,25 @@ class AsyncClient:
     def _data_received(self, data: bytes) -> None:
         try:
             events = self._decoder.feed(data)
+            routed: list[tuple[Inbox, StreamPiece] | None] = []
             for event in events:
                 if isinstance(event, Notification):
                     self._server_error = check_notification(event) or self._server_error
+                routed.append(self._routed(event))
         except ProtocolViolation as exc:
             self._lost = exc
             assert self._transport is not None
             self._transport.abort()
             return
-        for event in events:
-            if isinstance(event, Response):
+        for event, route in zip(events, routed, strict=True):
+            if route is not None:
+                route[0].put(route[1])
+            elif isinstance(event, Response) and event.msgid in self._streams:
+                inbox = self._streams[event.msgid]
+                inbox.finish(event)
+                if inbox.dropping:  # nobody takes it: the stream is over
+                    del self._streams[event.msgid]
+            elif isinstance(event, Response):
                 future = self._pending.pop(event.msgid, None)
                 if future is not None and not future.done():
                     future.set_result(event)
@@ -268,11 +334,24 @@ class AsyncClient:
                         {"message": "dumpd notification callback failed", "exception": exc}
                     )
 
+    def _routed(self, event: object) -> tuple[Inbox, StreamPiece] | None:
+        """The inbox of a running stream a notification belongs to, and its piece
+        (checked: a `ProtocolViolation` when malformed); None for any other event."""
+        if not isinstance(event, Notification) or not event.method.startswith("stream."):
+            return None
+        msgid = event.params[0] if event.params else None
+        inbox = self._streams.get(msgid) if type(msgid) is int else None
+        found = None if inbox is None else stream_piece(event, inbox.page_size)
+        return None if inbox is None or found is None else (inbox, found[1])
+
     def _connection_lost(self, exc: Exception | None) -> None:
         if self._lost is None:
             self._lost = (
                 self._server_error or exc or ConnectionResetError("connection to dumpd closed")
             )
+        streams, self._streams = self._streams, {}
+        for inbox in streams.values():
+            inbox.finish(self._lost)
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():

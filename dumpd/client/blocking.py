@@ -58,6 +58,7 @@ class Client:
         self._abandoned: set[int] = set()  # msgids of calls given up (timeout, interrupt)
         self._server_error: RemoteError | None = None
         self._next_msgid = 0
+        self._page_size = 0  # the server's, once `info` said it (for compressed streams)
         self.on_notification = on_notification
 
     @classmethod
@@ -206,7 +207,16 @@ class Client:
 
     def info(self) -> dict[str, Any]:
         """The dump and server description (see docs/protocol.md, `info`)."""
-        return self._run(_calls.info())
+        described = self._run(_calls.info())
+        page_size = described.get("page_size")
+        if type(page_size) is int and page_size > 0:
+            self._page_size = page_size
+        return described
+
+    @property
+    def over_network(self) -> bool:
+        """Whether the connection is TCP (with TLS or not), not a Unix socket."""
+        return self._sock.family != socket.AF_UNIX
 
     def read(self, offset: int, length: int) -> bytes:
         """File-view bytes `[offset, offset+length)`; short at the end, like pread."""
@@ -268,20 +278,23 @@ class Client:
         return self._run(_calls.fetch_verified(fetch_id, sha256))
 
     def stream(self, offset: int, length: int, chunk: int | None = None,
-               sink: int | None = None, zeros_as_holes: bool = False) -> Stream:
+               sink: int | None = None, zeros_as_holes: bool = False,
+               compress: str | None = None) -> Stream:
         """Stream `[offset, offset+length)` of the file view: iterate the returned `Stream`
         for `StreamData` / `StreamHole` / `StreamError` pieces in offset order; its
         `summary` holds the server's counts once iteration ends. With `sink` (a file
         descriptor), data goes straight into that file at its offsets (`splice`) and
         arrives as `StreamWritten` pieces. `zeros_as_holes`: RAM pages that are all
-        zero come as holes too, each hole with its `reason`."""
+        zero come as holes too, each hole with its `reason`. `compress` (a codec of
+        `info`'s `codecs`): data comes as `StreamPages`, its pages compressed one by
+        one (`StreamPages.data(codec)` decompresses them), never into the sink."""
+        if compress is not None and not self._page_size:
+            self.info()  # the page size the units of `stream.pages` are cut at
         msgid = self._next_msgid
         self._next_msgid = (msgid + 1) & MAX_MSGID
-        options: dict[str, Any] = {} if chunk is None else {"chunk": chunk}
-        if zeros_as_holes:
-            options["zeros_as_holes"] = True
+        options = _calls.stream_options(chunk, zeros_as_holes, compress)
         self._send(encode_request(msgid, "stream", [offset, length, options]))
-        return Stream(self, msgid, sink)
+        return Stream(self, msgid, sink, self._page_size if compress is not None else 0)
 
     def close(self) -> None:
         """Close the socket."""
@@ -303,12 +316,14 @@ class Stream:
     """One `stream` request in progress on a blocking `Client` (which it has to itself
     until iteration ends)."""
 
-    def __init__(self, client: Client, msgid: int, sink: int | None = None) -> None:
+    def __init__(self, client: Client, msgid: int, sink: int | None = None,
+                 page_size: int = 0) -> None:
         self._client = client
         self.msgid = msgid
         # Calls complete one at a time, so the decoder holds no partial frame here.
         self._receiver = StreamReceiver(client._sock, msgid, client._limits,
-                                        self._on_reply, self._on_notification, sink)
+                                        self._on_reply, self._on_notification, sink,
+                                        page_size)
         self.summary: dict[str, Any] | None = None
 
     def __iter__(self) -> Iterator[StreamPiece]:

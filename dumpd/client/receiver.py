@@ -60,15 +60,18 @@ class StreamReceiver:
 
     `on_reply` gets replies to other requests sent meanwhile (a `stream.cancel`);
     `on_notification` gets other notifications. With `sink`, data arrives as
-    `StreamWritten` (already in the sink file).
+    `StreamWritten` (already in the sink file). `page_size`: the server's, for a stream
+    asked to compress (its `StreamPages`, never written to the sink, are checked with
+    it); 0 for a stream that was not.
     """
 
     def __init__(self, sock: socket.socket, msgid: int, limits: Limits,
                  on_reply: Callable[[Response], None],
-                 on_notification: Callable[[Notification], None], sink: int | None = None
-                 ) -> None:
+                 on_notification: Callable[[Notification], None], sink: int | None = None,
+                 page_size: int = 0) -> None:
         self._sock = sock
         self._msgid = msgid
+        self._page_size = page_size
         self._limits = limits
         self._on_reply = on_reply
         self._on_notification = on_notification
@@ -192,7 +195,7 @@ class StreamReceiver:
     def _event(self, event: Event) -> Iterator[StreamPiece]:
         """The piece of a frame decoded whole, if it is one of this stream's."""
         if isinstance(event, Notification):
-            found = stream_piece(event)
+            found = stream_piece(event, self._page_size)
             if found is None or found[0] != self._msgid:
                 if found is not None and event.method == "stream.data":
                     raise ProtocolViolation("EINVAL", f"stream.data for msgid {found[0]}, "

@@ -37,18 +37,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
-from dumpd.client.pieces import SinkError, StreamError, StreamHole, StreamWritten
-from dumpd.errors import DumpdError, StartupError
-from dumpd.fetch import output as out_mod
+from dumpd.client.pieces import SinkError, StreamError, StreamHole, StreamPages, StreamWritten
+from dumpd.errors import StartupError
 from dumpd.fetch import start
-from dumpd.fetch.output import NO_SPACE, os_error
+from dumpd.fetch.output import os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.report import verify
+from dumpd.fetch.space import space_note
 from dumpd.fetch.start import Job
 from dumpd.fetch.state import FetchState
+from dumpd.fetch.wire import wire_codec
 
 CHECKPOINT_SECONDS = 5.0
-EXTENTS_STEP = 1 << 30  # the largest range `extents` answers at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,7 @@ class FetchRequest:
     fsync: bool = False
     force: bool = False  # an existing output may be replaced (a block device written)
     zeros: bool = False  # all-zero RAM pages left out as holes too (--zeros-as-holes)
+    wire_compress: str = "auto"  # the stream's codec: auto, none or a name (--wire-compress)
     format: str | None = None  # "elf" or "kdump"; None: kdump into a pipe, else elf
     codec: str | None = None  # a kdump copy's page compression (None: zlib)
 
@@ -85,9 +86,11 @@ def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) ->
             from dumpd.fetch import kdump
 
             return kdump.fetch(client, request, info, where)
+        wire = wire_codec(request.wire_compress, info, client.over_network)
         fresh = FetchState(start.identity(client, info), offset, end - offset, done=offset)
         job = start.open_copy(where, info, fresh, request.resume, request.force,
                               request.quiet)
+        job.codec = wire
         try:
             return _run(client, opener, request, info, job)
         finally:
@@ -115,14 +118,14 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
          info: dict[str, Any], job: Job) -> int:
     out, state = job.output, job.state
     progress = Progress(sum(length for _, length in state.todo()), request.quiet)
-    sync = os.fdatasync if request.fsync and out.kind != "stream" else _no_sync
+    sync = os.fdatasync if request.fsync else _no_sync
     try:
         _copy(client, job, progress, request, sync)
         sync(out.fd)
     except SinkError as exc:
         progress.finish()
         print(f"dumpd: fetch: {exc.filename or out.name}: {exc.strerror}"
-              f"{_space(opener, job, exc)}; {_saved(job, sync)}", file=sys.stderr)
+              f"{space_note(opener, out, state, exc)}; {_saved(job, sync)}", file=sys.stderr)
         return 1
     except (ConnectionError, OSError, RemoteError) as exc:
         progress.finish()
@@ -161,11 +164,18 @@ def _fetch_range(client: Client, job: Job, offset: int, length: int, progress: P
     out, state = job.output, job.state
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     held: list[tuple[int, int, str]] = []  # holes of a range retried, until it is whole
+    codec = job.codec
     stream = client.stream(offset, length, request.chunk, sink=out.fd,
-                           zeros_as_holes=request.zeros)
+                           zeros_as_holes=request.zeros,
+                           compress=None if codec is None else codec.name)
     for piece in stream:
         if isinstance(piece, StreamWritten):
             n = piece.length
+            progress.add(data=n)
+        elif isinstance(piece, StreamPages):  # only from a stream asked to compress
+            assert codec is not None
+            n = piece.length
+            out.put(piece.offset, memoryview(piece.data(codec)))
             progress.add(data=n)
         elif isinstance(piece, StreamHole):
             n = piece.length
@@ -227,38 +237,6 @@ def _saved(job: Job, sync: Callable[[int], None]) -> str:
         return (f"{job.state_path} could not be updated ({exc.strerror}): --resume "
                 "continues from its last checkpoint")
     return "run the same command with --resume to continue"
-
-
-def _space(opener: Callable[[], Client], job: Job, exc: SinkError) -> str:
-    """For a full file system or quota: what is still needed, what is on disk, what is
-    free; else nothing."""
-    if exc.errno not in NO_SPACE:
-        return ""
-    out, state = job.output, job.state
-    free = out_mod.free_space(out.fd)
-    free_text = "unknown" if free is None else size(free)
-    ram = _ram_left(opener, state.todo())
-    need = (f"up to {size(sum(n for _, n in state.todo()))}" if ram is None else
-            f"{size(ram)} of RAM pages")
-    held = out_mod.allocated(out.fd)
-    return (f" ({need} still to write, {'unknown' if held is None else size(held)} on disk "
-            f"already, {free_text} free)")
-
-
-def _ram_left(opener: Callable[[], Client], todo: list[tuple[int, int]]) -> int | None:
-    """RAM bytes of the view in `todo`, asked of the server on a connection of its own
-    (the copy's is in the middle of a stream); None if it cannot say."""
-    total = 0
-    try:
-        with opener() as client:
-            for offset, length in todo:
-                for pos in range(offset, offset + length, EXTENTS_STEP):
-                    step = min(EXTENTS_STEP, offset + length - pos)
-                    total += sum(n for _, n, kind in client.extents(pos, step)
-                                 if kind == "data")
-    except (OSError, DumpdError):
-        return None
-    return total
 
 
 def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: Job,

@@ -102,6 +102,16 @@ class Output:
         self.created = created
         self.position = 0  # bytes written by `write`
 
+    def put(self, offset: int, data: memoryview) -> None:
+        """Data at view offset `offset` of a file or a device, written at its offset, as
+        the receiver writes what it splices."""
+        while data:
+            try:
+                n = os.pwrite(self.fd, data, offset)
+            except OSError as exc:
+                raise SinkError(exc.errno, exc.strerror) from exc
+            data, offset = data[n:], offset + n
+
     def zeros(self, offset: int, length: int) -> None:
         """Zeros over `[offset, offset+length)` of a file or a device."""
         end = offset + length

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
+from dumpd.codecs import Codec
 from dumpd.errors import StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.output import STDOUT, Output, Served, look, os_error
@@ -54,6 +55,7 @@ class Job:
     state: FetchState
     state_path: str | None
     record: Record
+    codec: Codec | None = None  # what the server compresses an ELF copy's stream with
 
 
 def default_name(info: dict[str, Any]) -> str:

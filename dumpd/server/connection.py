@@ -80,7 +80,7 @@ class RpcConnection(asyncio.Protocol):
         # The sendfile thread's clock: loop.time() is not safe from a thread (uvloop).
         thread_clock = time.monotonic if limits.clock is None else limits.clock.time
         self._streams = Streams(limits.max_streams, limits.sendfile, limits.send_timeout,
-                                thread_clock)
+                                thread_clock, shared.compression, shared.reply_budget)
         self._spans = spans
         self._drained = asyncio.Event()
         self._drained.set()

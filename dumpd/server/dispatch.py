@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from dumpd import PROTOCOL_VERSION, __version__
 from dumpd.bootid import boot_id
+from dumpd.codecs import Codec, available, codec
 from dumpd.engine import Engine
 from dumpd.engine.bulk import BulkReader, digest
 from dumpd.errors import DumpdError
@@ -39,7 +40,7 @@ EXTENT_ENTRY_BYTES = 24
 STREAM_CHUNK = 1 << 20  # bytes per stream.data frame unless the client asks otherwise
 MAX_FETCH_ID = 64  # characters of a `fetch.verified` fetch id
 MAX_EXPLAIN = 1 << 20  # pfns one `hook.explain` may ask about
-STREAM_OPTIONS = ("chunk", "zeros_as_holes")
+STREAM_OPTIONS = ("chunk", "compress", "zeros_as_holes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,19 @@ class Method:
     admin: bool = False  # administrators only (EACCES for anyone else)
     streams: bool = False  # answered by `stream.*` notifications and a summary: the
     # handler returns the `BulkReader` the connection runs
+
+
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """What a `stream` request runs: its reader, and the codec its data frames are
+    compressed with (None: sent as they are), page by page of `page_size` bytes;
+    `footprint`: the view bytes it holds when it reads (its read-ahead and the chunk
+    being sent)."""
+
+    reader: BulkReader
+    codec: Codec | None
+    page_size: int
+    footprint: int
 
 
 class BinParts(list[bytes | memoryview]):
@@ -188,6 +202,7 @@ class Dispatcher:
             "max_read": self.max_read,
             "finish": self.finish.status(),
             "kernel": self.engine.kernel.context(),
+            "codecs": available(),
         }
 
     async def _read(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> BinParts:
@@ -228,9 +243,10 @@ class Dispatcher:
                 "length": max(0, end - offset)}
 
     async def _stream(self, peer: Peer, params: Sequence[Any],
-                      streams: RunningStreams) -> BulkReader:
+                      streams: RunningStreams) -> Streamed:
         """The pieces a `stream [offset, length, options]` request sends; EINVAL when its
-        arguments are wrong. The caller sets `spans` on it to send RAM runs itself."""
+        arguments are wrong, ENOSYS for a codec this server cannot load. The caller
+        sets `spans` on its reader to send RAM runs itself."""
         offset = as_uint(params[0], "offset")
         length = as_uint(params[1], "length")
         options = as_options(params[2], "stream", STREAM_OPTIONS)
@@ -241,8 +257,11 @@ class Dispatcher:
         if chunk is None or not page <= chunk <= self.max_read or chunk % page:
             raise DumpdError("EINVAL", f"chunk must be a multiple of {page} in [{page}, "
                              f"{self.max_read}], got {asked!r}")
-        return BulkReader(self.engine, offset, length, chunk, max(chunk, self.stream_window),
-                          zeros=zeros)
+        method = options.get("compress")
+        found = None if method is None else codec(as_str(method, "compress"))
+        window = max(chunk, self.stream_window)
+        return Streamed(BulkReader(self.engine, offset, length, chunk, window, zeros=zeros),
+                        found, page, window + chunk)
 
     async def _explain(self, peer: Peer, params: Sequence[Any],
                        streams: RunningStreams) -> dict[str, Any]:

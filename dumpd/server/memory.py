@@ -8,8 +8,10 @@ Design rules
   (the transport's high-water mark plus the largest single write), and, where streams
   read (TLS, or `stream_sendfile` off: a sendfile stream reads nothing), each stream's
   window of chunks plus the one being sent; for the whole server, the reply budget
-  and the engine's caches. Python's own objects (a few KiB per connection and task)
-  and the kernel's socket buffers are not in it.
+  and the engine's caches. A compressed stream holds what this does not count for
+  it (its frames' output; its read-ahead too where the others read nothing) in the
+  server's reply budget (`server/streams.py`). Python's own objects (a few KiB per
+  connection and task) and the kernel's socket buffers are not in it.
 - "auto" sizes for what is free when dumpd starts: MemAvailable less `FLOOR` (left to
   the kernel: a crash kernel must not drop below it), and no more than the headroom
   of dumpd's cgroup and of each cgroup above it (memory.max less memory.current: a

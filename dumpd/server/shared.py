@@ -15,6 +15,7 @@ from dumpd.server.budget import ByteBudget
 from dumpd.server.deadlines import Clock
 from dumpd.server.dispatch import Peer
 from dumpd.server.finish import Finish
+from dumpd.server.pages import Compression
 
 log = logging.getLogger("dumpd.server")
 
@@ -69,6 +70,7 @@ class Shared:
         self.idle_timeouts = 0
         self.send_timeouts = 0
         self.notifications_ignored = 0
+        self.compression = Compression()  # what compressed streams sent
         self.log = RateLimitedLog(log)
         self.ids = itertools.count(1)  # connection ids, for the log
 
@@ -104,11 +106,11 @@ class Shared:
         self.log.debug("notification", f"connection {conn.id} ({conn.peer.who}): ignored a "
                        f"notification: {reprlib.repr(notification.method)}")
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | float]:
         budget = self.reply_budget
         return {"busy_refused_connections": self.busy_refused,
                 "finishing_refused_connections": self.finishing_refused,
                 "idle_timeouts": self.idle_timeouts, "send_timeouts": self.send_timeouts,
                 "notifications_ignored": self.notifications_ignored,
                 "reply_bytes_held": budget.held, "reply_bytes_held_peak": budget.peak,
-                "reply_budget_waits": budget.waits}
+                "reply_budget_waits": budget.waits, **self.compression.stats()}
