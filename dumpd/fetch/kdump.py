@@ -4,16 +4,17 @@ or in its flattened form into a pipe (`makedumpfile -R` makes the same file of i
 Design rules:
 - Three steps, each begun once the last is written: the headers (status
   DUMP_DH_COMPRESSED_INCOMPLETE) and both bitmaps, the 2nd from the server's
-  `extents`; the pages, streamed run by run in pfn order (`kdumpplan.runs`) and
-  compressed one by one (`dumpd.kdump`); the header again, complete.
+  `extents`; the pages, streamed run by run in pfn order (`kdumpplan.runs`), each
+  compressed on its own (`_compressor` says where: by the server over TCP, its blobs
+  stored as they come; here over a Unix socket); the header again, complete.
 - Resumable as the ELF copy: the state beside the copy says where the pages stand (next
   pfn, rank, data cursor, zero page, and the view offset reached), saved once the data
   and the descriptors it vouches for are written. A resumed copy is cut back to its
   data cursor and the pages after it are fetched again into the same places, so it ends
   as the uninterrupted copy would.
-- Into a pipe every byte goes out as a flattened record, in the order a file gets it;
-  the 2nd bitmap, which pages are checked against, is kept in a temporary file
-  meanwhile (as makedumpfile keeps its own), so memory stays bounded there too.
+- Into a pipe every byte goes out as a flattened record, in the order a file gets it
+  (`kdumpout`); the 2nd bitmap, which pages are checked against, is kept in a
+  temporary file meanwhile, so memory stays bounded there too.
 - Pages the source could not read read as zeros, are listed, and leave the header
   INCOMPLETE; `--resume` fetches them again and points their descriptors at the new data.
 """
@@ -21,26 +22,25 @@ Design rules:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sys
-import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
 from dumpd import codecs
 from dumpd.client import Client, RemoteError
-from dumpd.client.pieces import SinkError, StreamData, StreamError, StreamHole
+from dumpd.client.pieces import SinkError, StreamData, StreamError, StreamHole, StreamPages
 from dumpd.errors import DumpdError, StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.kdumpcheck import RunHashes, verify
+from dumpd.fetch.kdumpout import FileSink, FlatSink
 from dumpd.fetch.kdumpplan import Run, dumped, make_plan, present, runs
-from dumpd.fetch.output import NO_SPACE, Output, os_error
+from dumpd.fetch.output import NO_SPACE, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.start import Job, Target, identity, open_copy
 from dumpd.fetch.state import FetchState
-from dumpd.kdump.bitmap import Rank, blocks
-from dumpd.kdump.format import FLAT_END_RECORD, FormatError, flat_header, flat_record
+from dumpd.kdump.bitmap import blocks
+from dumpd.kdump.format import FormatError
 from dumpd.kdump.pages import Dumper, Feed
 from dumpd.kdump.writer import Cursor, PageWriter, Plan
 
@@ -51,72 +51,6 @@ CHECKPOINT_SECONDS = 5.0
 DEFAULT_CODEC = "zlib"  # makedumpfile -c
 
 
-class FileSink:
-    """The kdump file itself: bytes at their offsets; the 2nd bitmap read back from it."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.pwrite(self.fd, view, offset)
-            except OSError as exc:
-                raise SinkError(exc.errno, exc.strerror) from exc
-            view, offset = view[n:], offset + n
-
-    def keep_bits(self, offset: int, data: bytes) -> None:
-        """A block of the 2nd bitmap at `offset` of it: in the file already."""
-
-    def bits(self, base: int, plan: Plan) -> Rank:
-        return bitmap_in(self.fd, base, plan)
-
-    def close(self) -> None:
-        """The file is the output's to close."""
-
-
-class FlatSink:
-    """The flattened form into a pipe: a record per `put`, the 2nd bitmap kept aside."""
-
-    def __init__(self, out: Output) -> None:
-        self.out = out
-        self._aside, path = tempfile.mkstemp(prefix="dumpd-bitmap-")
-        os.unlink(path)  # gone when closed, whatever happens
-
-    def put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        if len(data):  # a record of no bytes would end makedumpfile -R's reading
-            self.out.write(flat_record(offset, len(data)))
-            self.out.write(data)
-
-    def keep_bits(self, offset: int, data: bytes) -> None:
-        os.pwrite(self._aside, data, offset)
-
-    def bits(self, base: int, plan: Plan) -> Rank:
-        return bitmap_in(self._aside, 0, plan)
-
-    def end(self) -> None:
-        self.out.write(FLAT_END_RECORD)
-
-    def close(self) -> None:
-        os.close(self._aside)
-
-
-def bitmap_in(fd: int, base: int, plan: Plan) -> Rank:
-    """The 2nd bitmap at `base` of the file `fd` (its holes, the bitmap's empty parts,
-    never read)."""
-    size = plan.layout.bitmap_size
-
-    def skip(offset: int) -> int:
-        try:
-            return min(size, os.lseek(fd, base + offset, os.SEEK_DATA) - base)
-        except OSError as exc:
-            return size if exc.errno == errno.ENXIO else offset  # ENXIO: no data after
-
-    return Rank(lambda offset, length: os.pread(fd, length, base + offset), plan.max_mapnr,
-                plan.page_size, skip)
-
-
 def _codec(request: FetchRequest) -> codecs.Codec:
     name = request.codec or DEFAULT_CODEC
     try:
@@ -125,9 +59,30 @@ def _codec(request: FetchRequest) -> codecs.Codec:
         raise StartupError(f"fetch: --compress {name}: {exc}") from exc
 
 
+def _compressor(request: FetchRequest, info: dict[str, Any], codec: codecs.Codec,
+                over_network: bool) -> str | None:
+    """Who compresses the pages: the server (its stream's `compress`: the codec's name)
+    or, None, this machine. `--wire-compress auto` has the server do it over TCP, where
+    fewer bytes cross the network, when it offers the codec; over a Unix socket this
+    machine does (faster: the server sends and this machine compresses at once, where
+    the server alone would do both); `none` has this machine compress, the codec's name
+    the server (which must offer it)."""
+    wire, offered = request.wire_compress, info.get("codecs") or []
+    if wire not in ("auto", "none", codec.name):
+        raise StartupError(f"fetch: --wire-compress {wire}: a kdump copy's pages travel "
+                           f"compressed with its own codec (--compress {codec.name}); "
+                           "--wire-compress none has this machine compress them")
+    if wire == codec.name and wire not in offered:
+        raise StartupError(f"fetch: --wire-compress {wire}: ENOSYS: the server does not "
+                           f"compress with it (it offers: {', '.join(offered) or 'none'})")
+    server = wire == codec.name or (wire == "auto" and over_network)
+    return codec.name if server and codec.name in offered else None
+
+
 def fetch(client: Client, request: FetchRequest, info: dict[str, Any], where: Target) -> int:
     """The kdump-compressed copy into `where`; the exit status (as `dumpd.fetch.fetch`)."""
     codec = _codec(request)
+    wire = _compressor(request, info, codec, client.over_network)
     ident = identity(client, info)
     try:
         plan, notes = make_plan(client, info, codec.flag, request.zeros)
@@ -139,7 +94,7 @@ def fetch(client: Client, request: FetchRequest, info: dict[str, Any], where: Ta
     job = open_copy(where, info, fresh, request.resume, request.force, request.quiet)
     sink = FlatSink(job.output) if job.output.kind == "stream" else FileSink(job.output.fd)
     try:
-        return _Copy(client, request, info, job, sink, plan, codec, notes).run()
+        return _Copy(client, request, info, job, sink, plan, codec, notes, wire).run()
     finally:
         sink.close()
         job.output.close()
@@ -151,9 +106,10 @@ class _Copy:
 
     def __init__(self, client: Client, request: FetchRequest, info: dict[str, Any], job: Job,
                  sink: FileSink | FlatSink, plan: Plan, codec: codecs.Codec,
-                 notes: list[tuple[int, int]]) -> None:
+                 notes: list[tuple[int, int]], wire: str | None) -> None:
         self.client, self.request, self.info, self.job = client, request, info, job
         self.sink, self.plan, self.codec, self.notes = sink, plan, codec, notes
+        self.wire = wire  # the codec the server compresses with (None: this machine does)
         self.state = job.state
         self.k: dict[str, Any] = job.state.kdump or {}
         self.sync = os.fdatasync if request.fsync and job.state_path else _no_sync
@@ -234,7 +190,7 @@ class _Copy:
         plan, layout, put = self.plan, self.plan.layout, self.sink.put
         size = plan.page_size
         if isinstance(self.sink, FlatSink):
-            self.job.output.write(flat_header())
+            self.sink.begin()
         put(0, plan.main(complete=False))
         put(layout.sub_header, plan.sub())
         for index, bits in blocks(present(self.info), size):
@@ -259,9 +215,15 @@ class _Copy:
         checkpoint = time.monotonic() + CHECKPOINT_SECONDS
         held: list[tuple[int, int, str]] = []  # holes of pages fetched again, until whole
         stream = self.client.stream(offset, length, self.request.chunk,
-                                    zeros_as_holes=self.k["zeros"])
+                                    zeros_as_holes=self.k["zeros"], compress=self.wire)
+        decompress = self.codec.decompress
         for piece in stream:
-            if isinstance(piece, StreamData):
+            if isinstance(piece, StreamPages):  # compressed by the server, page by page
+                n = piece.length
+                for at, size, blob in piece.units():
+                    feed.unit(run.paddr(at), size, blob, decompress)
+                self.progress.add(data=n)
+            elif isinstance(piece, StreamData):
                 n = len(piece.data)
                 feed.data(run.paddr(piece.offset), piece.data)
                 self.progress.add(data=n)

@@ -70,9 +70,10 @@ class Dumper:
                 self.dropped += 1
                 self.next_pfn = pfn + i + 1
 
-    def compressed(self, pfn: int, blob: bytes | memoryview,
-                   page: Callable[[], memoryview]) -> None:
-        """One page as the plan's codec compressed it; `page()` gives its bytes."""
+    def blob(self, pfn: int, blob: bytes | memoryview, page: Callable[[], memoryview]
+             ) -> None:
+        """One page as a compressor left it (`PageWriter.blob`); `page()` gives its
+        bytes (for `tap`)."""
         self.zeros(pfn)
         if self._count(pfn, pfn + 1):
             self.writer.blob(self.rank, blob)
@@ -160,6 +161,21 @@ class Feed:
         else:
             self.close()
         return self.dumper.unknown(first, end - first)
+
+    def unit(self, paddr: int, length: int, blob: bytes | memoryview,
+             decompress: Callable[[bytes | memoryview, int], bytes]) -> None:
+        """`length` bytes at `paddr` as a compressor left them: `blob` compressed with
+        the plan's codec when shorter, else the bytes themselves. A whole page is
+        stored as it came; a part of one is decompressed and gathered."""
+        pfn, within = divmod(paddr, self._size)
+        raw = len(blob) == length
+        if self._pending is not None and self._pending[0] != pfn:
+            self.close()
+        if length == self._size and not within and self._pending is None:
+            self.dumper.blob(pfn, blob, lambda: memoryview(
+                blob if raw else decompress(blob, length)))
+        else:
+            self.data(paddr, memoryview(blob if raw else decompress(blob, length)))
 
     def close(self) -> None:
         """The page being gathered is what it holds (zeros where nothing came)."""

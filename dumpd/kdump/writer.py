@@ -141,8 +141,10 @@ class PageWriter:
             rank += 1
 
     def blob(self, rank: int, blob: bytes | memoryview) -> None:
-        """One page compressed already with the plan's codec (shorter than a page)."""
-        self._desc(rank, DESC.pack(self.cursor.data, len(blob), self._flag, 0))
+        """One page as its compressor left it: compressed with the plan's codec when
+        shorter than a page, else the page as it is (it did not shrink)."""
+        flags = self._flag if len(blob) < self.page_size else 0
+        self._desc(rank, DESC.pack(self.cursor.data, len(blob), flags, 0))
         self._add(blob)
 
     def zero(self, rank: int, count: int) -> None:
