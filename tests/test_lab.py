@@ -3,7 +3,10 @@ its capture kernel serves /proc/vmcore with dumpd, the host fetches it over TCP+
 with `--verify` (and once fetch compresses, again with zstd), and each copy must be
 byte for byte the capture kernel's own `dd` copy.
 A balloon is inflated before the crash: on the kept dump, the memmap hook calls exactly
-its pages not RAM, and its pages at each dump level are makedumpfile's.
+its pages not RAM, and its pages at each dump level are makedumpfile's. Fetched in the
+kdump-compressed format (level 31, each codec), the copies are makedumpfile's own files
+and read as the original does (`makedumpfile --dump-dmesg`, crash, drgn:
+tests/realdumps.py).
 
 Slow (about 3 minutes under TCG), at crashkernel=192M: at the bench's 160M, dumpd's
 memory sizing has a margin of a MiB or two in the capture kernel, and whether it starts
@@ -26,6 +29,7 @@ from bench.lab.__main__ import keep
 from bench.lab.machine import Options, Outcome
 from bench.memmap_check import file_pfns
 from dumpd.testing.elfwriter import LoadSpec, vmcoreinfo_note, write_elf_core
+from tests.realdumps import kdump_copies_read_as_the_original
 from tests.servers import client_of, serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +63,8 @@ def test_a_real_capture_kernel_serves_its_vmcore_byte_for_byte(tmp_path: Path) -
     assert host["fetch_compressed"]["wire_bytes"] < host["fetch"]["wire_bytes"] // 2
     (dump,) = kept_dumps(tmp_path / "dumps")
     asyncio.run(the_balloon_is_offline(tmp_path, dump))
+    (tmp_path / "kdump").mkdir()  # the real kernel's dump in the kdump-compressed format
+    asyncio.run(kdump_copies_read_as_the_original(tmp_path / "kdump", dump))
     compared = subprocess.run([sys.executable, "-m", "bench.memmap_check", "--compare-only",
                                "--out", str(tmp_path / "memmap.md"), str(dump)], cwd=ROOT,
                               capture_output=True, text=True, timeout=600, check=False)

@@ -236,7 +236,7 @@ def _fetch(args: argparse.Namespace) -> int:
     offset, length = args.range if args.range else (0, None)
     return fetch(FetchRequest(args.socket, args.output, offset, length, args.resume,
                               args.verify, args.quiet, args.chunk, args.fsync, args.force,
-                              args.zeros, args.wire_compress),
+                              args.zeros, args.wire_compress, args.format, args.compress),
                  connect=lambda: _client(args))
 
 

@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="have the server compress the pages it sends with CODEC (zlib, "
                             "lzo, snappy, zstd: what `dumpd info` lists); default auto: zstd "
                             "(else zlib) over --tcp, none over a Unix socket")
+    fetch.add_argument("--format", choices=["elf", "kdump"],
+                       help="elf: the view as it is (the default for a file); kdump: "
+                            "makedumpfile's kdump-compressed format (the default into a pipe "
+                            "or -, in its flattened form: makedumpfile -R makes the file)")
+    fetch.add_argument("--compress", choices=["zlib", "lzo", "snappy", "zstd"],
+                       help="a kdump copy's page compression (default zlib, as makedumpfile "
+                            "-c; lzo as -l, snappy as -p, zstd as -z)")
     fetch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     _socket_arg(fetch)
 

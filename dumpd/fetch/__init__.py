@@ -1,8 +1,10 @@
-"""`dumpd fetch`: a sparse, resumable, verifiable copy of the served file view.
+"""`dumpd fetch`: a sparse, resumable, verifiable copy of the served file view, as the
+ELF core it is (here) or in makedumpfile's kdump-compressed format (`fetch.kdump`);
+`fetch.start` says which and opens the output.
 
 Design rules:
-- The copy is the file view byte for byte at the same offsets: data is written with
-  `pwrite` where it belongs, holes (non-RAM pages) are never written, so the copy
+- The ELF copy is the file view byte for byte at the same offsets: data is written
+  with `pwrite` where it belongs, holes (non-RAM pages) are never written, so the copy
   stays sparse; an ELF vmcore stays a valid ELF core.
 - Nothing is touched before the request is known to be good: the range and the chunk
   are checked against the server's `info`, then the output is checked and opened as
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -36,27 +37,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
-from dumpd.client.pieces import (
-    SinkError,
-    StreamData,
-    StreamError,
-    StreamHole,
-    StreamPages,
-    StreamWritten,
-)
-from dumpd.codecs import Codec
+from dumpd.client.pieces import SinkError, StreamError, StreamHole, StreamPages, StreamWritten
 from dumpd.errors import StartupError
-from dumpd.fetch import output as out_mod
-from dumpd.fetch.output import STDOUT, Output, Served, look, os_error
+from dumpd.fetch import start
+from dumpd.fetch.output import os_error
 from dumpd.fetch.progress import Progress, rate, size
-from dumpd.fetch.record import PageMap, Record
 from dumpd.fetch.report import verify
 from dumpd.fetch.space import space_note
-from dumpd.fetch.state import SUFFIX, FetchState
+from dumpd.fetch.start import Job
+from dumpd.fetch.state import FetchState
 from dumpd.fetch.wire import wire_codec
 
 CHECKPOINT_SECONDS = 5.0
-FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,18 +67,8 @@ class FetchRequest:
     force: bool = False  # an existing output may be replaced (a block device written)
     zeros: bool = False  # all-zero RAM pages left out as holes too (--zeros-as-holes)
     wire_compress: str = "auto"  # the stream's codec: auto, none or a name (--wire-compress)
-
-
-@dataclass(slots=True)
-class _Job:
-    """The opened output, the state of its copy and the record of the pages it left
-    out; `state_path` None: no resume state (a stream or a device)."""
-
-    output: Output
-    state: FetchState
-    state_path: str | None
-    record: Record
-    codec: Codec | None = None  # what the server compresses the stream's pages with
+    format: str | None = None  # "elf" or "kdump"; None: kdump into a pipe, else elf
+    codec: str | None = None  # a kdump copy's page compression (None: zlib)
 
 
 def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) -> int:
@@ -98,9 +80,16 @@ def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) ->
     with opener() as client:
         info = client.info()
         offset, end = _plan(request, info)
+        where = start.target(request.output, info)
+        ranged = (request.offset, request.length) != (0, None)
+        if start.format_of(where, request.format, request.codec, ranged) == "kdump":
+            from dumpd.fetch import kdump
+
+            return kdump.fetch(client, request, info, where)
         wire = wire_codec(request.wire_compress, info, client.over_network)
-        identity = _identity(client, info)
-        job = _start(request, info, identity, offset, end)
+        fresh = FetchState(start.identity(client, info), offset, end - offset, done=offset)
+        job = start.open_copy(where, info, fresh, request.resume, request.force,
+                              request.quiet)
         job.codec = wire
         try:
             return _run(client, opener, request, info, job)
@@ -125,94 +114,11 @@ def _plan(request: FetchRequest, info: dict[str, Any]) -> tuple[int, int]:
     return offset, view if length is None else min(view, offset + length)
 
 
-def _identity(client: Client, info: dict[str, Any]) -> dict[str, Any]:
-    """What tells this dump from another: its shape and a digest of its first MiB (the
-    ELF header and notes, which differ between two crashes of one machine)."""
-    try:
-        head = client.digest(0, min(info["size"], FINGERPRINT))["digest"]
-    except RemoteError as exc:
-        if exc.code != "EIO":
-            raise
-        head = "unreadable"  # the same dump fails the same way
-    return {"size": info["size"], "kind": info["source"]["kind"],
-            "page_size": info["page_size"], "segments": info["segments"],
-            "head_sha256": head}
-
-
-def _check_same(state: FetchState, identity: dict[str, Any], path: str) -> None:
-    for key, value in identity.items():
-        if key == "head_sha256" and "unreadable" in (value, state.identity.get(key)):
-            continue  # a range that failed before may read now: the shape must do
-        if state.identity.get(key) != value:
-            raise StartupError(f"{path}: the server serves a different dump now ({key} "
-                               "differs); fetch again without --resume")
-
-
-def _default_name(info: dict[str, Any]) -> str:
-    return os.path.basename(info["source"]["path"]) or "vmcore"
-
-
-def _start(request: FetchRequest, info: dict[str, Any], identity: dict[str, Any],
-           offset: int, end: int) -> _Job:
-    """Check and open the output (and its resume state) as the request says."""
-    served = Served.of(info)
-    name = request.output or _default_name(info)
-    st = None if name == STDOUT else look(name, served)
-    if st is not None and stat.S_ISDIR(st.st_mode):  # as cp: DIR/<the source's name>
-        name = os.path.join(name, _default_name(info))
-        st = look(name, served)
-    kind = out_mod.kind_of(name, st)
-    fresh = FetchState(identity, offset, end - offset, done=offset)
-    if kind != "file":
-        if request.resume:
-            shown = "stdout" if name == STDOUT else name
-            raise StartupError(f"fetch: --resume: {shown} is not a regular file: there is no "
-                               "partial copy to resume (fetch again without --resume)")
-        counted = Record(None, PageMap(info), name)  # no room for a record beside
-        if kind == "stream":
-            return _Job(out_mod.stream(name, served, offset, request.verify), fresh, None,
-                        counted)
-        if not request.force:
-            raise StartupError(f"fetch: {name} is a block device; --force writes the copy "
-                               "over its content")
-        return _Job(out_mod.device(name, served, end), fresh, None, counted)
-    state_path = name + SUFFIX
-    look(state_path, served)
-    old = FetchState.find(state_path)
-    if request.resume and old is not None and st is not None:
-        _check_same(old, identity, state_path)
-        record = Record.beside(name, info, served, old.record_bytes, request.force)
-        return _Job(out_mod.reopen(name, served, old.done, info["size"]), old, state_path,
-                    record)
-    if st is not None and not request.force:
-        if request.resume:
-            raise StartupError(f"fetch: {name} exists but {state_path} does not: it is no "
-                               "partial copy fetch can resume; --force replaces it")
-        raise StartupError(f"fetch: {name} exists; --force replaces it, --resume continues "
-                           "a partial copy")
-    record = Record.beside(name, info, served, None, request.force or old is not None)
-    if request.resume and not request.quiet:
-        print(f"fetch: no partial copy of {name} to resume: starting a new one",
-              file=sys.stderr)
-    if st is None:
-        output = out_mod.create(name, served, info["size"])
-    else:
-        output = out_mod.replace(name, served, info["size"])
-    try:
-        fresh.save(state_path)
-    except OSError as exc:
-        output.close()
-        output.remove_if_created()
-        raise os_error(state_path, "save the resume state", exc) from exc
-    record.drop_old()  # that of the copy replaced (--force)
-    return _Job(output, fresh, state_path, record)
-
-
 def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
-         info: dict[str, Any], job: _Job) -> int:
+         info: dict[str, Any], job: Job) -> int:
     out, state = job.output, job.state
     progress = Progress(sum(length for _, length in state.todo()), request.quiet)
-    sync = os.fdatasync if request.fsync and out.kind != "stream" else _no_sync
+    sync = os.fdatasync if request.fsync else _no_sync
     try:
         _copy(client, job, progress, request, sync)
         sync(out.fd)
@@ -235,7 +141,7 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
     return _report(client, request, info, job, progress, seconds)
 
 
-def _copy(client: Client, job: _Job, progress: Progress, request: FetchRequest,
+def _copy(client: Client, job: Job, progress: Progress, request: FetchRequest,
           sync: Callable[[int], None]) -> None:
     state = job.state
     for entry in list(state.errors):  # ranges that failed before: try them again
@@ -251,7 +157,7 @@ def _copy(client: Client, job: _Job, progress: Progress, request: FetchRequest,
                      sync, True)
 
 
-def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: Progress,
+def _fetch_range(client: Client, job: Job, offset: int, length: int, progress: Progress,
                  request: FetchRequest, sync: Callable[[int], None], main: bool) -> None:
     """Copy one range; when it is the `main` range, `state.done` advances (with
     checkpoints) as its pieces land, else its holes are recorded once it is whole."""
@@ -259,16 +165,12 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
     checkpoint = time.monotonic() + CHECKPOINT_SECONDS
     held: list[tuple[int, int, str]] = []  # holes of a range retried, until it is whole
     codec = job.codec
-    stream = client.stream(offset, length, request.chunk, sink=out.sink,
+    stream = client.stream(offset, length, request.chunk, sink=out.fd,
                            zeros_as_holes=request.zeros,
                            compress=None if codec is None else codec.name)
     for piece in stream:
         if isinstance(piece, StreamWritten):
             n = piece.length
-            progress.add(data=n)
-        elif isinstance(piece, StreamData):
-            n = len(piece.data)
-            out.append(piece.offset, piece.data)
             progress.add(data=n)
         elif isinstance(piece, StreamPages):  # only from a stream asked to compress
             assert codec is not None
@@ -303,7 +205,7 @@ def _fetch_range(client: Client, job: _Job, offset: int, length: int, progress: 
         job.record.add(*hole)
 
 
-def _checkpoint(job: _Job, sync: Callable[[int], None]) -> None:
+def _checkpoint(job: Job, sync: Callable[[int], None]) -> None:
     """Sync (with --fsync) the copy and the record, then save the state; SinkError names
     the file that failed."""
     assert job.state_path is not None
@@ -325,7 +227,7 @@ def _no_sync(fd: int) -> None:
     """Without --fsync: the kernel keeps what was written if the fetch process dies."""
 
 
-def _saved(job: _Job, sync: Callable[[int], None]) -> str:
+def _saved(job: Job, sync: Callable[[int], None]) -> str:
     """Save the checkpoint if it can be; what the operator can do next."""
     if job.state_path is None:
         return "fetch again for a complete copy"
@@ -337,7 +239,7 @@ def _saved(job: _Job, sync: Callable[[int], None]) -> str:
     return "run the same command with --resume to continue"
 
 
-def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: _Job,
+def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: Job,
             progress: Progress, seconds: float) -> int:
     out, state, record = job.output, job.state, job.record
     try:  # the record of a complete copy gets the hook's reasons

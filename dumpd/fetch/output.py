@@ -7,11 +7,11 @@ Design rules:
   before anything is written or truncated (it is opened without O_TRUNC).
 - Never an existing file unless the operator said so (--force, or --resume of fetch's
   own partial copy). A new or replaced copy is mode 0600: a dump holds secrets.
-- The kind of output decides how the view is written: a regular file gets the sparse
-  copy at the view's offsets ("file"); a block device (only with --force) the view at
-  its offsets with holes written as zeros, so its old content cannot show through
-  ("device"); a pipe or socket the range's bytes in order, holes as zeros ("stream").
-  Anything else (a terminal, a character device) is refused.
+- The kind of output decides how it is written: a regular file at its offsets, holes
+  kept ("file"); a block device (only with --force) the view at its offsets with holes
+  written as zeros, so its old content cannot show through ("device"); a pipe or
+  socket in order, never seeking ("stream": `read -o`'s bytes, fetch's flattened kdump
+  copy). Anything else (a terminal, a character device) is refused.
 - Every failure of the OS on the output is one line naming the file (`OutputError`;
   writes raise `SinkError`, as the stream receiver's own writes do); a refusal is
   `Refused`, whose line the CLI starts with the command that refused.
@@ -94,33 +94,17 @@ class Output:
     made the file (it is removed again if the copy cannot start)."""
 
     def __init__(self, name: str, fd: int, kind: str, created: bool = False,
-                 position: int = 0, hashing: bool = False, owned: bool = True) -> None:
+                 owned: bool = True) -> None:
         self.name = name
         self.fd = fd
         self.owned = owned  # fetch opened `fd` (standard output is not fetch's to close)
         self.kind = kind
         self.created = created
-        self.position = position  # a stream: the view offset of its next byte
-        self.hash = hashlib.sha256() if hashing else None  # a stream: of the bytes written
-
-    @property
-    def sink(self) -> int | None:
-        """The descriptor the receiver writes data into at its offsets (None: a stream,
-        which gets the data in order)."""
-        return None if self.kind == "stream" else self.fd
-
-    def append(self, offset: int, data: memoryview) -> None:
-        """A stream's data at view offset `offset` (bytes before `position` are out
-        already: a stream cannot take them back)."""
-        skip = max(0, self.position - offset)
-        self._write(data[skip:])
+        self.position = 0  # bytes written by `write`
 
     def put(self, offset: int, data: memoryview) -> None:
-        """Data at view offset `offset`: after the rest for a stream (`append`), else
-        written at its offset, as the receiver writes what it splices."""
-        if self.kind == "stream":
-            self.append(offset, data)
-            return
+        """Data at view offset `offset` of a file or a device, written at its offset, as
+        the receiver writes what it splices."""
         while data:
             try:
                 n = os.pwrite(self.fd, data, offset)
@@ -129,12 +113,8 @@ class Output:
             data, offset = data[n:], offset + n
 
     def zeros(self, offset: int, length: int) -> None:
-        """Zeros over `[offset, offset+length)` (a stream: from `position` on)."""
+        """Zeros over `[offset, offset+length)` of a file or a device."""
         end = offset + length
-        if self.kind == "stream":
-            while self.position < end:
-                self._write(memoryview(ZEROS)[: end - self.position])
-            return
         while offset < end:
             n = min(len(ZEROS), end - offset)
             try:
@@ -142,9 +122,9 @@ class Output:
             except OSError as exc:
                 raise SinkError(exc.errno, exc.strerror) from exc
 
-    def write(self, data: bytes) -> None:
-        """`data` after what was written so far (`read -o`; a file or a device: from its
-        offset 0)."""
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """`data` after what was written so far (`read -o`, a flattened kdump copy; a
+        file or a device: from its offset 0)."""
         self._write(memoryview(data))
 
     def _write(self, data: memoryview) -> None:
@@ -154,16 +134,12 @@ class Output:
                      os.pwrite(self.fd, data, self.position))
             except OSError as exc:
                 raise SinkError(exc.errno, exc.strerror) from exc
-            if self.hash is not None:
-                self.hash.update(data[:n])
             data = data[n:]
             self.position += n
 
     def sha256(self, offset: int, end: int) -> str:
-        """The hex sha256 of the copy's `[offset, end)`: of the bytes written to a
-        stream, else read back through the descriptor (as it is on disk)."""
-        if self.hash is not None:
-            return self.hash.hexdigest()
+        """The hex sha256 of the copy's `[offset, end)`, read back through the
+        descriptor (as it is on disk)."""
         h = hashlib.sha256()
         try:
             while offset < end:
@@ -274,8 +250,8 @@ def device(path: str, served: Served, end: int) -> Output:
     return Output(path, fd, "device")
 
 
-def stream(path: str, served: Served, position: int, hashing: bool) -> Output:
-    """A pipe or socket (`-`: standard output) the range is written to in order."""
+def stream(path: str, served: Served) -> Output:
+    """A pipe or socket (`-`: standard output), written in order."""
     if path == STDOUT:
         fd = STDOUT_FD
         try:
@@ -286,12 +262,12 @@ def stream(path: str, served: Served, position: int, hashing: bool) -> Output:
         if os.isatty(fd):
             raise Refused("stdout is a terminal: name a file with -o, or pipe "
                                "the dump to a program")
-        return Output("stdout", fd, "stream", position=position, hashing=hashing, owned=False)
+        return Output("stdout", fd, "stream", owned=False)
     fd, st = _open(path, os.O_WRONLY, served, "open it")
     if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
         os.close(fd)
         raise Refused(f"{path} is no longer a pipe")
-    return Output(path, fd, "stream", position=position, hashing=hashing)
+    return Output(path, fd, "stream")
 
 
 def kind_of(path: str, st: os.stat_result | None) -> str:
@@ -318,7 +294,7 @@ def for_bytes(path: str, served: Served, length: int, force: bool) -> Output:
     st = look(path, served)
     kind = kind_of(path, st)
     if kind == "stream":
-        return stream(path, served, 0, False)
+        return stream(path, served)
     if st is not None and not force:
         what = "exists" if kind == "file" else "is a block device"
         raise Refused(f"{path} {what}; --force writes over it")

@@ -37,7 +37,7 @@ def report_verified(client: Client, state: FetchState, sha256: str, size: int,
               "waits for (finish.fetches)", file=sys.stderr)
 
 
-def _changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+def changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
     """What of the served dump changed between two `info` replies (None: nothing):
     its shape, or the source file itself (another file, or written: mtime_ns)."""
     for key in ("size", "page_size", "segments"):
@@ -51,12 +51,12 @@ def _changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
 
 def verify(client: Client, info: dict[str, Any], out: Output, state: FetchState,
            quiet: bool) -> int:
-    """The copy as it is on disk (for a stream: the bytes written) against the server's
-    digest of the view now, and the dump now against the dump the copy started from;
-    a match is reported (`report_verified`). 0 when they match, else 1 (said on stderr)."""
-    changed = _changed(info, client.info())
-    if changed is not None:
-        print(f"dumpd: verify: the served dump changed during the copy ({changed} differs): "
+    """The ELF copy as it is on disk against the server's digest of the view now, and
+    the dump now against the dump the copy started from; a match is reported
+    (`report_verified`). 0 when they match, else 1 (said on stderr)."""
+    what = changed(info, client.info())
+    if what is not None:
+        print(f"dumpd: verify: the served dump changed during the copy ({what} differs): "
               f"{out.name} cannot equal it", file=sys.stderr)
         return 1
     remote = client.digest(state.offset, state.length)["digest"]

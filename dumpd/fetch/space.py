@@ -1,4 +1,4 @@
-"""What a copy that ran out of room still needs: the note `dumpd fetch` adds to a
+"""What an ELF copy that ran out of room still needs: the note `dumpd fetch` adds to a
 full file system's (or quota's) error, so the operator knows how much space to make."""
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ def space_note(opener: Callable[[], Client], out: Output, state: FetchState,
         return ""
     free = out_mod.free_space(out.fd)
     free_text = "unknown" if free is None else size(free)
-    if out.kind == "stream":
-        return (f" ({size(state.end - out.position)} still to write, "
-                f"{size(out.position - state.offset)} written, {free_text} free)")
     ram = _ram_left(opener, state.todo())
     need = (f"up to {size(sum(n for _, n in state.todo()))}" if ram is None else
             f"{size(ram)} of RAM pages")

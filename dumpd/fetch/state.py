@@ -22,6 +22,16 @@ from dumpd.errors import StartupError
 
 SUFFIX = ".dumpd-fetch"
 VERSION = 1
+KDUMP: dict[str, type | tuple[type, ...]] = {
+    "codec": str, "zeros": bool, "dumped": int, "next_pfn": int, "rank": int, "cursor": int,
+    "zero": (list, type(None))}
+"""The fields of a kdump-compressed copy's state and their types."""
+
+
+def _is_kdump(value: object) -> bool:
+    return isinstance(value, dict) and value.keys() == KDUMP.keys() and all(
+        isinstance(value[key], kind) and (kind is not int or type(value[key]) is int)
+        for key, kind in KDUMP.items())
 
 
 @dataclass(slots=True)
@@ -31,7 +41,9 @@ class FetchState:
     `record_bytes` of the record of the pages it left out (`COPY.dumpd-holes`) hold
     for it.
     `fetch_id` names this copy to the server (`fetch.verified`) across resumes, so one
-    fetch counts once; a state saved before it existed gets a new one."""
+    fetch counts once; a state saved before it existed gets a new one.
+    `kdump` is that of a kdump-compressed copy (None: an ELF one): its codec, whether
+    zero pages are left out, and where its pages stand (`dumpd.fetch.kdump`)."""
 
     identity: dict[str, Any]
     offset: int
@@ -40,6 +52,7 @@ class FetchState:
     errors: list[list[Any]] = field(default_factory=list)
     record_bytes: int = 0
     fetch_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    kdump: dict[str, Any] | None = None
 
     @property
     def end(self) -> int:
@@ -103,7 +116,8 @@ class FetchState:
             if not (isinstance(state.identity, dict) and
                     all(type(v) is int for v in (state.offset, state.length, state.done,
                                                   state.record_bytes))
-                    and type(state.fetch_id) is str):
+                    and type(state.fetch_id) is str
+                    and (state.kdump is None or _is_kdump(state.kdump))):
                 raise ValueError("wrong field types")
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise StartupError(f"{path}: unreadable resume state ({exc}); move it "

@@ -1,8 +1,11 @@
-"""The bitmaps of a kdump-compressed file: runs of set bits, and the rank of a pfn (how
-many set bits come before it: the index of its page descriptor), no I/O.
+"""The bitmaps of a kdump-compressed file: runs of set bits, the rank of a pfn (how
+many set bits come before it: the index of its page descriptor), and a bitmap made
+from runs (`blocks`), no I/O.
 
 Design rules:
 - Bit `pfn` is bit `pfn % 8` of byte `pfn // 8`, least significant first (format.py).
+- A bitmap is never whole in memory: `blocks` makes one from sorted pfn runs a block
+  at a time, and says nothing of all-zero blocks (a writer leaves them as holes).
 - Runs are found a byte at a time by regular expressions over the bytes (runs of
   0xff, and a table of the runs inside any other byte), never a bit at a time in
   Python; a caller gives the most runs it takes (`TooManyRuns` past it), so a
@@ -23,7 +26,7 @@ import re
 import threading
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 SUPER = 64  # bitmap blocks per superblock
@@ -275,3 +278,36 @@ def _remember(cache: OrderedDict[int, T], key: int, value: T, most: int) -> None
     cache[key] = value
     if len(cache) > most:
         cache.popitem(last=False)
+
+
+def normal(runs: Iterable[tuple[int, int]]) -> Runs:
+    """`runs` sorted, with those that overlap or touch merged, empty ones dropped."""
+    out: Runs = []
+    for first, end in sorted(r for r in runs if r[0] < r[1]):
+        if out and first <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((first, end))
+    return out
+
+
+def blocks(runs: Iterable[tuple[int, int]], block_size: int) -> Iterator[tuple[int, int]]:
+    """`(block index, bits)` of each block with a bit set, in order: `bits` an int whose
+    bit i is pfn `index * 8 * block_size + i` (`bits.to_bytes(block_size, "little")` is
+    the block as the file holds it). `runs` in pfn order; two may share a pfn."""
+    per = 8 * block_size
+    current, acc = -1, 0
+    for first, end in runs:
+        while first < end:
+            index = first // per
+            if index != current:
+                if index < current:
+                    raise ValueError(f"pfn run {first:#x} comes after block {current}")
+                if acc:
+                    yield current, acc
+                current, acc = index, 0
+            hi = min(end, (index + 1) * per)
+            acc |= ((1 << (hi - first)) - 1) << (first - index * per)
+            first = hi
+    if acc:
+        yield current, acc
