@@ -42,7 +42,7 @@ from dumpd.errors import StartupError
 from dumpd.fetch import start
 from dumpd.fetch.output import os_error
 from dumpd.fetch.progress import Progress, rate, size
-from dumpd.fetch.report import verify
+from dumpd.fetch.report import say_incomplete, verify
 from dumpd.fetch.space import space_note
 from dumpd.fetch.start import Job
 from dumpd.fetch.state import FetchState
@@ -263,12 +263,9 @@ def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: Jo
                 state.save(job.state_path)
             except OSError as exc:
                 raise os_error(job.state_path, "save the resume state", exc) from exc
-        print(f"dumpd: the copy is incomplete: {len(state.errors)} ranges could not be read "
-              "(zeros in the copy):", file=sys.stderr)
-        for offset, length, code, message in state.errors:
-            print(f"  {offset:#x}+{length:#x} {code}: {message}", file=sys.stderr)
-        print("dumpd: --resume retries them" if job.state_path is not None else
-              "dumpd: fetch them again (--range OFFSET:LENGTH) into a file", file=sys.stderr)
+        say_incomplete(state.errors, "zeros",
+                       "dumpd: --resume retries them" if job.state_path is not None else
+                       "dumpd: fetch them again (--range OFFSET:LENGTH) into a file")
         return 1
     if job.state_path is not None:
         with contextlib.suppress(FileNotFoundError):

@@ -37,6 +37,7 @@ from dumpd.fetch.kdumpout import FileSink, FlatSink
 from dumpd.fetch.kdumpplan import Run, dumped, make_plan, present, runs
 from dumpd.fetch.output import NO_SPACE, os_error
 from dumpd.fetch.progress import Progress, rate, size
+from dumpd.fetch.report import say_incomplete
 from dumpd.fetch.start import Job, Target, identity, open_copy
 from dumpd.fetch.state import FetchState
 from dumpd.kdump.bitmap import blocks
@@ -330,12 +331,9 @@ class _Copy:
             if job.state_path is not None:
                 with contextlib.suppress(SinkError):
                     self._save()
-            print(f"dumpd: the copy is incomplete: {len(state.errors)} ranges could not be "
-                  "read (pages of zeros in the copy):", file=sys.stderr)
-            for offset, length, code, message, *_ in state.errors:
-                print(f"  {offset:#x}+{length:#x} {code}: {message}", file=sys.stderr)
-            print("dumpd: --resume retries them" if job.state_path is not None else
-                  "dumpd: fetch again for a complete copy", file=sys.stderr)
+            say_incomplete(state.errors, "pages of zeros",
+                           "dumpd: --resume retries them" if job.state_path is not None
+                           else "dumpd: fetch again for a complete copy")
             return 1
         if job.state_path is not None:
             with contextlib.suppress(FileNotFoundError):

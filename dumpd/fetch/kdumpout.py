@@ -18,7 +18,7 @@ import os
 import tempfile
 
 from dumpd.client.pieces import SinkError
-from dumpd.fetch.output import Output
+from dumpd.fetch.output import Output, pwrite_all
 from dumpd.kdump.bitmap import Rank
 from dumpd.kdump.format import FLAT_END_RECORD, flat_header, flat_record
 from dumpd.kdump.writer import Plan
@@ -31,13 +31,7 @@ class FileSink:
         self.fd = fd
 
     def put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.pwrite(self.fd, view, offset)
-            except OSError as exc:
-                raise SinkError(exc.errno, exc.strerror) from exc
-            view, offset = view[n:], offset + n
+        pwrite_all(self.fd, data, offset)
 
     def keep_bits(self, offset: int, data: bytes) -> None:
         """A block of the 2nd bitmap at `offset` of it: in the file already."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
+from dumpd.fetch.space import EXTENTS_STEP
 from dumpd.kdump.bitmap import Runs, normal
 from dumpd.kdump.format import UTS_FIELD, UTS_NAMES, FormatError
 from dumpd.kdump.notes import EHDR_SIZE, NoteFacts, elf_notes, vmcoreinfo_note
@@ -32,7 +33,6 @@ from dumpd.kdump.writer import Plan
 from dumpd.kernel.vmcoreinfo import VmcoreInfo
 from dumpd.sources.base import Segment, build_phys_map
 
-EXTENTS_STEP = 1 << 30  # the largest range `extents` answers at once
 UTS_SIZE = UTS_FIELD * len(UTS_NAMES)
 
 

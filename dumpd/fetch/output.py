@@ -89,6 +89,17 @@ def look(path: str, served: Served) -> os.stat_result | None:
     return st
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """All of `data` at `offset` of `fd` (pwrite may write less); SinkError if it fails."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            raise SinkError(exc.errno, exc.strerror) from exc
+        view, offset = view[n:], offset + n
+
+
 class Output:
     """An opened output: `kind` is "file", "device" or "stream"; `created` when fetch
     made the file (it is removed again if the copy cannot start)."""
@@ -105,12 +116,7 @@ class Output:
     def put(self, offset: int, data: memoryview) -> None:
         """Data at view offset `offset` of a file or a device, written at its offset, as
         the receiver writes what it splices."""
-        while data:
-            try:
-                n = os.pwrite(self.fd, data, offset)
-            except OSError as exc:
-                raise SinkError(exc.errno, exc.strerror) from exc
-            data, offset = data[n:], offset + n
+        pwrite_all(self.fd, data, offset)
 
     def zeros(self, offset: int, length: int) -> None:
         """Zeros over `[offset, offset+length)` of a file or a device."""

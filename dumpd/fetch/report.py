@@ -19,6 +19,16 @@ from dumpd.fetch.output import Output
 from dumpd.fetch.state import FetchState
 
 
+def say_incomplete(errors: list[list[Any]], zeros: str, again: str) -> None:
+    """On stderr: the ranges a copy could not read (`zeros`: what stands in for them in
+    the copy) and what the operator can do (`again`)."""
+    print(f"dumpd: the copy is incomplete: {len(errors)} ranges could not be read "
+          f"({zeros} in the copy):", file=sys.stderr)
+    for offset, length, code, message, *_ in errors:
+        print(f"  {offset:#x}+{length:#x} {code}: {message}", file=sys.stderr)
+    print(again, file=sys.stderr)
+
+
 def report_verified(client: Client, state: FetchState, sha256: str, size: int,
                     quiet: bool) -> None:
     """Report `state`'s copy, of sha256 `sha256`, if it covers the whole view of `size`
