@@ -43,8 +43,10 @@ def debug_vmlinux(version: str, cache: Path = CACHE) -> Path:
         member = f"./usr/lib/debug/boot/vmlinux-{version}"
         tar = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        subprocess.run(["tar", "-x", "-C", str(work), "--occurrence=1", member],
-                       stdin=tar.stdout, check=True)
+        assert tar.stdout is not None
+        with tar.stdout:  # closed here too, or dpkg-deb never gets its SIGPIPE and hangs
+            subprocess.run(["tar", "-x", "-C", str(work), "--occurrence=1", member],
+                           stdin=tar.stdout, check=True)
         tar.wait()  # killed by SIGPIPE once tar has its one member: expected
         (work / member).rename(target)
     finally:
