@@ -155,18 +155,28 @@ class Flights:
                 raise outcome
 
     def _cache_flight(self, state: State, flight: Flight) -> None:
-        """Cache the flight's pages; non-RAM pages all share one zero page (no memory)."""
+        """Cache the flight's pages: all RAM, its buffer as one block (no copy); else
+        each run of RAM pages copied into a block of its own (the buffer is not kept for
+        a part of it) and non-RAM pages as the one shared zero page (no memory)."""
         ps = self._page_size
         view = flight.buffer
-        for k, is_zero in enumerate(flight.zero):
+        end = min(flight.count * ps, self._source.size - flight.first * ps)
+        if view is not None and not any(flight.zero):
+            state.pages.put_block(flight.first, flight.count, view[:end], flight.failed)
+            return
+        k = 0
+        while k < flight.count:
             index = flight.first + k
-            if index in flight.failed:
+            if flight.zero[k] or view is None:  # no buffer: every page is non-RAM
+                state.pages.put(index, self.zeros(min(ps, end - k * ps)))
+                k += 1
                 continue
-            length = min(ps, self._source.size - index * ps)
-            if is_zero or view is None:
-                state.pages.put(index, self.zeros(length))
-            else:
-                state.pages.put(index, bytes(view[k * ps : k * ps + length]))
+            run = k + 1
+            while run < flight.count and not flight.zero[run]:
+                run += 1
+            state.pages.put_block(index, run - k, bytes(view[k * ps : min(end, run * ps)]),
+                                  [i for i in flight.failed if index <= i < flight.first + run])
+            k = run
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
