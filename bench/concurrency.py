@@ -37,6 +37,9 @@ bench.smallreads), and one event loop drives 64 connections on a CPU with less
 overhead than 64 interpreters taking turns on it. Each run records when every client
 finished; `values` keep the spread between the first and the last (fairness).
 
+Then `bench.bigreads`: one client reading the whole image in 8 MiB `read`s and
+`read_phys`es, beside `cat` of it.
+
 Beside each throughput: the same clients and reads against `bench.echo` (a bare
 msgpack-RPC server on the same loop that answers a read of n bytes with n zero bytes:
 the stack's own limit for that many clients and that reply size). Each figure is the
@@ -56,6 +59,7 @@ from typing import Any
 
 import uvloop
 
+from bench import bigreads
 from bench.common import (
     PAGE,
     WHERE,
@@ -223,3 +227,4 @@ def run(work: Path, quick: bool, emit: Emit) -> None:
                     ours = dumpd_runs(sock, image, regions(mode, clients, plan.region), size,
                                       plan)
                     emit_runs(emit, clients, mode, size, plan.region, ours, echo)
+        bigreads.run(image, sock, echo_sock, plan.runs, emit, SCENARIO, fresh_dumpd)

@@ -154,6 +154,13 @@ class Engine:
         does the work. Within one page: the page is cached, or its verdicts are known and
         the OS page cache holds it. Over several: one cached block holds them all, or
         (`_run_now`) a short run none of whose pages is cached is read inline."""
+        data = self._now(offset, length)
+        if data is not None:
+            self.counters.bytes_served += len(data)
+        return data
+
+    def _now(self, offset: int, length: int) -> bytes | memoryview | None:
+        """`read_now` without counting the bytes served."""
         ps = self.page_size
         end = min(self.source.size, offset + length)
         if offset >= end:
@@ -162,10 +169,7 @@ class Engine:
         state = self._state
         if last != first:
             data = self._run_now(state, first, last + 1)
-            if data is None:
-                return None
-            self.counters.bytes_served += end - offset
-            return data[offset - first * ps : end - first * ps]
+            return None if data is None else data[offset - first * ps : end - first * ps]
         page = state.pages.get(first)
         if page is not None:
             self.counters.cache_hits += 1
@@ -175,7 +179,6 @@ class Engine:
                 return None
         if page is self.zero_page:
             self.counters.zero_pages_served += 1
-        self.counters.bytes_served += end - offset
         return page[offset - first * ps : end - first * ps]
 
     def _run_now(self, state: State, first: int, stop: int) -> bytes | memoryview | None:
@@ -269,18 +272,24 @@ class Engine:
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""
+        return b"".join(await self.read_phys_parts(paddr, length))
+
+    async def read_phys_parts(self, paddr: int, length: int) -> list[bytes | memoryview]:
+        """The bytes `read_phys` returns, as the buffers that hold them, in order (as
+        `read_parts`: a reply is written from them without joining them)."""
         parts: list[bytes | memoryview] = []
         for piece in self.source.phys_to_file(paddr, length):
             if piece.file_offset is None:
                 parts.append(bytes(piece.length))
                 continue
-            data = b"".join(await self._read_parts(piece.file_offset, piece.length, cache=True))
-            if len(data) != piece.length:
+            now = self._now(piece.file_offset, piece.length)
+            found = ([now] if now is not None else
+                     await self._read_parts(piece.file_offset, piece.length, cache=True))
+            if sum(map(len, found)) != piece.length:
                 raise DumpdError("EIO", f"segment data at {piece.file_offset:#x} is cut short")
-            parts.append(data)
-        data = b"".join(parts)
-        self.counters.bytes_served += len(data)
-        return data
+            parts.extend(found)
+        self.counters.bytes_served += sum(map(len, parts))
+        return parts
 
     async def read_virt(self, vaddr: int, length: int) -> bytes:
         """Bytes at kernel virtual `vaddr`, through the dead kernel's page tables, then as
