@@ -13,6 +13,7 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 
 from dumpd.engine.buffers import BufferPool, zero
@@ -121,9 +122,10 @@ class Flights:
                     self._cache_flight(state, flight)
         finally:
             for flight in flights:
-                for index in range(flight.first, flight.first + flight.count):
-                    if state.flights.get(index) is flight:
-                        del state.flights[index]
+                # Its pages are its own in the table from `start` on (a page in flight
+                # joins it, never starts another): deleted at C speed.
+                deque(map(state.flights.__delitem__,
+                          range(flight.first, flight.first + flight.count)), maxlen=0)
 
     async def _read_flights(self, flights: list[Flight], reads: Reads) -> None:
         """Do the flights' reads. Where the source fails (EIO), only the pages that fail
