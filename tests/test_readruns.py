@@ -5,6 +5,7 @@ one call (`Engine.read_now`). Real files; exact bytes and exact counters."""
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 from pathlib import Path
 
 from dumpd.config import EngineConfig
@@ -127,5 +128,4 @@ async def test_runs_over_segment_edges_non_ram_and_error_pages_read_each_page_on
         assert asked == engine.counters.pfns_asked == len(in_file)  # once per pfn
         assert (engine.counters.source_pages_read, reads) == first_pass  # all hits
         assert pfns_read(reads, dump.segments).isdisjoint(not_ram)
-        covered = sorted(reads)
-        assert all(a[0] + a[1] <= b[0] for a, b in zip(covered, covered[1:], strict=False))
+        assert all(a[0] + a[1] <= b[0] for a, b in pairwise(sorted(reads)))
