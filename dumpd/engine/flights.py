@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from dumpd.engine.buffers import BufferPool, zero
 from dumpd.engine.counters import Counters
 from dumpd.engine.layout import Layout
-from dumpd.engine.readbatch import ReadBatcher, Reads, count_reads, read_cached
+from dumpd.engine.readbatch import (
+    INLINE_READ_MAX,
+    WAITED_READ_MAX,
+    ReadBatcher,
+    Reads,
+    count_reads,
+    read_cached,
+)
 from dumpd.engine.state import Flight, State
 from dumpd.errors import DumpdError
 from dumpd.hooks.slot import HookSlot
@@ -115,7 +122,8 @@ class Flights:
                     elif not zeroed:
                         zero(view, start - lo, end - lo)
             if reads:
-                await self._read_flights(flights, reads)
+                await self._read_flights(flights, reads,
+                                         WAITED_READ_MAX if cache else INLINE_READ_MAX)
             for flight in flights:
                 self._counters.source_pages_read += flight.zero.count(False) - len(flight.failed)
                 if cache and state.generation == self._slot.generation:
@@ -127,12 +135,13 @@ class Flights:
                 deque(map(state.flights.__delitem__,
                           range(flight.first, flight.first + flight.count)), maxlen=0)
 
-    async def _read_flights(self, flights: list[Flight], reads: Reads) -> None:
+    async def _read_flights(self, flights: list[Flight], reads: Reads, inline: int) -> None:
         """Do the flights' reads. Where the source fails (EIO), only the pages that fail
         are marked in their flight: a reader that shares the flight but not those pages
-        gets its bytes, and an error names exactly the pages it could not have."""
+        gets its bytes, and an error names exactly the pages it could not have. Reads
+        of at most `inline` bytes in all are done inline when the OS page cache holds them."""
         try:
-            rest = read_cached(self._source, reads)
+            rest = read_cached(self._source, reads, inline)
             if rest:
                 await self._reader.read(rest)
             count_reads(self._counters, reads, len(reads) - len(rest))
