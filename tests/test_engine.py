@@ -546,7 +546,7 @@ async def test_read_now_answers_only_what_needs_no_waiting(tmp_path: Path) -> No
         assert (counters.cache_misses, counters.source_reads_inline) == (1, 1)
         assert engine.read_now(0, PAGE) == want[:PAGE]  # now from dumpd's cache
         assert counters.cache_hits == 1
-        assert engine.read_now(PAGE - 8, 16) is None  # two pages: `read` does it
+        assert engine.read_now(PAGE - 8, 16) is None  # page 0 cached, page 1 not: `read`
         assert engine.read_now(4 * PAGE + 90, 50) == want[4 * PAGE + 90 :]  # short at the end
         assert engine.read_now(size, 10) == b""
         assert engine.read_now(size + PAGE, 10) == b""

@@ -31,7 +31,7 @@ from dumpd.engine.flights import Flights
 from dumpd.engine.hookcall import HookCaller
 from dumpd.engine.kernelview import KernelView
 from dumpd.engine.layout import Layout
-from dumpd.engine.readbatch import ReadBatcher, count_reads, read_cached
+from dumpd.engine.readbatch import INLINE_READ_MAX, ReadBatcher, count_reads, read_cached
 from dumpd.engine.state import Flight, State
 from dumpd.engine.verdicts import Stored
 from dumpd.errors import DumpdError
@@ -149,18 +149,27 @@ class Engine:
         self.counters.bytes_served += sum(map(len, parts))
         return parts
 
-    def read_now(self, offset: int, length: int) -> bytes | None:
-        """The bytes of a read within one page if they can be had without waiting (the
-        page is cached, or its verdicts are known and the OS page cache holds it), else
-        None: then `read` does the work."""
+    def read_now(self, offset: int, length: int) -> bytes | memoryview | None:
+        """The bytes of a read if they can be had without waiting, else None: then `read`
+        does the work. Within one page: the page is cached, or its verdicts are known and
+        the OS page cache holds it. Over several: one cached block holds them all, or
+        (`_run_now`) a short run none of whose pages is cached is read inline."""
+        data = self._now(offset, length)
+        if data is not None:
+            self.counters.bytes_served += len(data)
+        return data
+
+    def _now(self, offset: int, length: int) -> bytes | memoryview | None:
+        """`read_now` without counting the bytes served."""
         ps = self.page_size
         end = min(self.source.size, offset + length)
         if offset >= end:
             return b""
-        first = offset // ps
-        if (end - 1) // ps != first:
-            return None
+        first, last = offset // ps, (end - 1) // ps
         state = self._state
+        if last != first:
+            data = self._run_now(state, first, last + 1)
+            return None if data is None else data[offset - first * ps : end - first * ps]
         page = state.pages.get(first)
         if page is not None:
             self.counters.cache_hits += 1
@@ -170,10 +179,45 @@ class Engine:
                 return None
         if page is self.zero_page:
             self.counters.zero_pages_served += 1
-        self.counters.bytes_served += end - offset
         return page[offset - first * ps : end - first * ps]
 
-    def _load_now(self, state: State, index: int) -> bytes | None:
+    def _run_now(self, state: State, first: int, stop: int) -> bytes | memoryview | None:
+        """Pages `[first, stop)` as one buffer without waiting: the one cached block that
+        holds them all; or, when none of them is cached or in flight, the run is at most
+        `INLINE_READ_MAX` bytes in one run of the file map, read whole from the source by
+        the verdicts at hand (`_read_whole`) and in the OS page cache, one inline read
+        into one buffer, cached as one block. Else None (then a flight reads them: it
+        also names the pages a failing read could not have)."""
+        count = stop - first
+        pages, counters = state.pages, self.counters
+        found = pages.run(first, stop)
+        if found is not None:
+            if found[1] < count:
+                return None
+            counters.cache_hits += count
+            return found[0]
+        lo, hi = first * self.page_size, min(self.source.size, stop * self.page_size)
+        indices = range(first, stop)
+        if (hi - lo > INLINE_READ_MAX or pages.holds_any(indices)
+                or any(map(state.flights.__contains__, indices))
+                or not self._read_whole(state, lo, hi)):
+            return None
+        view = memoryview(bytearray(hi - lo))
+        try:
+            if self.source.read_cached_into(lo, view) < hi - lo:
+                return None
+        except DumpdError:
+            return None
+        counters.source_read_calls += 1
+        counters.source_reads_inline += 1
+        counters.source_bytes_read += hi - lo
+        counters.source_pages_read += count
+        counters.cache_misses += count
+        if count <= pages.capacity // 4:
+            pages.put_block(first, count, view)
+        return view
+
+    def _load_now(self, state: State, index: int) -> bytes | memoryview | None:
         """Page `index` into the cache without waiting, or None if that would need the
         hook, a worker thread or another request's flight."""
         if index in state.flights:
@@ -228,18 +272,24 @@ class Engine:
 
     async def read_phys(self, paddr: int, length: int) -> bytes:
         """Bytes at physical `paddr`; ERANGE unless PT_LOADs cover the whole range."""
+        return b"".join(await self.read_phys_parts(paddr, length))
+
+    async def read_phys_parts(self, paddr: int, length: int) -> list[bytes | memoryview]:
+        """The bytes `read_phys` returns, as the buffers that hold them, in order (as
+        `read_parts`: a reply is written from them without joining them)."""
         parts: list[bytes | memoryview] = []
         for piece in self.source.phys_to_file(paddr, length):
             if piece.file_offset is None:
                 parts.append(bytes(piece.length))
                 continue
-            data = b"".join(await self._read_parts(piece.file_offset, piece.length, cache=True))
-            if len(data) != piece.length:
+            now = self._now(piece.file_offset, piece.length)
+            found = ([now] if now is not None else
+                     await self._read_parts(piece.file_offset, piece.length, cache=True))
+            if sum(map(len, found)) != piece.length:
                 raise DumpdError("EIO", f"segment data at {piece.file_offset:#x} is cut short")
-            parts.append(data)
-        data = b"".join(parts)
-        self.counters.bytes_served += len(data)
-        return data
+            parts.extend(found)
+        self.counters.bytes_served += sum(map(len, parts))
+        return parts
 
     async def read_virt(self, vaddr: int, length: int) -> bytes:
         """Bytes at kernel virtual `vaddr`, through the dead kernel's page tables, then as
@@ -284,32 +334,38 @@ class Engine:
     async def _spans(self, state: State, first: int, stop: int, cache: bool
                      ) -> list[bytes | memoryview]:
         """Pages `[first, stop)` as a few buffers: cached pages, and one slice per flight."""
-        # Runs of the range: a cached page (bytes), a flight in progress, or a gap
-        # `(start, count)` that a new flight will read.
-        runs: list[bytes | Flight | tuple[int, int]] = []
+        # Runs of the range: cached pages (bytes, or a view of their block), a flight in
+        # progress, or a gap `(start, count)` that a new flight will read.
+        runs: list[bytes | memoryview | Flight | tuple[int, int]] = []
         counters = self.counters
         pages, flights = state.pages, state.flights
         indices = range(first, stop)
         if not (pages.holds_any(indices) or any(map(flights.__contains__, indices))):
             runs.append((first, stop - first))  # nothing to look up page by page
         else:
-            for index in indices:
-                page = pages.get(index) if pages else None
-                if page is not None:
-                    counters.cache_hits += 1
-                    runs.append(page)
+            index = first
+            while index < stop:
+                found = pages.run(index, stop) if pages else None
+                if found is not None:
+                    data, count = found
+                    counters.cache_hits += count
+                    runs.append(data)
+                    index += count
                     continue
                 flight = flights.get(index) if flights else None
                 if flight is not None:
-                    counters.singleflight_waits += 1
+                    count = min(stop, flight.first + flight.count) - index
+                    counters.singleflight_waits += count
                     if not runs or runs[-1] is not flight:
                         runs.append(flight)
+                    index += count
                     continue
                 last = runs[-1] if runs else None
                 if isinstance(last, tuple) and last[0] + last[1] == index:
                     runs[-1] = (last[0], last[1] + 1)
                 else:
                     runs.append((index, 1))
+                index += 1
         gaps = [run for run in runs if isinstance(run, tuple)]
         new: Iterator[Flight] = iter(())
         if gaps:
@@ -318,7 +374,7 @@ class Engine:
             new = iter(self._flights.start(state, gaps, cache))
         spans: list[bytes | memoryview] = []
         for run in runs:
-            if isinstance(run, bytes):
+            if isinstance(run, bytes | memoryview):
                 spans.append(run)
             else:
                 spans.append(await self._flights.land(next(new) if isinstance(run, tuple) else run,

@@ -13,12 +13,20 @@ Design rules:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Sequence
 
 from dumpd.engine.buffers import BufferPool, zero
 from dumpd.engine.counters import Counters
 from dumpd.engine.layout import Layout
-from dumpd.engine.readbatch import ReadBatcher, Reads, count_reads, read_cached
+from dumpd.engine.readbatch import (
+    INLINE_READ_MAX,
+    WAITED_READ_MAX,
+    ReadBatcher,
+    Reads,
+    count_reads,
+    read_cached,
+)
 from dumpd.engine.state import Flight, State
 from dumpd.errors import DumpdError
 from dumpd.hooks.slot import HookSlot
@@ -114,23 +122,26 @@ class Flights:
                     elif not zeroed:
                         zero(view, start - lo, end - lo)
             if reads:
-                await self._read_flights(flights, reads)
+                await self._read_flights(flights, reads,
+                                         WAITED_READ_MAX if cache else INLINE_READ_MAX)
             for flight in flights:
                 self._counters.source_pages_read += flight.zero.count(False) - len(flight.failed)
                 if cache and state.generation == self._slot.generation:
                     self._cache_flight(state, flight)
         finally:
             for flight in flights:
-                for index in range(flight.first, flight.first + flight.count):
-                    if state.flights.get(index) is flight:
-                        del state.flights[index]
+                # Its pages are its own in the table from `start` on (a page in flight
+                # joins it, never starts another): deleted at C speed.
+                deque(map(state.flights.__delitem__,
+                          range(flight.first, flight.first + flight.count)), maxlen=0)
 
-    async def _read_flights(self, flights: list[Flight], reads: Reads) -> None:
+    async def _read_flights(self, flights: list[Flight], reads: Reads, inline: int) -> None:
         """Do the flights' reads. Where the source fails (EIO), only the pages that fail
         are marked in their flight: a reader that shares the flight but not those pages
-        gets its bytes, and an error names exactly the pages it could not have."""
+        gets its bytes, and an error names exactly the pages it could not have. Reads
+        of at most `inline` bytes in all are done inline when the OS page cache holds them."""
         try:
-            rest = read_cached(self._source, reads)
+            rest = read_cached(self._source, reads, inline)
             if rest:
                 await self._reader.read(rest)
             count_reads(self._counters, reads, len(reads) - len(rest))
@@ -155,18 +166,28 @@ class Flights:
                 raise outcome
 
     def _cache_flight(self, state: State, flight: Flight) -> None:
-        """Cache the flight's pages; non-RAM pages all share one zero page (no memory)."""
+        """Cache the flight's pages: all RAM, its buffer as one block (no copy); else
+        each run of RAM pages copied into a block of its own (the buffer is not kept for
+        a part of it) and non-RAM pages as the one shared zero page (no memory)."""
         ps = self._page_size
         view = flight.buffer
-        for k, is_zero in enumerate(flight.zero):
+        end = min(flight.count * ps, self._source.size - flight.first * ps)
+        if view is not None and not any(flight.zero):
+            state.pages.put_block(flight.first, flight.count, view[:end], flight.failed)
+            return
+        k = 0
+        while k < flight.count:
             index = flight.first + k
-            if index in flight.failed:
+            if flight.zero[k] or view is None:  # no buffer: every page is non-RAM
+                state.pages.put(index, self.zeros(min(ps, end - k * ps)))
+                k += 1
                 continue
-            length = min(ps, self._source.size - index * ps)
-            if is_zero or view is None:
-                state.pages.put(index, self.zeros(length))
-            else:
-                state.pages.put(index, bytes(view[k * ps : k * ps + length]))
+            run = k + 1
+            while run < flight.count and not flight.zero[run]:
+                run += 1
+            state.pages.put_block(index, run - k, bytes(view[k * ps : min(end, run * ps)]),
+                                  [i for i in flight.failed if index <= i < flight.first + run])
+            k = run
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -21,15 +21,20 @@ Reads = list[tuple[int, memoryview]]
 
 SPLIT_BYTES = 1 << 20
 INLINE_READ_MAX = 128 * 1024  # inline page-cache reads above this would stall the loop
+# ... unless the reader waits for them anyway (a read that fills the page cache, not a
+# stream's read-ahead): a copy out of the OS page cache costs about 170 us per MiB, what
+# writing the bytes to the socket costs the loop, and a hop to a worker thread 100-300 us
+# more on a small VM (measured), where a crash kernel has one CPU for both anyway.
+WAITED_READ_MAX = 1 << 20
 Batch = list[tuple[Reads, "asyncio.Future[None]"]]
 
 
-def read_cached(source: Source, reads: Reads) -> Reads:
-    """Do small reads inline when the OS page cache holds them (microseconds, where
-    a hop to a worker costs tens), and every read of a source that never blocks (a
-    copy out of an mmap window, which would hold the GIL in a worker just the same);
-    returns what is left for the workers."""
-    if not source.never_blocks and sum(len(view) for _, view in reads) > INLINE_READ_MAX:
+def read_cached(source: Source, reads: Reads, limit: int = INLINE_READ_MAX) -> Reads:
+    """Do reads of at most `limit` bytes in all inline when the OS page cache holds them
+    (microseconds, where a hop to a worker costs tens), and every read of a source that
+    never blocks (a copy out of an mmap window, which would hold the GIL in a worker
+    just the same); returns what is left for the workers."""
+    if not source.never_blocks and sum(len(view) for _, view in reads) > limit:
         return reads
     rest = []
     for offset, view in reads:

@@ -44,7 +44,7 @@ class State:
         self.generation = generation
         self.caller = caller
         self.verdicts = VerdictCache(config.verdict_cache_kib * 1024 // CHUNK_PFNS)
-        self.pages = PageCache(int(config.cache_mib * MiB) // page_size)
+        self.pages = PageCache(int(config.cache_mib * MiB) // page_size, page_size)
         self.flights: dict[int, Flight] = {}
         self.asking = asyncio.Lock()
 

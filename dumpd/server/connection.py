@@ -229,11 +229,13 @@ class RpcConnection(asyncio.Protocol):
         return True
 
     def _uncork(self) -> None:
-        """Write the replies answered at once in one go: one system call for a burst of
-        pipelined requests instead of one each."""
-        corked, self._corked, self._corked_bytes = self._corked, None, 0
+        """Write the replies answered at once in one go, unjoined: one system call for a
+        burst of pipelined requests instead of one each (asyncio's loop joins them)."""
+        corked, size = self._corked, self._corked_bytes
+        self._corked, self._corked_bytes = None, 0
         if corked and self._transport is not None and not self._transport.is_closing():
-            self._write(self._transport, b"".join(corked))
+            self._written += size
+            self._transport.writelines(corked)
 
     def _write(self, transport: asyncio.Transport, data: bytes | memoryview) -> None:
         self._written += len(data)

@@ -208,8 +208,9 @@ class Dispatcher:
     async def _read(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> BinParts:
         return BinParts(await self.engine.read_parts(*self._range(params, "offset")))
 
-    async def _read_phys(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> bytes:
-        return await self.engine.read_phys(*self._range(params, "paddr"))
+    async def _read_phys(self, peer: Peer, params: Sequence[Any], streams: RunningStreams
+                         ) -> BinParts:
+        return BinParts(await self.engine.read_phys_parts(*self._range(params, "paddr")))
 
     async def _read_virt(self, peer: Peer, params: Sequence[Any], streams: RunningStreams) -> bytes:
         return await self.engine.read_virt(*self._range(params, "vaddr"))
