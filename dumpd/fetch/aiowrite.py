@@ -1,0 +1,145 @@
+"""What the asyncio fetch writes, through aiofiles, so that its event loop never waits
+for the disk: the copy's bytes at their offsets, its record's runs, its resume state.
+
+Design rules:
+- The copy is written through the descriptor `start` opened and checked (never the
+  served dump, never a file not named): nothing is opened by its name again.
+- Each file operation runs on the fetch's executor (aiofiles'), one at a time; a task
+  cancelled meanwhile waits for the operation under way (`settle`) before it
+  checkpoints or closes, so no write lands after the state that vouches for less, and
+  none on a closed descriptor.
+- A checkpoint is what the blocking fetch's is: the copy synced (with fsync), then
+  the record's runs appended (and synced), then the state written to a temporary
+  file of its own (mode 0600) and renamed over the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+import aiofiles
+import aiofiles.os
+import aiofiles.tempfile
+
+from dumpd.fetch.output import ZEROS, blamed
+from dumpd.fetch.start import Job
+from dumpd.fetch.state import FetchState
+
+T = TypeVar("T")
+fdatasync = aiofiles.os.wrap(os.fdatasync)  # aiofiles.os has no fsync of its own
+
+
+class AsyncFiles:
+    """The files of `job` written on `executor` (None: the loop's default); synced when
+    `fsync`."""
+
+    def __init__(self, job: Job, fsync: bool, executor: Executor | None) -> None:
+        self.job = job
+        self.fsync = fsync
+        self.executor = executor
+        self._copy: Any = None  # the copy's aiofiles file, once opened
+        self._at = -1  # where its next write goes without a seek
+        self._record: Any = None  # the record's, once begun
+        self._busy: asyncio.Future[Any] | None = None
+
+    async def _io(self, work: Awaitable[T]) -> T:
+        """`work` run to its end even if the caller is cancelled meanwhile."""
+        task = self._busy = asyncio.ensure_future(work)
+        return await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Wait for the file operation under way, if any (its failure is not ours)."""
+        if self._busy is not None and not self._busy.done():
+            await asyncio.wait([self._busy])
+
+    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """All of `data` at `offset` of the copy; SinkError if the OS refuses it."""
+        view = memoryview(data).cast("B")
+        with blamed():
+            if self._copy is None:
+                fd = self.job.output.fd
+                self._copy = await self._io(aiofiles.open(
+                    fd, "r+b", buffering=0, closefd=False, executor=self.executor))
+            if self._at != offset:
+                await self._io(self._copy.seek(offset))
+            while view:
+                n = await self._io(self._copy.write(view))
+                view = view[n:]
+                offset += n
+                self._at = offset
+
+    async def zeros(self, offset: int, length: int) -> None:
+        """Zeros over `[offset, offset+length)` of the copy."""
+        end = offset + length
+        while offset < end:
+            n = min(len(ZEROS), end - offset)
+            await self.put(offset, memoryview(ZEROS)[:n])
+            offset += n
+
+    async def sync(self) -> None:
+        """The copy synced (only with fsync)."""
+        if self.fsync:
+            with blamed():
+                await self._io(fdatasync(self.job.output.fd, executor=self.executor))
+
+    async def checkpoint(self) -> None:
+        """The copy synced, the record's runs written, then the state saved; SinkError
+        names the file that failed."""
+        job = self.job
+        assert job.state_path is not None
+        await self.settle()
+        await self.sync()
+        with blamed(job.record.path):
+            job.state.record_bytes = await self._record_checkpoint()
+        with blamed(job.state_path):
+            await self._io(save_state(job.state, job.state_path, self.executor))
+
+    async def _record_checkpoint(self) -> int:
+        record = self.job.record
+        lines = record.lines()
+        if lines and self._record is None:
+            assert record.path is not None
+            flags, mode, head = record.opening()
+            self._record = await self._io(aiofiles.open(
+                record.path, mode, opener=lambda path, _: os.open(path, flags, 0o600),
+                executor=self.executor))
+            await self._io(self._record.write(head))
+        if self._record is not None:
+            await self._io(self._record.write(lines))
+            await self._io(self._record.flush())
+            if self.fsync:
+                await self._io(fdatasync(self._record.fileno(), executor=self.executor))
+            record.vouched = await self._io(self._record.tell())
+        return record.vouched
+
+    async def close(self) -> None:
+        """Close what was opened here (the copy's own descriptor is the job's)."""
+        await self.settle()
+        for name in ("_copy", "_record"):
+            handle = getattr(self, name)
+            if handle is not None:
+                setattr(self, name, None)
+                await self._io(handle.close())
+
+
+async def save_state(state: FetchState, path: str, executor: Executor | None) -> None:
+    """Replace the state file at `path` atomically, as `FetchState.save` does."""
+    folder, base = os.path.split(path)
+    temp = await aiofiles.tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", prefix=f"{base}.", suffix=".tmp", dir=folder or ".",
+        delete=False, executor=executor)
+    try:
+        try:
+            await temp.write(state.text())
+        finally:
+            await temp.close()
+        await aiofiles.os.replace(temp.name, path, executor=executor)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.unlink(temp.name, executor=executor)
+        raise
