@@ -19,7 +19,7 @@ import pytest
 from dumpd import codecs
 from dumpd.errors import StartupError
 from dumpd.fetch import FetchRequest, fetch
-from dumpd.fetch.aio import AsyncFetchClient, fetch_async
+from dumpd.fetch.aio import BATCH, AsyncFetchClient, fetch_async
 from tests.daemon import state_of
 from tests.dumps import SegSpec, build_elf, file_bytes
 from tests.servers import failing, serving
@@ -120,9 +120,11 @@ async def test_the_async_copy_is_the_cli_s_byte_for_byte_and_sparse(
         assert mine.stat().st_blocks * 512 <= len(view) * 0.6  # the holes are not written
 
 
-@pytest.mark.parametrize(("fmt", "codec"), [("elf", None), ("kdump", "zlib")])
+@pytest.mark.parametrize(("fmt", "codec", "hold_at"), [("elf", None, 4), ("kdump", "zlib", 40)])
 async def test_a_cancelled_copy_resumes_by_either_fetch_to_the_same_bytes(
-        tmp_path: Path, fmt: str, codec: str | None) -> None:
+        tmp_path: Path, fmt: str, codec: str | None, hold_at: int) -> None:
+    """Cancelled while a write is held up (the ELF copy's second batch; a piece well into
+    the kdump copy's pages), then resumed."""
     dump, balloon, _ = ballooned_dump(tmp_path)
     whole, copy, other = tmp_path / "whole", tmp_path / "copy", tmp_path / "other"
     loop = asyncio.get_running_loop()
@@ -132,10 +134,10 @@ async def test_a_cancelled_copy_resumes_by_either_fetch_to_the_same_bytes(
         assert await asyncio.to_thread(fetch, request(sock, whole, fmt, codec)) == 0
         async with await AsyncFetchClient.connect(sock) as client:
             for out in (copy, other):
-                gated = Gated(loop, hold_at=40)  # a write well into the pages
+                gated = Gated(loop, hold_at=hold_at)
                 task = asyncio.create_task(fetch_async(client, request(sock, out, fmt, codec),
                                                        executor=gated))
-                await gated.held.wait()
+                await asyncio.wait_for(gated.held.wait(), 20)
                 task.cancel()
                 gated.release()
                 with pytest.raises(asyncio.CancelledError):
@@ -251,7 +253,7 @@ async def test_the_loop_runs_while_every_file_job_waits_for_it(
         assert await asyncio.to_thread(fetch, request(sock, tmp_path / "cli", fmt, codec)) == 0
     assert status == 0
     assert copy.read_bytes() == (tmp_path / "cli").read_bytes()
-    # Every piece of data written and every sync went through the gate, each job let
-    # through by a tick of the loop; none of it on the loop's own thread.
-    assert gated.ticks == gated.jobs > 4 * MiB // CHUNK
+    # Every batch of the 4 MiB of data written and the syncs went through the gate, each
+    # job let through by a tick of the loop; none of it on the loop's own thread.
+    assert gated.ticks == gated.jobs > 4 * MiB // BATCH + 1
     assert loop_writes == []

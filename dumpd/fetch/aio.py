@@ -28,16 +28,19 @@ from typing import Any
 
 from dumpd.client import RemoteError, SinkError
 from dumpd.client.aio import AsyncClient
-from dumpd.client.pieces import StreamPages
+from dumpd.client.pieces import StreamPages, StreamPiece
 from dumpd.errors import StartupError
 from dumpd.fetch import FetchRequest, aiokdump, report, start
 from dumpd.fetch.aiowrite import AsyncFiles
-from dumpd.fetch.elfrange import RangeCopy, ranges
+from dumpd.fetch.elfrange import Landing, RangeCopy, ranges
 from dumpd.fetch.loopclient import LoopClient, off_loop
 from dumpd.fetch.progress import Progress
 from dumpd.fetch.report import saved_note, say_stopped
 from dumpd.fetch.space import space_note
 from dumpd.fetch.start import Job
+
+BATCH = 1 << 20  # bytes of pieces written in one operation
+BATCH_PIECES = 256  # pieces written in one operation at most (holes carry no bytes)
 
 
 async def fetch_async(client: AsyncClient, request: FetchRequest, *,
@@ -108,20 +111,35 @@ async def _run(client: AsyncClient, calls: LoopClient, request: FetchRequest,
 
 async def _fetch_range(client: AsyncClient, copy: RangeCopy, request: FetchRequest,
                        files: AsyncFiles) -> None:
+    """Copy one range, its pieces written a batch at a time (`BATCH` bytes, or
+    `BATCH_PIECES`), each counted once its batch is written."""
     codec = copy.job.codec
     stream = client.stream(copy.offset, copy.length, request.chunk,
                            zeros_as_holes=request.zeros,
                            compress=None if codec is None else codec.name)
+    batch: list[tuple[StreamPiece, Landing]] = []
+    held = 0
     async for piece in stream:
         landing = (await off_loop(files.executor, copy.landing, piece)
                    if isinstance(piece, StreamPages) else copy.landing(piece))  # CPU: off
-        if landing.data is not None:
-            await files.put(landing.offset, landing.data)
-        if landing.zeros:
-            await files.zeros(landing.offset, landing.zeros)
-        if copy.landed(piece, landing):
-            await files.checkpoint()
+        batch.append((piece, landing))
+        held += len(landing.data) if landing.data is not None else landing.zeros
+        if held >= BATCH or len(batch) >= BATCH_PIECES:
+            await _land(copy, batch, files)
+            batch, held = [], 0
+    await _land(copy, batch, files)
     copy.ended(stream.summary)
+
+
+async def _land(copy: RangeCopy, batch: list[tuple[StreamPiece, Landing]],
+                files: AsyncFiles) -> None:
+    """Write `batch`, then count its pieces (and checkpoint when one says it is due)."""
+    await files.write([write for _, landing in batch for write in landing.writes()])
+    due = False
+    for piece, landing in batch:
+        due = copy.landed(piece, landing) or due
+    if due:
+        await files.checkpoint()
 
 
 async def saved(files: AsyncFiles) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import deque
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,7 @@ class PendingSink(FileSink):
 
     def __init__(self, out: Output) -> None:
         super().__init__(out.fd)
-        self.pending: deque[tuple[int, bytes | bytearray | memoryview]] = deque()
+        self.pending: list[tuple[int, bytes | bytearray | memoryview]] = []
 
     def put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         if len(data):
@@ -109,10 +108,8 @@ class _Async:
     async def _flush(self) -> None:
         """Write the puts held, in order."""
         pending = self.sink.pending
-        while pending:
-            offset, data = pending[0]
-            await self.files.put(offset, data)
-            pending.popleft()
+        await self.files.write(list(pending))
+        pending.clear()
 
     async def _checkpoint(self) -> None:
         if self.copy.vouch():

@@ -4,7 +4,8 @@ for the disk: the copy's bytes at their offsets, its record's runs, its resume s
 Design rules:
 - The copy is written through the descriptor `start` opened and checked (never the
   served dump, never a file not named): nothing is opened by its name again.
-- Each file operation runs on the fetch's executor (aiofiles'), one at a time; a task
+- The copy's pieces are written a batch at a time, in one operation (`write`); each
+  file operation runs on the fetch's executor (aiofiles'), one at a time; a task
   cancelled meanwhile waits for the operation under way (`settle`) before it
   checkpoints or closes, so no write lands after the state that vouches for less, and
   none on a closed descriptor.
@@ -26,12 +27,23 @@ import aiofiles
 import aiofiles.os
 import aiofiles.tempfile
 
-from dumpd.fetch.output import ZEROS, blamed
+from dumpd.fetch.output import blamed, pwrite_all
 from dumpd.fetch.start import Job
 from dumpd.fetch.state import FetchState
 
 T = TypeVar("T")
 fdatasync = aiofiles.os.wrap(os.fdatasync)  # aiofiles.os has no fsync of its own
+
+
+def write_all(fd: int, pieces: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    for offset, data in pieces:
+        pwrite_all(fd, data, offset)
+
+
+_write_all = aiofiles.os.wrap(write_all)
+"""Pieces written at their offsets in one hop to the executor: aiofiles' file object
+would take two (a seek, a write) for each piece, and a copy with holes seeks at every
+piece (bench scenario 2 measures the difference)."""
 
 
 class AsyncFiles:
@@ -42,8 +54,6 @@ class AsyncFiles:
         self.job = job
         self.fsync = fsync
         self.executor = executor
-        self._copy: Any = None  # the copy's aiofiles file, once opened
-        self._at = -1  # where its next write goes without a seek
         self._record: Any = None  # the record's, once begun
         self._busy: asyncio.Future[Any] | None = None
 
@@ -57,29 +67,11 @@ class AsyncFiles:
         if self._busy is not None and not self._busy.done():
             await asyncio.wait([self._busy])
 
-    async def put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """All of `data` at `offset` of the copy; SinkError if the OS refuses it."""
-        view = memoryview(data).cast("B")
-        with blamed():
-            if self._copy is None:
-                fd = self.job.output.fd
-                self._copy = await self._io(aiofiles.open(
-                    fd, "r+b", buffering=0, closefd=False, executor=self.executor))
-            if self._at != offset:
-                await self._io(self._copy.seek(offset))
-            while view:
-                n = await self._io(self._copy.write(view))
-                view = view[n:]
-                offset += n
-                self._at = offset
-
-    async def zeros(self, offset: int, length: int) -> None:
-        """Zeros over `[offset, offset+length)` of the copy."""
-        end = offset + length
-        while offset < end:
-            n = min(len(ZEROS), end - offset)
-            await self.put(offset, memoryview(ZEROS)[:n])
-            offset += n
+    async def write(self, pieces: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+        """Each `(offset, data)` of `pieces` into the copy, in order, in one operation;
+        SinkError if the OS refuses one."""
+        if pieces:
+            await self._io(_write_all(self.job.output.fd, pieces, executor=self.executor))
 
     async def sync(self) -> None:
         """The copy synced (only with fsync)."""
@@ -120,11 +112,9 @@ class AsyncFiles:
     async def close(self) -> None:
         """Close what was opened here (the copy's own descriptor is the job's)."""
         await self.settle()
-        for name in ("_copy", "_record"):
-            handle = getattr(self, name)
-            if handle is not None:
-                setattr(self, name, None)
-                await self._io(handle.close())
+        if self._record is not None:
+            handle, self._record = self._record, None
+            await self._io(handle.close())
 
 
 async def save_state(state: FetchState, path: str, executor: Executor | None) -> None:

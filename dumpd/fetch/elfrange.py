@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client.pieces import StreamData, StreamError, StreamHole, StreamPages, StreamPiece
+from dumpd.fetch.output import ZEROS
 from dumpd.fetch.progress import Progress
 from dumpd.fetch.start import Job
 
@@ -37,6 +38,13 @@ class Landing:
     length: int
     data: bytes | bytearray | memoryview | None = None
     zeros: int = 0
+
+    def writes(self) -> Iterator[tuple[int, bytes | bytearray | memoryview]]:
+        """`(offset, bytes)` to write, in order: the data, then the zeros a MiB at a time."""
+        if self.data is not None:
+            yield self.offset, self.data
+        for at in range(self.offset, self.offset + self.zeros, len(ZEROS)):
+            yield at, memoryview(ZEROS)[: min(len(ZEROS), self.offset + self.zeros - at)]
 
 
 class RangeCopy:
