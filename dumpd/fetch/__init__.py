@@ -1,6 +1,8 @@
 """`dumpd fetch`: a sparse, resumable, verifiable copy of the served file view, as the
 ELF core it is (here) or in makedumpfile's kdump-compressed format (`fetch.kdump`);
-`fetch.start` says which and opens the output.
+`fetch.start` says which and opens the output. `fetch.aio` is the same copy for
+programs on asyncio (`AsyncFetchClient.fetch`): what each piece means, the kdump work
+and the report are shared with it (`elfrange`, `kdumpcopy`, `report` here).
 
 Design rules:
 - The ELF copy is the file view byte for byte at the same offsets: data is written

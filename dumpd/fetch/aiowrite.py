@@ -36,6 +36,7 @@ fdatasync = aiofiles.os.wrap(os.fdatasync)  # aiofiles.os has no fsync of its ow
 
 
 def write_all(fd: int, pieces: list[tuple[int, bytes | bytearray | memoryview]]) -> None:
+    """Each `(offset, data)` of `pieces` at its offset of `fd` (blocking)."""
     for offset, data in pieces:
         pwrite_all(fd, data, offset)
 
@@ -123,13 +124,14 @@ async def save_state(state: FetchState, path: str, executor: Executor | None) ->
     temp = await aiofiles.tempfile.NamedTemporaryFile(
         "w", encoding="utf-8", prefix=f"{base}.", suffix=".tmp", dir=folder or ".",
         delete=False, executor=executor)
+    name = str(temp.name)
     try:
         try:
             await temp.write(state.text())
         finally:
             await temp.close()
-        await aiofiles.os.replace(temp.name, path, executor=executor)
+        await aiofiles.os.replace(name, path, executor=executor)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.unlink(temp.name, executor=executor)
+            await aiofiles.os.unlink(name, executor=executor)
         raise

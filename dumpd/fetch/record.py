@@ -34,7 +34,7 @@ import os
 import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from dumpd.client import RemoteError
 from dumpd.errors import StartupError
@@ -185,7 +185,7 @@ class Record:
             self._lines += _line(self._pending)
         self._pending = None
 
-    def opening(self) -> tuple[int, str, bytes]:
+    def opening(self) -> tuple[int, Literal["ab", "wb"], bytes]:
         """How the record's file is first opened: its `os.open` flags, its mode, and
         what starts it. Past what a checkpoint vouched for it is appended to; else it
         is made anew with its header, over fetch's own record only (never over a file
