@@ -22,7 +22,8 @@ from dumpd.fetch import FetchRequest, fetch
 from dumpd.fetch.aio import BATCH, AsyncFetchClient, fetch_async
 from tests.daemon import state_of
 from tests.dumps import SegSpec, build_elf, file_bytes
-from tests.servers import failing, serving
+from tests.pki import Pki
+from tests.servers import failing, free_port, serving
 from tests.views import PAGE, balloon_file, expected_view
 
 MiB = 1 << 20
@@ -257,3 +258,25 @@ async def test_the_loop_runs_while_every_file_job_waits_for_it(
     # job let through by a tick of the loop; none of it on the loop's own thread.
     assert gated.ticks == gated.jobs > 4 * MiB // BATCH + 1
     assert loop_writes == []
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("elf", None), ("kdump", "zlib")])
+async def test_over_tls_the_server_compresses_and_the_copy_is_the_same(
+        tmp_path: Path, pki: Pki, fmt: str, codec: str | None) -> None:
+    """Over TCP `wire_compress` auto has the server compress the stream (`stream.pages`,
+    decompressed off the loop for an ELF copy, stored as they come for a kdump one)."""
+    dump, balloon, _ = ballooned_dump(tmp_path)
+    port = free_port()
+    mine, cli = tmp_path / "mine", tmp_path / "cli"
+    async with serving(tmp_path, dump, hook="balloon", hook_options={"file": balloon},
+                       tcp=f"127.0.0.1:{port}", **pki.server_options()) as server:
+        async with await AsyncFetchClient.connect_tcp("127.0.0.1", port,
+                                                      tls=pki.client()) as client:
+            assert client.over_network
+            status = await client.fetch(str(mine), format=fmt, codec=codec, quiet=True,
+                                        verify=True)
+        compressed = server.shared.stats()["compressed_streams"]
+        sock = server.config.server.socket
+        assert await asyncio.to_thread(fetch, request(sock, cli, fmt, codec)) == 0
+    assert (status, compressed) == (0, 1 if fmt == "elf" else 2)  # kdump: a stream a run
+    assert mine.read_bytes() == cli.read_bytes()
