@@ -9,7 +9,9 @@ process; three layouts:
 - 50% holes, runs of 8 pages: the same with a hole every 32 KiB, the worst case.
 
 For each: `dumpd fetch -q` to a new file beside `cp --sparse=always` of the image and
-`cat IMAGE > /dev/null`; a bare socket copy of the RAM runs (`sendfile` -> `splice`
+`cat IMAGE > /dev/null`; the asyncio fetch (`AsyncFetchClient.fetch`, its writes through
+aiofiles) to a new file, run as a program that embeds the client (its own process, as
+`dumpd fetch` is); a bare socket copy of the RAM runs (`sendfile` -> `splice`
 between two threads, no protocol: the limit of any copy through a Unix socket here);
 and `stream` to a client that discards the data, beside `cat`.
 
@@ -26,6 +28,7 @@ import os
 import random
 import socket
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +54,17 @@ TITLE = "Bulk throughput: `dumpd fetch` and `stream` beside `cp` and `cat`"
 SIZE, QUICK_SIZE = 1024 * MiB, 64 * MiB
 RUNS = 7
 F_SETPIPE_SZ = 1031
+ASYNC_FETCH = """
+import asyncio, sys
+from dumpd.fetch.aio import AsyncFetchClient
+
+async def main():
+    async with await AsyncFetchClient.connect(sys.argv[1]) as client:
+        return await client.fetch(sys.argv[2], quiet=True)
+
+sys.exit(asyncio.run(main()))
+"""
+"""A program that embeds the client: the asyncio fetch of the socket's view to a file."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,7 @@ def measure(work: Path, layout: Layout, size: int, runs: int
         "fetch": lambda out: timed([*DUMPD, "fetch", "-q", "-o", str(out),
                                     "--socket", str(sock)]),
         "bare": lambda out: bare_copy(image, out, ram),
+        "async": lambda out: timed([sys.executable, "-c", ASYNC_FETCH, str(sock), str(out)]),
     }
     seconds: dict[str, list[float]] = {name: [] for name in (*copies, "stream", "cat")}
     with dumpd_server(sock, ["--source", str(image), *hook]):
@@ -221,6 +236,11 @@ def report(layout: Layout, view: int, seconds: dict[str, list[float]], quick: bo
              rate(view, seconds["fetch"]),
              f"`cat > /dev/null`: {rate(view, seconds['cat'])}", f"{vs_cat:.2f}x", "",
              {"fetch": raw["fetch"], "cat": raw["cat"], "ratio": round(vs_cat, 3)}))
+    vs_fetch = best["fetch"] / best["async"]
+    emit(Row(layout.scenario, f"asyncio fetch (`AsyncFetchClient.fetch`, aiofiles) to a "
+             f"file, {layout.label}", rate(view, seconds["async"]),
+             f"`dumpd fetch`: {rate(view, seconds['fetch'])}", f"{vs_fetch:.2f}x", "",
+             {"async": raw["async"], "fetch": raw["fetch"], "ratio": round(vs_fetch, 3)}))
     vs_bare = best["cp"] / best["bare"]
     emit(Row(layout.scenario, f"bare socket copy of the RAM runs, sendfile -> splice "
              f"(no dumpd: the transport's limit), {layout.label}",

@@ -386,6 +386,27 @@ async def test_the_async_client_holds_a_slow_consumer_s_stream_back(tmp_path: Pa
         await until(lambda: client._streams == {})  # its cancel's reply came back
 
 
+@pytest.mark.parametrize("compress", [None, "zlib"])
+async def test_the_async_stream_gives_the_blocking_one_s_pieces(
+        tmp_path: Path, compress: str | None) -> None:
+    """Holes with their reasons (the hook's, zero pages), a chunk of the client's: the
+    async client's holes, bytes and summary are the blocking one's (the blocking
+    receiver cuts data where its reads end)."""
+    path, size, _ = zeroed_dump(tmp_path, "elf")
+    balloon = balloon_file(tmp_path / "balloon.txt", BALLOONED)
+    async with serving(tmp_path, path, hook="balloon", hook_options={"file": balloon}) as server:
+        sock = server.config.server.socket
+        blocking = await asyncio.to_thread(collect, sock, 0, size, compress, 16 * PAGE, True)
+        async with await AsyncClient.connect(sock) as client:
+            stream = client.stream(0, size, 16 * PAGE, zeros_as_holes=True, compress=compress)
+            pieces = [p async for p in stream]
+    assert not_data(pieces) == not_data(blocking[0])
+    assert {p.reason for p in not_data(pieces) if isinstance(p, StreamHole)} == {
+        "not_ram", "zero"}
+    assert assemble(0, size, pieces, compress) == assemble(0, size, blocking[0], compress)
+    assert stream.summary == blocking[1]
+
+
 async def test_an_async_stream_cancelled_ends_with_its_summary(tmp_path: Path) -> None:
     dump = build_raw(tmp_path / "oldmem", 64 * MiB, fill=mixed)
     async with serving(tmp_path, dump.path) as server, \

@@ -84,6 +84,7 @@ class AsyncClient:
         self._streams: dict[int, Inbox] = {}  # streams running, by msgid
         self._crowded: set[Inbox] = set()  # those holding too much: reading paused
         self._page_size = 0  # the server's, once `info` said it (for compressed streams)
+        self._network = False  # connected over TCP (`connect_tcp`)
         self.on_notification = on_notification
 
     @classmethod
@@ -125,7 +126,13 @@ class AsyncClient:
                                                  ssl=tls)
         except OSError as exc:
             raise unreachable(join_host_port(host, port), exc) from exc
+        client._network = True
         return client
+
+    @property
+    def over_network(self) -> bool:
+        """Whether the connection is TCP (with TLS or not), not a Unix socket."""
+        return self._network
 
     # -- calls -----------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """`dumpd fetch`: a sparse, resumable, verifiable copy of the served file view, as the
 ELF core it is (here) or in makedumpfile's kdump-compressed format (`fetch.kdump`);
-`fetch.start` says which and opens the output.
+`fetch.start` says which and opens the output. `fetch.aio` is the same copy for
+programs on asyncio (`AsyncFetchClient.fetch`): what each piece means, the kdump work
+and the report are shared with it (`elfrange`, `kdumpcopy`, `report` here).
 
 Design rules:
 - The ELF copy is the file view byte for byte at the same offsets: data is written
@@ -31,24 +33,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dumpd.client import Client, RemoteError
-from dumpd.client.pieces import SinkError, StreamError, StreamHole, StreamPages, StreamWritten
-from dumpd.errors import StartupError
+from dumpd.client.pieces import SinkError
 from dumpd.fetch import start
-from dumpd.fetch.output import os_error
+from dumpd.fetch.calls import Calls
+from dumpd.fetch.elfrange import RangeCopy, ranges
+from dumpd.fetch.output import blamed, os_error
 from dumpd.fetch.progress import Progress, rate, size
-from dumpd.fetch.report import say_incomplete, verify
+from dumpd.fetch.report import saved_note, say_incomplete, say_stopped, verify
 from dumpd.fetch.space import space_note
 from dumpd.fetch.start import Job
-from dumpd.fetch.state import FetchState
-from dumpd.fetch.wire import wire_codec
-
-CHECKPOINT_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,39 +77,17 @@ def fetch(request: FetchRequest, connect: Callable[[], Client] | None = None) ->
     opener = connect or (lambda: Client.connect(request.socket))
     with opener() as client:
         info = client.info()
-        offset, end = _plan(request, info)
-        where = start.target(request.output, info)
-        ranged = (request.offset, request.length) != (0, None)
-        if start.format_of(where, request.format, request.codec, ranged) == "kdump":
+        chosen = start.choose(request, info)
+        if chosen.format == "kdump":
             from dumpd.fetch import kdump
 
-            return kdump.fetch(client, request, info, where)
-        wire = wire_codec(request.wire_compress, info, client.over_network)
-        fresh = FetchState(start.identity(client, info), offset, end - offset, done=offset)
-        job = start.open_copy(where, info, fresh, request.resume, request.force,
-                              request.quiet)
-        job.codec = wire
+            return kdump.fetch(client, request, info, chosen.where)
+        job = start.elf_job(client, request, info, chosen)
         try:
             return _run(client, opener, request, info, job)
         finally:
             job.output.close()
             job.record.close()
-
-
-def _plan(request: FetchRequest, info: dict[str, Any]) -> tuple[int, int]:
-    """`(offset, end)` of the range to copy; StartupError for a range or a chunk the
-    server would refuse (before any file is touched)."""
-    chunk, page, most = request.chunk, info["page_size"], info["max_read"]
-    if chunk is not None and not (page <= chunk <= most and chunk % page == 0):
-        raise StartupError(f"fetch: --chunk {chunk}: EINVAL: the server takes a multiple of "
-                           f"its page size {page} in [{page}, {most}]")
-    offset, length, view = request.offset, request.length, info["size"]
-    if length == 0:
-        raise StartupError(f"fetch: --range {offset:#x}:0: EINVAL: the range is empty")
-    if offset >= view:
-        raise StartupError(f"fetch: --range {offset:#x}:...: ERANGE: it starts at or past "
-                           f"the end of the view ({view:#x} bytes)")
-    return offset, view if length is None else min(view, offset + length)
 
 
 def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
@@ -122,105 +98,50 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
     try:
         _copy(client, job, progress, request, sync)
         sync(out.fd)
-    except SinkError as exc:
+    except (ConnectionError, OSError, RemoteError, KeyboardInterrupt) as exc:
         progress.finish()
-        print(f"dumpd: fetch: {exc.filename or out.name}: {exc.strerror}"
-              f"{space_note(opener, out, state, exc)}; {_saved(job, sync)}", file=sys.stderr)
-        return 1
-    except (ConnectionError, OSError, RemoteError) as exc:
-        progress.finish()
-        print(f"dumpd: fetch stopped at {state.done:#x} of {state.end:#x}: {exc}; "
-              f"{_saved(job, sync)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        progress.finish()
-        print(f"dumpd: fetch interrupted at {state.done:#x}; {_saved(job, sync)}",
-              file=sys.stderr)
-        return 130
+        space = space_note(opener, out, state, exc) if isinstance(exc, SinkError) else ""
+        return say_stopped(exc, out.name, f"{state.done:#x}", f"{state.end:#x}", space,
+                           _saved(job, sync))
     seconds = progress.finish()
-    return _report(client, request, info, job, progress, seconds)
+    return report(client, request, info, job, progress, seconds)
 
 
 def _copy(client: Client, job: Job, progress: Progress, request: FetchRequest,
           sync: Callable[[int], None]) -> None:
-    state = job.state
-    for entry in list(state.errors):  # ranges that failed before: try them again
-        kept = list(state.errors)
-        state.errors.remove(entry)
-        try:
-            _fetch_range(client, job, entry[0], entry[1], progress, request, sync, False)
-        except BaseException:
-            state.errors = kept  # not retried to the end: still owed
-            raise
-    if state.done < state.end:
-        _fetch_range(client, job, state.done, state.end - state.done, progress, request,
-                     sync, True)
+    for copy, owed in ranges(job, progress):
+        with owed:
+            _fetch_range(client, job, copy, request, sync)
 
 
-def _fetch_range(client: Client, job: Job, offset: int, length: int, progress: Progress,
-                 request: FetchRequest, sync: Callable[[int], None], main: bool) -> None:
-    """Copy one range; when it is the `main` range, `state.done` advances (with
-    checkpoints) as its pieces land, else its holes are recorded once it is whole."""
-    out, state = job.output, job.state
-    checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-    held: list[tuple[int, int, str]] = []  # holes of a range retried, until it is whole
-    codec = job.codec
-    stream = client.stream(offset, length, request.chunk, sink=out.fd,
+def _fetch_range(client: Client, job: Job, copy: RangeCopy, request: FetchRequest,
+                 sync: Callable[[int], None]) -> None:
+    """Copy one range, its data spliced into the copy by the receiver."""
+    out, codec = job.output, job.codec
+    stream = client.stream(copy.offset, copy.length, request.chunk, sink=out.fd,
                            zeros_as_holes=request.zeros,
                            compress=None if codec is None else codec.name)
     for piece in stream:
-        if isinstance(piece, StreamWritten):
-            n = piece.length
-            progress.add(data=n)
-        elif isinstance(piece, StreamPages):  # only from a stream asked to compress
-            assert codec is not None
-            n = piece.length
-            out.put(piece.offset, memoryview(piece.data(codec)))
-            progress.add(data=n)
-        elif isinstance(piece, StreamHole):
-            n = piece.length
-            if out.kind != "file":  # only a file has holes that read as zeros
-                out.zeros(piece.offset, n)
-            if main:
-                job.record.add(piece.offset, n, piece.reason)
-            else:
-                held.append((piece.offset, n, piece.reason))
-            progress.add(holes=n)
-        else:
-            assert isinstance(piece, StreamError)
-            n = piece.length
-            out.zeros(piece.offset, n)  # data sent before the failure is void
-            state.errors.append([piece.offset, n, piece.code, piece.message])
-            progress.add(errors=n)
-        if main:
-            state.done = piece.offset + n
-            if job.state_path is not None and time.monotonic() >= checkpoint:
-                _checkpoint(job, sync)
-                checkpoint = time.monotonic() + CHECKPOINT_SECONDS
-    summary = stream.summary or {}
-    if summary.get("cancelled") or summary.get("bytes") != length:
-        raise ConnectionError(f"the stream of {offset:#x}+{length:#x} ended after "
-                              f"{summary.get('bytes', 0):#x} bytes")
-    for hole in held:
-        job.record.add(*hole)
+        landing = copy.landing(piece)
+        if landing.data is not None:
+            out.put(landing.offset, memoryview(landing.data))
+        if landing.zeros:
+            out.zeros(landing.offset, landing.zeros)
+        if copy.landed(piece, landing):
+            _checkpoint(job, sync)
+    copy.ended(stream.summary)
 
 
 def _checkpoint(job: Job, sync: Callable[[int], None]) -> None:
     """Sync (with --fsync) the copy and the record, then save the state; SinkError names
     the file that failed."""
     assert job.state_path is not None
-    try:
+    with blamed():
         sync(job.output.fd)
-    except OSError as exc:
-        raise SinkError(exc.errno, exc.strerror) from exc
-    try:
+    with blamed(job.record.path):
         job.state.record_bytes = job.record.checkpoint(sync)
-    except OSError as exc:
-        raise SinkError(exc.errno, exc.strerror, job.record.path) from exc
-    try:
+    with blamed(job.state_path):
         job.state.save(job.state_path)
-    except OSError as exc:
-        raise SinkError(exc.errno, exc.strerror, job.state_path) from exc
 
 
 def _no_sync(fd: int) -> None:
@@ -229,18 +150,18 @@ def _no_sync(fd: int) -> None:
 
 def _saved(job: Job, sync: Callable[[int], None]) -> str:
     """Save the checkpoint if it can be; what the operator can do next."""
-    if job.state_path is None:
-        return "fetch again for a complete copy"
     try:
-        _checkpoint(job, sync)
+        if job.state_path is not None:
+            _checkpoint(job, sync)
     except SinkError as exc:
-        return (f"{job.state_path} could not be updated ({exc.strerror}): --resume "
-                "continues from its last checkpoint")
-    return "run the same command with --resume to continue"
+        return saved_note(job.state_path, exc)
+    return saved_note(job.state_path, None)
 
 
-def _report(client: Client, request: FetchRequest, info: dict[str, Any], job: Job,
-            progress: Progress, seconds: float) -> int:
+def report(client: Calls, request: FetchRequest, info: dict[str, Any], job: Job,
+           progress: Progress, seconds: float) -> int:
+    """After the copy: the record's reasons, the summary line, what is owed, --verify;
+    the exit status."""
     out, state, record = job.output, job.state, job.record
     try:  # the record of a complete copy gets the hook's reasons
         left = record.counted() if state.errors else record.finish(client, info)

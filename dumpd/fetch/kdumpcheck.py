@@ -21,8 +21,8 @@ import os
 import sys
 from typing import Any
 
-from dumpd.client import Client
 from dumpd.errors import DumpdError, StartupError
+from dumpd.fetch.calls import Calls
 from dumpd.fetch.kdumpplan import Run, runs
 from dumpd.fetch.output import Output, os_error
 from dumpd.fetch.progress import size
@@ -90,7 +90,7 @@ def read_back(path: str, runs: list[Run]) -> list[tuple[int, int, str]]:
         source.close()
 
 
-def verify(client: Client, info: dict[str, Any], plan: Plan, notes: list[tuple[int, int]],
+def verify(client: Calls, info: dict[str, Any], plan: Plan, notes: list[tuple[int, int]],
            out: Output, hashes: RunHashes | None, quiet: bool) -> int:
     """0 when every run and note of the view matches the copy, else 1 (said on stderr).
     `hashes` holds the pages of a copy written to a pipe; a file is read back."""

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import RemoteError
+from dumpd.fetch.calls import Calls
 from dumpd.fetch.space import EXTENTS_STEP
 from dumpd.kdump.bitmap import Runs, normal
 from dumpd.kdump.format import UTS_FIELD, UTS_NAMES, FormatError
@@ -94,7 +95,7 @@ def runs(info: dict[str, Any]) -> list[Run]:
     return out
 
 
-def dumped(client: Client, info: dict[str, Any]) -> Iterator[tuple[int, int]]:
+def dumped(client: Calls, info: dict[str, Any]) -> Iterator[tuple[int, int]]:
     """The 2nd bitmap as pfn runs in order: the pages of `runs` the server calls RAM
     (consecutive runs may share a partial page)."""
     ps = info["page_size"]
@@ -106,7 +107,7 @@ def dumped(client: Client, info: dict[str, Any]) -> Iterator[tuple[int, int]]:
                     yield run.paddr(offset) // ps, -(-run.paddr(offset + length) // ps)
 
 
-def read_view(client: Client, info: dict[str, Any], offset: int, length: int) -> bytes:
+def read_view(client: Calls, info: dict[str, Any], offset: int, length: int) -> bytes:
     """`length` bytes of the file view from `offset`, in reads the server takes."""
     parts, most = [], info["max_read"]
     for pos in range(offset, offset + length, most):
@@ -117,7 +118,7 @@ def read_view(client: Client, info: dict[str, Any], offset: int, length: int) ->
     return data
 
 
-def notes_of(client: Client, info: dict[str, Any]) -> tuple[list[tuple[int, int]], bytes]:
+def notes_of(client: Calls, info: dict[str, Any]) -> tuple[list[tuple[int, int]], bytes]:
     """The PT_NOTEs of the view (`(offset, size)`, none for a raw source) and their
     bytes, a VMCOREINFO note added when they have none and the server has its text."""
     ranges: list[tuple[int, int]] = []
@@ -137,7 +138,7 @@ def notes_of(client: Client, info: dict[str, Any]) -> tuple[list[tuple[int, int]
     return ranges, notes
 
 
-def utsname(client: Client, info: dict[str, Any], vmcoreinfo: VmcoreInfo) -> tuple[bytes, ...]:
+def utsname(client: Calls, info: dict[str, Any], vmcoreinfo: VmcoreInfo) -> tuple[bytes, ...]:
     """The dead kernel's `new_utsname`, read where makedumpfile reads it."""
     symbol = vmcoreinfo.symbol("init_uts_ns")
     if symbol is not None:
@@ -165,7 +166,7 @@ def dump_level(info: dict[str, Any], zeros: bool) -> int:
     return hook | (1 if zeros else 0)
 
 
-def make_plan(client: Client, info: dict[str, Any], codec_flag: int, zeros: bool
+def make_plan(client: Calls, info: dict[str, Any], codec_flag: int, zeros: bool
               ) -> tuple[Plan, list[tuple[int, int]]]:
     """The plan of the copy and the PT_NOTEs of the view it copies."""
     ranges, notes = notes_of(client, info)

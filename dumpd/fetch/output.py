@@ -19,10 +19,12 @@ Design rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +89,17 @@ def look(path: str, served: Served) -> os.stat_result | None:
         raise os_error(path, "look at it", exc) from exc
     served.refuse(path, st)
     return st
+
+
+@contextlib.contextmanager
+def blamed(filename: str | None = None) -> Iterator[None]:
+    """An OSError inside is a SinkError naming `filename` (None: the copy)."""
+    try:
+        yield
+    except SinkError:
+        raise
+    except OSError as exc:
+        raise SinkError(exc.errno, exc.strerror, filename) from exc
 
 
 def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:

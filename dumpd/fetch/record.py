@@ -34,10 +34,11 @@ import os
 import tempfile
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import RemoteError
 from dumpd.errors import StartupError
+from dumpd.fetch.calls import Calls
 from dumpd.fetch.output import Served, look
 from dumpd.sources.base import Segment, build_file_map
 
@@ -45,6 +46,7 @@ SUFFIX = ".dumpd-holes"
 MAGIC = "dumpd_holes"
 EXPLAIN_PFNS = 1 << 20  # pfns asked of `hook.explain` at once (the server's maximum)
 EXPLAIN_GAP = 1024  # pfns between two runs that one `hook.explain` still covers
+HELD_MAX = 1 << 20  # bytes of runs held before a checkpoint writes them
 MEANING = {
     "hook:WORD": "the hook calls these pages not RAM, for the reason WORD; never read",
     "hook": "the hook calls these pages not RAM (it gives no reason); never read",
@@ -94,6 +96,7 @@ class Record:
         self._ours = False  # a record fetch wrote is at `path` (it may be rewritten)
         self._file: IO[bytes] | None = None
         self._pending: Run | None = None
+        self._lines = bytearray()  # runs not written yet
 
     @classmethod
     def beside(cls, copy: str, info: dict[str, Any], served: Served,
@@ -152,7 +155,8 @@ class Record:
                 os.unlink(self.path)
 
     def add(self, offset: int, length: int, reason: str) -> None:
-        """Note the hole `[offset, offset+length)` of the view, left out for `reason`."""
+        """Note the hole `[offset, offset+length)` of the view, left out for `reason`
+        (held: `lines` takes it for the file)."""
         for first, count in self.pages.pfns(offset, length):
             pending = self._pending
             if pending is not None and pending[2] == reason and (
@@ -161,36 +165,51 @@ class Record:
                 self.counts[reason] = self.counts.get(reason, 0) + grown - pending[1]
                 pending[1] = grown
                 continue
-            self._write_pending()
+            self._hold_pending()
             self._pending = [first, count, reason]
             self.counts[reason] = self.counts.get(reason, 0) + count
 
+    @property
+    def full(self) -> bool:
+        """Whether the runs held should be written now (a checkpoint writes them)."""
+        return len(self._lines) >= HELD_MAX
+
+    def lines(self) -> bytes:
+        """The runs held, the one still growing included, taken for the record's file."""
+        self._hold_pending()
+        out, self._lines = bytes(self._lines), bytearray()
+        return out
+
+    def _hold_pending(self) -> None:
+        if self._pending is not None and self.path is not None:
+            self._lines += _line(self._pending)
+        self._pending = None
+
+    def opening(self) -> tuple[int, Literal["ab", "wb"], bytes]:
+        """How the record's file is first opened: its `os.open` flags, its mode, and
+        what starts it. Past what a checkpoint vouched for it is appended to; else it
+        is made anew with its header, over fetch's own record only (never over a file
+        that appeared meanwhile)."""
+        if self.vouched:
+            return os.O_WRONLY | os.O_APPEND, "ab", b""
+        new = os.O_TRUNC if self._ours else os.O_EXCL
+        return os.O_WRONLY | os.O_CREAT | new, "wb", _line({
+            MAGIC: 1, "complete": False, "copy": self.copy, "page_size": self.pages.page_size})
+
     def checkpoint(self, sync: Callable[[int], None]) -> int:
-        """Write what is pending (synced as the copy is); the bytes now vouched for."""
-        self._write_pending()
+        """Write what is held (synced as the copy is); the bytes now vouched for."""
+        lines = self.lines()
+        if lines and self._file is None:
+            assert self.path is not None
+            flags, mode, head = self.opening()
+            self._file = os.fdopen(os.open(self.path, flags, 0o600), mode)
+            self._file.write(head)
         if self._file is not None:
+            self._file.write(lines)
             self._file.flush()
             sync(self._file.fileno())
             self.vouched = self._file.tell()
         return self.vouched
-
-    def _write_pending(self) -> None:
-        if self._pending is None or self.path is None:
-            return
-        if self._file is None:
-            self._file = self._open()
-        self._file.write(_line(self._pending))
-        self._pending = None
-
-    def _open(self) -> IO[bytes]:
-        assert self.path is not None
-        if self.vouched:
-            return open(self.path, "ab")
-        new = os.O_TRUNC if self._ours else os.O_EXCL  # never a file that appeared meanwhile
-        out = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | new, 0o600), "wb")
-        out.write(_line({MAGIC: 1, "complete": False, "copy": self.copy,
-                         "page_size": self.pages.page_size}))
-        return out
 
     def close(self) -> None:
         if self._file is not None:
@@ -201,7 +220,7 @@ class Record:
         """The pages this run left out, by reason (the hook's not asked for)."""
         return {("hook" if r == "not_ram" else r): n for r, n in self.counts.items()}
 
-    def finish(self, client: Client, info: dict[str, Any]) -> dict[str, int]:
+    def finish(self, client: Calls, info: dict[str, Any]) -> dict[str, int]:
         """Rewrite the record of a complete copy with the hook's reasons; its pages by
         final reason. OSError when the record cannot be written."""
         self.checkpoint(_no_sync)
@@ -256,7 +275,7 @@ class _Explainer:
     for the not-RAM runs that lie close together (within `EXPLAIN_GAP` pfns, at most
     `EXPLAIN_PFNS` in all), the runs between them held back meanwhile."""
 
-    def __init__(self, client: Client, info: dict[str, Any]) -> None:
+    def __init__(self, client: Calls, info: dict[str, Any]) -> None:
         self._client = client
         self._generation = info.get("hook_generation")
         self.note: str | None = None  # why the record has no reasons of the hook ("": it

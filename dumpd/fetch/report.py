@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import RemoteError, SinkError
+from dumpd.fetch.calls import Calls
 from dumpd.fetch.output import Output
 from dumpd.fetch.state import FetchState
 
@@ -29,7 +30,34 @@ def say_incomplete(errors: list[list[Any]], zeros: str, again: str) -> None:
     print(again, file=sys.stderr)
 
 
-def report_verified(client: Client, state: FetchState, sha256: str, size: int,
+def say_stopped(exc: BaseException, name: str, at: str, total: str, space: str,
+                saved: str) -> int:
+    """On stderr: why a copy stopped at `at` (of `total`), and what is saved (`saved`);
+    for a full disk, what it still needs (`space`). The exit status: 130 for an
+    interrupt, else 1."""
+    if isinstance(exc, SinkError):
+        print(f"dumpd: fetch: {exc.filename or name}: {exc.strerror}{space}; {saved}",
+              file=sys.stderr)
+        return 1
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, a task cancelled
+        print(f"dumpd: fetch interrupted at {at}; {saved}", file=sys.stderr)
+        return 130
+    print(f"dumpd: fetch stopped at {at} of {total}: {exc}; {saved}", file=sys.stderr)
+    return 1
+
+
+def saved_note(state_path: str | None, failure: SinkError | None) -> str:
+    """What the operator can do next, once the checkpoint was saved (`failure`: why it
+    could not be); a copy without a resume state (a pipe, a device) is fetched again."""
+    if state_path is None:
+        return "fetch again for a complete copy"
+    if failure is not None:
+        return (f"{state_path} could not be updated ({failure.strerror}): --resume "
+                "continues from its last checkpoint")
+    return "run the same command with --resume to continue"
+
+
+def report_verified(client: Calls, state: FetchState, sha256: str, size: int,
                     quiet: bool) -> None:
     """Report `state`'s copy, of sha256 `sha256`, if it covers the whole view of `size`
     bytes; a server without the method (an older one) is left alone."""
@@ -59,7 +87,7 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> str | None:
     return None
 
 
-def verify(client: Client, info: dict[str, Any], out: Output, state: FetchState,
+def verify(client: Calls, info: dict[str, Any], out: Output, state: FetchState,
            quiet: bool) -> int:
     """The ELF copy as it is on disk against the server's digest of the view now, and
     the dump now against the dump the copy started from; a match is reported

@@ -4,19 +4,21 @@ full file system's (or quota's) error, so the operator knows how much space to m
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from dumpd.client import Client
 from dumpd.client.pieces import SinkError
 from dumpd.errors import DumpdError
 from dumpd.fetch import output as out_mod
+from dumpd.fetch.calls import Calls
 from dumpd.fetch.output import NO_SPACE, Output
 from dumpd.fetch.progress import size
 from dumpd.fetch.state import FetchState
 
 EXTENTS_STEP = 1 << 30  # the largest range `extents` answers at once
+Opener = Callable[[], AbstractContextManager[Calls]]
 
 
-def space_note(opener: Callable[[], Client], out: Output, state: FetchState,
+def space_note(opener: Opener, out: Output, state: FetchState,
                exc: SinkError) -> str:
     """For a full file system or quota: what is still needed, what is on disk, what is
     free; else nothing."""
@@ -32,7 +34,7 @@ def space_note(opener: Callable[[], Client], out: Output, state: FetchState,
             f"already, {free_text} free)")
 
 
-def _ram_left(opener: Callable[[], Client], todo: list[tuple[int, int]]) -> int | None:
+def _ram_left(opener: Opener, todo: list[tuple[int, int]]) -> int | None:
     """RAM bytes of the view in `todo`, asked of the server on a connection of its own
     (the copy's is in the middle of a stream); None if it cannot say."""
     total = 0

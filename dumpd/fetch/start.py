@@ -19,15 +19,20 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dumpd.client import Client, RemoteError
+from dumpd.client import RemoteError
 from dumpd.codecs import Codec
 from dumpd.errors import StartupError
 from dumpd.fetch import output as out_mod
+from dumpd.fetch.calls import Calls
 from dumpd.fetch.output import STDOUT, Output, Served, look, os_error
 from dumpd.fetch.record import PageMap, Record
 from dumpd.fetch.state import SUFFIX, FetchState
+from dumpd.fetch.wire import wire_codec
+
+if TYPE_CHECKING:
+    from dumpd.fetch import FetchRequest
 
 FINGERPRINT = 1 << 20  # bytes of the view hashed to tell one dump from another
 
@@ -56,6 +61,53 @@ class Job:
     state_path: str | None
     record: Record
     codec: Codec | None = None  # what the server compresses an ELF copy's stream with
+
+
+@dataclass(frozen=True, slots=True)
+class Chosen:
+    """What a request comes to against the server's `info`: the view's range
+    `[offset, end)`, the output and the format."""
+
+    offset: int
+    end: int
+    where: Target
+    format: str
+
+
+def choose(request: FetchRequest, info: dict[str, Any]) -> Chosen:
+    """The range, the output and the format `request` asks for; StartupError (Refused,
+    OutputError) for what cannot be done, before any file is touched."""
+    offset, end = _plan(request, info)
+    where = target(request.output, info)
+    ranged = (request.offset, request.length) != (0, None)
+    return Chosen(offset, end, where, format_of(where, request.format, request.codec, ranged))
+
+
+def _plan(request: FetchRequest, info: dict[str, Any]) -> tuple[int, int]:
+    """`(offset, end)` of the range to copy; StartupError for a range or a chunk the
+    server would refuse."""
+    chunk, page, most = request.chunk, info["page_size"], info["max_read"]
+    if chunk is not None and not (page <= chunk <= most and chunk % page == 0):
+        raise StartupError(f"fetch: --chunk {chunk}: EINVAL: the server takes a multiple of "
+                           f"its page size {page} in [{page}, {most}]")
+    offset, length, view = request.offset, request.length, info["size"]
+    if length == 0:
+        raise StartupError(f"fetch: --range {offset:#x}:0: EINVAL: the range is empty")
+    if offset >= view:
+        raise StartupError(f"fetch: --range {offset:#x}:...: ERANGE: it starts at or past "
+                           f"the end of the view ({view:#x} bytes)")
+    return offset, view if length is None else min(view, offset + length)
+
+
+def elf_job(client: Calls, request: FetchRequest, info: dict[str, Any], chosen: Chosen) -> Job:
+    """The ELF copy `chosen` opened (resumed or new), with the codec its stream asks the
+    server for (`--wire-compress`)."""
+    wire = wire_codec(request.wire_compress, info, client.over_network)
+    fresh = FetchState(identity(client, info), chosen.offset, chosen.end - chosen.offset,
+                       done=chosen.offset)
+    job = open_copy(chosen.where, info, fresh, request.resume, request.force, request.quiet)
+    job.codec = wire
+    return job
 
 
 def default_name(info: dict[str, Any]) -> str:
@@ -93,7 +145,7 @@ def format_of(where: Target, fmt: str | None, codec: str | None, ranged: bool) -
     return chosen
 
 
-def identity(client: Client, info: dict[str, Any]) -> dict[str, Any]:
+def identity(client: Calls, info: dict[str, Any]) -> dict[str, Any]:
     """What tells this dump from another: its shape and a digest of its first MiB (the
     ELF header and notes, which differ between two crashes of one machine)."""
     try:

@@ -15,6 +15,7 @@ import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,6 +66,22 @@ class FetchState:
             ranges.append((self.done, self.end - self.done))
         return ranges
 
+    @contextlib.contextmanager
+    def retrying(self, entry: list[Any]) -> Iterator[None]:
+        """While the failed range `entry` is fetched again it is no longer listed; if that
+        does not get to its end, it is owed again as before."""
+        kept = list(self.errors)
+        self.errors.remove(entry)
+        try:
+            yield
+        except BaseException:
+            self.errors = kept
+            raise
+
+    def text(self) -> str:
+        """The state as its file holds it."""
+        return json.dumps({"version": VERSION, **asdict(self)})
+
     def save(self, path: str) -> None:
         """Replace the state file at `path` atomically (after the data it describes).
 
@@ -75,7 +92,7 @@ class FetchState:
                                     dir=os.path.dirname(path) or ".")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump({"version": VERSION, **asdict(self)}, out)
+                out.write(self.text())
             os.replace(temp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
