@@ -2,7 +2,8 @@
 them near the last ones. Each read the cache cannot answer costs a round trip to the
 server, so misses fetch a whole aligned window of pages (read-ahead) and the pages are
 kept (a bounded LRU, page-granular); the window doubles while misses run on where the
-last fetch ended (a sequential walk) and falls back to its first size on a jump.
+last fetch ended (a sequential walk: it reads on from there) and falls back to its
+first size on a jump.
 
 Memory is in runs: the union of the segments' `[paddr, paddr + memsz)`, overlapping and
 adjacent ones merged (the server's `read_phys` decides which segment's bytes a physical
@@ -78,15 +79,20 @@ class DebugMemory:
         self._read_phys = read_phys
         self.runs = tuple(runs)
         self.page_size = page_size
+        self._shift, self._mask = page_size.bit_length() - 1, page_size - 1
         self._step = max(1, max_read // page_size)  # pages per round trip at most
         self._capacity = max(1, cache_bytes // page_size)
         self._first_window = self._pages(window)
         self._max_window = max(self._first_window, self._pages(min(max_window, max_read)))
         self._window = self._first_window
         self._last_end: tuple[int, int] | None = None  # (run, pfn) after the last fetch
-        self._kept: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._keys = len(self.runs)  # a page's key: pfn * _keys + run
+        self._kept: OrderedDict[int, bytes] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
         self._reads = self._hits = self._round_trips = self._received = 0
+        self.fault: Callable[[str, int], Exception] | None = None
+        """What a read the server refuses (EIO) raises instead, given the message and
+        the address: drgn's `FaultError` once a program reads through this memory."""
 
     def _pages(self, size: int) -> int:
         """A size in pages, rounded down to a power of two, at least one."""
@@ -99,50 +105,73 @@ class DebugMemory:
         with self._lock:
             return MemoryStats(self._reads, self._hits, self._round_trips, self._received)
 
-    def read(self, run: int, address: int, count: int) -> bytes:
-        """`count` bytes at physical `address`, all inside run number `run`."""
+    def read(self, run: int, address: int, count: int, _offset: int = 0,
+             _physical: bool = True) -> bytes:
+        """`count` bytes at physical `address`, all inside run number `run` (drgn's
+        read callback once `run` is bound: `functools.partial(memory.read, run)`)."""
         bounds = self.runs[run]
-        if address < bounds.start or address + count > bounds.end:
-            raise ValueError(f"{address:#x}+{count:#x} is outside run {run}")
-        if count <= 0:
-            return b""
-        size, kept = self.page_size, self._kept
-        first, last = address // size, (address + count - 1) // size
-        with self._lock:
-            trips = self._round_trips
-            parts = []
-            pfn = first
-            while pfn <= last:
-                page = kept.get((run, pfn))
-                if page is not None:
-                    kept.move_to_end((run, pfn))
-                    parts.append(page)
-                    pfn += 1
-                    continue
-                end = pfn + 1
-                while end <= last and (run, end) not in kept:
-                    end += 1
-                parts.extend(self._fetch(run, pfn, end))
-                pfn = end
+        if address < bounds.start or address + count > bounds.end or count <= 0:
+            if count == 0 and bounds.start <= address <= bounds.end:
+                return b""
+            raise ValueError(f"{address:#x}+{count:#x} is not inside run {run}")
+        key, offset = (address >> self._shift) * self._keys + run, address & self._mask
+        self._lock.acquire()  # not `with`: this is the path every read takes
+        try:
             self._reads += 1
+            page = self._kept.get(key)
+            if page is not None and offset + count <= self.page_size:  # the common case
+                self._kept.move_to_end(key)
+                self._hits += 1
+                return page[offset : offset + count]
+            trips = self._round_trips
+            try:
+                data = self._read(run, address >> self._shift,
+                                  (address + count - 1) >> self._shift)
+            except DumpdError as exc:  # RemoteError among them
+                if self.fault is None:
+                    raise
+                raise self.fault(f"dumpd: {exc}", address) from exc
             self._hits += trips == self._round_trips
-        skip = address - max(first * size, bounds.start)
-        return b"".join(parts)[skip : skip + count] if len(parts) > 1 else (
-            parts[0][skip : skip + count])
+        finally:
+            self._lock.release()
+        return data[offset : offset + count]
+
+    def _read(self, run: int, first: int, last: int) -> bytes:
+        """Pages `first` to `last` of `run`, from the cache where kept."""
+        kept, keys = self._kept, self._keys
+        parts = []
+        pfn = first
+        while pfn <= last:
+            page = kept.get(pfn * keys + run)
+            if page is not None:
+                kept.move_to_end(pfn * keys + run)
+                parts.append(page)
+                pfn += 1
+                continue
+            end = pfn + 1
+            while end <= last and end * keys + run not in kept:
+                end += 1
+            parts.extend(self._fetch(run, pfn, end))
+            pfn = end
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _fetch(self, run: int, first: int, end: int) -> list[bytes]:
-        """Pages `[first, end)` of `run`, none of them kept: fetched with the read-ahead
-        window around them (up to the pages kept on either side, inside the run)."""
-        sequential = self._last_end == (run, first)
-        self._window = min(self._window * 2, self._max_window) if sequential else (
-            self._first_window)
-        bounds, size, window, kept = self.runs[run], self.page_size, self._window, self._kept
-        low = max(first - first % window, bounds.start // size)
-        high = min(-(-end // window) * window, -(-bounds.end // size))
+        """Pages `[first, end)` of `run`, none of them kept, fetched with read-ahead: on
+        a miss where the last fetch ended, the next `window` pages (the window doubled);
+        on another, the aligned window around them (the window back to its first size);
+        inside the run, never over a page kept."""
+        bounds, size, kept, keys = self.runs[run], self.page_size, self._kept, self._keys
+        if self._last_end == (run, first):
+            self._window = min(self._window * 2, self._max_window)
+            low, high = first, first + self._window
+        else:
+            self._window = window = self._first_window
+            low, high = first - first % window, -(-end // window) * window
+        low, high = max(low, bounds.start // size), min(high, -(-bounds.end // size))
         lo, hi = first, end
-        while lo > low and (run, lo - 1) not in kept:
+        while lo > low and (lo - 1) * keys + run not in kept:
             lo -= 1
-        while hi < high and (run, hi) not in kept:
+        while hi < high and hi * keys + run not in kept:
             hi += 1
         pages: list[bytes] = []
         for start in range(lo, hi, self._step):
@@ -151,7 +180,8 @@ class DebugMemory:
         return pages[first - lo : end - lo]
 
     def _get(self, run: int, first: int, end: int) -> list[bytes]:
-        """Pages `[first, end)` of `run` in one round trip, kept; each cut to the run."""
+        """Pages `[first, end)` of `run` in one round trip, kept. A page the run covers
+        only in part is kept whole, zeros where the run is not (never read from it)."""
         bounds, size = self.runs[run], self.page_size
         start, stop = max(first * size, bounds.start), min(end * size, bounds.end)
         data = self._read_phys(start, stop - start)
@@ -160,13 +190,14 @@ class DebugMemory:
                              f"{len(data)} bytes")
         self._round_trips += 1
         self._received += len(data)
+        head, tail = start - first * size, end * size - stop
+        if head or tail:
+            data = bytes(head) + data + bytes(tail)
         view = memoryview(data)
-        pages = []
-        for pfn in range(first, end):
-            lo = max(pfn * size, bounds.start) - start
-            page = bytes(view[lo : (pfn + 1) * size - start])
-            pages.append(page)
-            self._kept[(run, pfn)] = page
+        pages = [bytes(view[at : at + size]) for at in range(0, len(data), size)]
+        keys = self._keys
+        self._kept.update(zip((pfn * keys + run for pfn in range(first, end)), pages,
+                              strict=True))
         while len(self._kept) > self._capacity:
             self._kept.popitem(last=False)
         return pages

@@ -8,11 +8,11 @@ dependency: `pip install 'dumpd[debug]'`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from dumpd.client import RemoteError
 from dumpd.debug.memory import PAGE_CACHE, WINDOW, DebugMemory, physical_runs
 from dumpd.errors import DumpdError
 
@@ -48,24 +48,12 @@ def program(client: Client, memory: DebugMemory | None = None) -> drgn.Program:
     info = client.info()
     memory = memory if memory is not None else memory_of(client, info=info)
     prog = drgn.Program(_platform(client, info))
+    memory.fault = drgn.FaultError  # a page the server cannot read is unreadable memory
     for index, run in enumerate(memory.runs):
-        prog.add_memory_segment(run.start, run.end - run.start, _reader(memory, index), True)
+        prog.add_memory_segment(run.start, run.end - run.start, partial(memory.read, index),
+                                True)
     prog.set_linux_kernel_custom(client.vmcoreinfo(), False)
     return prog
-
-
-def _reader(memory: DebugMemory, run: int) -> Callable[[int, int, int, bool], bytes]:
-    """drgn's read callback for one run; a page the server cannot read (EIO) is a fault
-    to drgn, as unreadable memory is."""
-    import drgn
-
-    def read(address: int, count: int, _offset: int, _physical: bool) -> bytes:
-        try:
-            return memory.read(run, address, count)
-        except (RemoteError, DumpdError) as exc:
-            raise drgn.FaultError(f"dumpd: {exc}", address) from exc
-
-    return read
 
 
 def _platform(client: Client, info: dict[str, Any]) -> drgn.Platform:
