@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 TITLE = "The debugger: drgn's kernel walk through `dumpd debug` beside drgn on the file"
 LAB_DUMPS = Path("/var/tmp/dumpd-lab/dumps")
-RUNS = 3
+RUNS = 5
 STRUCT_PAGE_STEP = 7
 Walk = Callable[["drgn.Program"], Any]
 
@@ -166,9 +166,11 @@ def _free_port() -> int:
     return port
 
 
-def report(label: str, ways: Ways, emit: Emit) -> None:
+def report(label: str, ways: Ways, emit: Emit, timed: bool = True) -> None:
     """The walk's time through dumpd (Unix socket) beside drgn's on the file, and its
-    round trips over TLS beside the Unix socket's."""
+    round trips over TLS beside the Unix socket's. `timed`: the time ratio is a target
+    (the real dump's walk; the synthetic one is all reads and no drgn work, the worst
+    case, shown without one)."""
     def took(runs: list[float]) -> str:
         return f"{min(runs) * 1e3:.1f} ms ({statistics.median(runs) * 1e3:.1f})"
 
@@ -176,7 +178,8 @@ def report(label: str, ways: Ways, emit: Emit) -> None:
     ratio = min(seconds["unix"]) / min(seconds["file"])
     emit(Row("10. debugger", f"{label}: the walk through `dumpd debug` (Unix socket) beside "
              "drgn on the file", f"{took(seconds['unix'])}; {unix.line()}",
-             took(seconds["file"]), f"{ratio:.2f}x", held(ratio <= 2, "<= 2x"),
+             took(seconds["file"]), f"{ratio:.2f}x",
+             held(ratio <= 2, "<= 2x") if timed else "none (the real dump's walk: <= 2x)",
              {"seconds": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
               "unix": asdict(unix)}))
     emit(Row("10. debugger", f"{label}: the same walk over TCP+TLS (loopback): round trips",
@@ -208,7 +211,8 @@ def run(work: Path, quick: bool, emit: Emit, dump: Path | None = None,
     core = work / "synthetic.vmcore"
     kernel.write(core)
     report("synthetic kernel (markers, struct pages through the vmemmap)",
-           measure(core, None, synthetic_walk(kernel), work, 1 if quick else runs), emit)
+           measure(core, None, synthetic_walk(kernel), work, 1 if quick else runs), emit,
+           timed=False)
     core.unlink()
     if quick:
         emit(Row("10. debugger", "the real dump's walk", "skipped: --quick"))

@@ -166,7 +166,7 @@ async def test_the_cache_reads_ahead_and_keeps_pages_with_exact_counts(
 
 async def test_reads_are_exact_while_a_stream_runs_on_another_connection(
         tmp_path: Path, cores: dict[str, tuple[SyntheticKernel, Path]]) -> None:
-    k, path = cores["as written"]
+    _, path = cores["as written"]
     local = drgn.Program()
     local.set_core_dump(str(path))
     image = path.read_bytes()
@@ -194,7 +194,7 @@ async def test_reads_are_exact_while_a_stream_runs_on_another_connection(
 
 async def test_a_page_the_server_cannot_read_is_a_fault_to_drgn(
         tmp_path: Path, cores: dict[str, tuple[SyntheticKernel, Path]]) -> None:
-    k, path = cores["as written"]
+    _, path = cores["as written"]
     source = open_source(str(path))
     try:
         where = source.phys_to_file(17 * MiB, PAGE)[0].file_offset
@@ -299,7 +299,7 @@ def test_without_drgn_dumpd_debug_says_how_to_install_it(tmp_path: Path) -> None
 
 def test_a_vmlinux_that_is_missing_or_unusable_is_one_line(
         tmp_path: Path, cores: dict[str, tuple[SyntheticKernel, Path]]) -> None:
-    k, path = cores["as written"]
+    _, path = cores["as written"]
     not_elf = tmp_path / "vmlinux"
     not_elf.write_text("not a kernel\n")
     with served(tmp_path, str(path)) as sock:
