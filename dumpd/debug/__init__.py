@@ -14,8 +14,8 @@ drgn is optional (`pip install 'dumpd[debug]'`): only `program` and `load_debug_
 import it. The command's session (interactive or a script) is in `session`.
 """
 
+from dumpd.debug.drgnprogram import load_debug_info, memory_of, program
 from dumpd.debug.memory import DebugMemory, MemoryStats, Run, physical_runs
-from dumpd.debug.program import load_debug_info, memory_of, program
 
 __all__ = ["DebugMemory", "MemoryStats", "Run", "load_debug_info", "memory_of",
            "physical_runs", "program"]

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from dumpd.debug.drgnprogram import load_debug_info, memory_of, program
 from dumpd.debug.memory import DebugMemory
-from dumpd.debug.program import load_debug_info, memory_of, program
 from dumpd.errors import StartupError
 
 if TYPE_CHECKING:
