@@ -1,4 +1,4 @@
-"""The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, done, demo.
+"""The `dumpd` command: serve, info, read, fetch, debug, stats, plugins, hook, done, demo.
 
 Operator mistakes and server errors print one line (`dumpd: ...`) and exit
 non-zero; tracebacks are for bugs only.

@@ -240,6 +240,12 @@ def _fetch(args: argparse.Namespace) -> int:
                  connect=lambda: _client(args))
 
 
+def _debug(args: argparse.Namespace) -> int:
+    from dumpd.debug.session import debug
+
+    return debug(lambda: _client(args), args.vmlinux, args.script, args.script_args)
+
+
 def hexdump(data: bytes, base: int) -> None:
     for i in range(0, len(data), 16):
         row = data[i : i + 16]
@@ -333,5 +339,5 @@ def _payload(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"serve": _serve, "info": _info, "stats": _stats, "read": _read, "fetch": _fetch,
-            "plugins": _plugins, "hook": _hook, "done": _done, "demo": _demo,
+            "debug": _debug, "plugins": _plugins, "hook": _hook, "done": _done, "demo": _demo,
             "payload": _payload}

@@ -11,8 +11,8 @@ import os
 from dumpd import DEFAULT_SOCKET, __version__
 from dumpd.hostport import split_host_port
 
-DESCRIPTION = ("The `dumpd` command: serve, info, read, fetch, stats, plugins, hook, done, "
-               "demo, payload.")
+DESCRIPTION = ("The `dumpd` command: serve, info, read, fetch, debug, stats, plugins, hook, "
+               "done, demo, payload.")
 OPTION_VALUES = "VALUE is read as TOML when it is (2, 1.5, true, [1, 2]), else as a string"
 DISTRIBUTION_HELP = "the distribution providing the hook, when several do (see `dumpd plugins`)"
 RELATIVE_PATHS = ("; a string VALUE that names an existing file or directory relative to "
@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "-c; lzo as -l, snappy as -p, zstd as -z)")
     fetch.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
     _socket_arg(fetch)
+
+    debug = sub.add_parser("debug", help="drgn on the served dump, its memory read through "
+                           "dumpd: drgn's shell, or SCRIPT run with `prog` in its globals")
+    debug.add_argument("--vmlinux", metavar="FILE", help="the kernel's vmlinux with debug "
+                       "info (default: where drgn looks for it)")
+    _socket_arg(debug)
+    debug.add_argument("script", nargs="?", metavar="SCRIPT",
+                       help="run this drgn script (sys.argv: SCRIPT ARGS) instead of the shell")
+    debug.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS")
 
     sub.add_parser("plugins", help="list installed is-RAM hook plugins")
 
