@@ -12,7 +12,7 @@ Scenarios (each a module with `TITLE` and `run(work, quick, emit)`):
    synthetic kernel's dump (`python -m bench.kdump DUMP` for a real one). (6 is the
    crash-kernel lab, its own command: `python -m bench.lab`.)
 8. bench.compress: `dumpd fetch` over TLS without and with compression (zstd, zlib).
-10. bench.debugger: drgn's kernel walk through `dumpd debug` (Unix socket, TCP+TLS)
+9. bench.debugger: drgn's kernel walk through `dumpd debug` (Unix socket, TCP+TLS)
    beside drgn on the local file (the lab's real dump; the synthetic kernel's always).
 
 Each row is printed as it is measured; the run ends by writing `results.md` (the
@@ -45,7 +45,7 @@ SCENARIOS = {
     "5": "bench.footprint",
     "7": "bench.kdump",
     "8": "bench.compress",
-    "10": "bench.debugger",
+    "9": "bench.debugger",
 }
 HEADER = ("scenario", "measure", "dumpd", "baseline", "ratio", "target")
 

@@ -176,13 +176,13 @@ def report(label: str, ways: Ways, emit: Emit, timed: bool = True) -> None:
 
     seconds, unix, tls = ways.seconds, ways.cost["unix"], ways.cost["tls"]
     ratio = min(seconds["unix"]) / min(seconds["file"])
-    emit(Row("10. debugger", f"{label}: the walk through `dumpd debug` (Unix socket) beside "
+    emit(Row("9. debugger", f"{label}: the walk through `dumpd debug` (Unix socket) beside "
              "drgn on the file", f"{took(seconds['unix'])}; {unix.line()}",
              took(seconds["file"]), f"{ratio:.2f}x",
              held(ratio <= 2, "<= 2x") if timed else "none (the real dump's walk: <= 2x)",
              {"seconds": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
               "unix": asdict(unix)}))
-    emit(Row("10. debugger", f"{label}: the same walk over TCP+TLS (loopback): round trips",
+    emit(Row("9. debugger", f"{label}: the same walk over TCP+TLS (loopback): round trips",
              f"{tls.round_trips:,} round trips, {tls.received:,} bytes, "
              f"{took(seconds['tls'])}", f"Unix socket: {unix.round_trips:,} round trips",
              f"{tls.round_trips - unix.round_trips:+,}",
@@ -215,11 +215,11 @@ def run(work: Path, quick: bool, emit: Emit, dump: Path | None = None,
            timed=False)
     core.unlink()
     if quick:
-        emit(Row("10. debugger", "the real dump's walk", "skipped: --quick"))
+        emit(Row("9. debugger", "the real dump's walk", "skipped: --quick"))
         return
     found = (dump, vmlinux) if dump is not None and vmlinux is not None else real_dump(dump)
     if isinstance(found, str):
-        emit(Row("10. debugger", "the real dump's walk", f"skipped: {found}"))
+        emit(Row("9. debugger", "the real dump's walk", f"skipped: {found}"))
         return
     dump, vmlinux = found
     ways = measure(dump, vmlinux, kernel_walk, work, runs)
