@@ -161,3 +161,35 @@ def fresh(path: Path) -> Path:
         stale.unlink(missing_ok=True)
     os.sync()
     return path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@dataclass(frozen=True)
+class TlsServer:
+    """A `dumpd serve` on a Unix socket and on TCP+TLS (loopback), from `serve_tls`."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    sock: Path
+
+
+def serve_tls(work: Path, source: Path, pki: Path) -> TlsServer:
+    """`dumpd serve` of `source` on `work`/dumpd.sock and with TLS on a free loopback
+    port, with the certificates in `pki` (bench.lab.images.certificates); the caller
+    waits for its socket and terminates it."""
+    port = free_port()
+    config = work / "dumpd.toml"
+    config.write_text(f'[server]\ntcp = "127.0.0.1:{port}"\ntls_cert = "{pki}/server.pem"\n'
+                      f'tls_key = "{pki}/server.key"\ntls_client_ca = "{pki}/ca.pem"\n')
+    sock = work / "dumpd.sock"
+    sock.unlink(missing_ok=True)
+    proc = subprocess.Popen([*DUMPD, "serve", "-c", str(config), "--socket", str(sock),
+                             "--log-level", "warning", "--source", str(source)])
+    return TlsServer(proc, port, sock)

@@ -26,14 +26,12 @@ import random
 import socket
 import statistics
 import struct
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.bulk import make_core
 from bench.common import (
-    DUMPD,
     PAGE,
     Emit,
     MiB,
@@ -41,6 +39,7 @@ from bench.common import (
     client_pinned,
     fresh,
     pin_server,
+    serve_tls,
     wait_for_socket,
     warm,
 )
@@ -130,14 +129,8 @@ def measure(work: Path, image: Path, pki: Path, runs: int
             ) -> tuple[dict[str, list[float]], dict[str, int], dict[str, float]]:
     """Seconds per run and bytes received by the fetch of each way, and the payload over
     view ratio of each compressed way (the server's counters)."""
-    port = _free_port()
-    config = work / "dumpd.toml"
-    config.write_text(f'[server]\ntcp = "127.0.0.1:{port}"\ntls_cert = "{pki}/server.pem"\n'
-                      f'tls_key = "{pki}/server.key"\ntls_client_ca = "{pki}/ca.pem"\n')
-    sock = work / "dumpd.sock"
-    sock.unlink(missing_ok=True)
-    proc = subprocess.Popen([*DUMPD, "serve", "-c", str(config), "--socket", str(sock),
-                             "--log-level", "warning", "--source", str(image)])
+    server = serve_tls(work, image, pki)
+    proc, port, sock = server.proc, server.port, server.sock
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
     received: dict[str, int] = {}
     ratio: dict[str, float] = {}
@@ -160,13 +153,6 @@ def measure(work: Path, image: Path, pki: Path, runs: int
         proc.terminate()
         proc.wait()
     return seconds, received, ratio
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def report(label: str, view: int, seconds: dict[str, list[float]], received: dict[str, int],

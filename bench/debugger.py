@@ -21,9 +21,7 @@ three walks must be equal, or the scenario fails.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +29,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.common import DUMPD, Emit, Row, client_pinned, held, pin_server, wait_for_socket, warm
+from bench.common import (
+    Emit,
+    Row,
+    client_pinned,
+    held,
+    pin_server,
+    serve_tls,
+    wait_for_socket,
+    warm,
+)
 from bench.crashcheck import debug_vmlinux
 from bench.kdumpbitmap import kept_dumps
 from bench.lab.images import LabError, certificates
@@ -114,18 +121,12 @@ def measure(dump: Path, vmlinux: Path | None, walk: Walk, work: Path, runs: int)
     """The walk `runs` times each way: on the file, over the Unix socket, over TLS."""
     pki = work / "pki"
     certificates(pki)
-    port = _free_port()
-    config = work / "dumpd.toml"
-    config.write_text(f'[server]\ntcp = "127.0.0.1:{port}"\ntls_cert = "{pki}/server.pem"\n'
-                      f'tls_key = "{pki}/server.key"\ntls_client_ca = "{pki}/ca.pem"\n')
-    sock = work / "dumpd.sock"
-    sock.unlink(missing_ok=True)
     tls = client_context(str(pki / "client.pem"), str(pki / "client.key"), str(pki / "ca.pem"))
+    warm(dump)
+    server = serve_tls(work, dump, pki)
+    proc, port, sock = server.proc, server.port, server.sock
     connect: dict[str, Callable[[], Client]] = {"unix": lambda: Client.connect(str(sock)),
                "tls": lambda: Client.connect_tcp("127.0.0.1", port, tls=tls)}
-    warm(dump)
-    proc = subprocess.Popen([*DUMPD, "serve", "-c", str(config), "--socket", str(sock),
-                             "--log-level", "warning", "--source", str(dump)])
     ways = Ways({"file": [], "unix": [], "tls": []}, {})
     try:
         wait_for_socket(proc, sock, "dumpd serve")
@@ -157,13 +158,6 @@ def measure(dump: Path, vmlinux: Path | None, walk: Walk, work: Path, runs: int)
 def _less(after: MemoryStats, before: MemoryStats) -> MemoryStats:
     return MemoryStats(after.reads - before.reads, after.hits - before.hits,
                        after.round_trips - before.round_trips, after.received - before.received)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def report(label: str, ways: Ways, emit: Emit, timed: bool = True) -> None:

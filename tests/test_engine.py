@@ -24,7 +24,7 @@ from dumpd.errors import DumpdError
 from dumpd.hooks.contract import HookConfigError
 from dumpd.sources import open_source
 from dumpd.sources.base import MappedRun
-from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes, pattern
+from tests.dumps import IRREGULAR, Dump, build_elf, build_raw, file_bytes, pattern
 from tests.servers import GatedHook, until
 from tests.views import expected_view, pfns_read, record_reads
 
@@ -97,6 +97,23 @@ class FixedRuns:
     def pfn_range_is_ram(self, first_pfn: int, count: int) -> Any:
         self.calls.append((first_pfn, count))
         return self.runs(first_pfn, count)
+
+
+NOT_RAM, HOOK_ERRORS = {0x2, 0x41, 0x20}, {0x3, 0x42}
+
+
+def irregular_with_verdicts(tmp_path: Path
+                            ) -> tuple[Dump, set[int], Callable[[int, int], Any], bytes]:
+    """The irregular core with pfns `NOT_RAM` not RAM and `HOOK_ERRORS` the hook's
+    errors: the dump, the pfns served as zeros, the hook's runs (for `FixedRuns`) and
+    the view a reader must get."""
+    dump = build_elf(tmp_path / "vmcore", IRREGULAR, page_size_note=PAGE, data_align=8)
+
+    def runs(first: int, count: int) -> list[tuple[int, int]]:
+        return [(1, 0 if pfn in NOT_RAM else -1 if pfn in HOOK_ERRORS else 1)
+                for pfn in range(first, first + count)]
+
+    return dump, NOT_RAM, runs, expected_view(dump.path, dump.segments, NOT_RAM)
 
 
 def hook_threads(name: str) -> list[threading.Thread]:
@@ -568,14 +585,7 @@ async def test_read_now_over_every_page_of_an_irregular_core_with_verdicts(
     """Pages inside one PT_LOAD take the short path, pages across segment edges, ELF
     metadata and gaps the general one: the bytes, the zero pages and the source
     reads come out the same either way."""
-    dump = build_elf(tmp_path / "vmcore", IRREGULAR, page_size_note=PAGE, data_align=8)
-    not_ram, error = {0x2, 0x41, 0x20}, {0x3, 0x42}
-
-    def runs(first: int, count: int) -> list[tuple[int, int]]:
-        return [(1, 0 if pfn in not_ram else -1 if pfn in error else 1)
-                for pfn in range(first, first + count)]
-
-    want = expected_view(dump.path, dump.segments, not_ram)
+    dump, not_ram, runs, want = irregular_with_verdicts(tmp_path)
     with engine_for(dump.path) as engine:
         engine.register_hook("fixed", FixedRuns(runs))
         await engine.ask_verdicts(0, dump.size)

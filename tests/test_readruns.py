@@ -11,10 +11,10 @@ from pathlib import Path
 from dumpd.config import EngineConfig
 from dumpd.engine.pagecache import PageCache
 from dumpd.engine.readbatch import INLINE_READ_MAX
-from tests.dumps import IRREGULAR, build_elf, build_raw, file_bytes
+from tests.dumps import build_raw, file_bytes
 from tests.servers import GatedHook, until
-from tests.test_engine import PAGE, FixedRuns, engine_for, mib
-from tests.views import expected_view, pfns_read, record_reads
+from tests.test_engine import PAGE, FixedRuns, engine_for, irregular_with_verdicts, mib
+from tests.views import pfns_read, record_reads
 
 
 def test_blocks_are_whole_until_a_page_is_taken_and_go_whole() -> None:
@@ -100,14 +100,7 @@ async def test_runs_over_segment_edges_non_ram_and_error_pages_read_each_page_on
         tmp_path: Path) -> None:
     """Three-page reads at every page of an irregular core with non-RAM and hook-error
     pages: the bytes, one verdict per pfn, each source byte read once, twice over."""
-    dump = build_elf(tmp_path / "vmcore", IRREGULAR, page_size_note=PAGE, data_align=8)
-    not_ram, error = {0x2, 0x41, 0x20}, {0x3, 0x42}
-
-    def runs(first: int, count: int) -> list[tuple[int, int]]:
-        return [(1, 0 if pfn in not_ram else -1 if pfn in error else 1)
-                for pfn in range(first, first + count)]
-
-    want = expected_view(dump.path, dump.segments, not_ram)
+    dump, not_ram, runs, want = irregular_with_verdicts(tmp_path)
     with engine_for(dump.path, EngineConfig(cache_mib=mib(256))) as engine:
         hook = FixedRuns(runs)
         engine.register_hook("fixed", hook)
