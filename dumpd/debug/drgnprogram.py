@@ -38,14 +38,15 @@ def memory_of(client: Client, *, cache_bytes: int = PAGE_CACHE, window: int = WI
                        max_read=info["max_read"], cache_bytes=cache_bytes, window=window)
 
 
-def program(client: Client, memory: DebugMemory | None = None) -> drgn.Program:
-    """A drgn program on the dump `client` is connected to, without debug info (see
-    `load_debug_info`); its reads go through `memory` (default: `memory_of(client)`,
-    whose `stats` count them). ENOSYS when the dump has no VMCOREINFO or is of an
-    architecture drgn does not know."""
+def program(client: Client, memory: DebugMemory | None = None,
+            info: dict[str, Any] | None = None) -> drgn.Program:
+    """A drgn program on the dump `client` is connected to (its `info`: asked when not
+    given), without debug info (see `load_debug_info`); its reads go through `memory`
+    (default: `memory_of(client)`, whose `stats` count them). ENOSYS when the dump has
+    no VMCOREINFO or is of an architecture drgn does not know."""
     import drgn
 
-    info = client.info()
+    info = client.info() if info is None else info
     memory = memory if memory is not None else memory_of(client, info=info)
     prog = drgn.Program(_platform(client, info))
     memory.fault = drgn.FaultError  # a page the server cannot read is unreadable memory

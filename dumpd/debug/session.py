@@ -42,8 +42,9 @@ def debug(connect: Callable[[], Client], vmlinux: str | None, script: str | None
         if path is not None and not os.path.isfile(path):
             raise StartupError(f"{flag} {path}: no such file")
     with connect() as client:
-        memory = memory_of(client)
-        prog = program(client, memory)
+        info = client.info()
+        memory = memory_of(client, info=info)
+        prog = program(client, memory, info)
         missing = load_debug_info(prog, vmlinux)
         if missing and vmlinux is not None:
             raise StartupError(f"--vmlinux {vmlinux}: {missing}")

@@ -42,7 +42,7 @@ from dumpd.client.pieces import SinkError
 from dumpd.fetch import start
 from dumpd.fetch.calls import Calls
 from dumpd.fetch.elfrange import RangeCopy, ranges
-from dumpd.fetch.output import blamed, os_error
+from dumpd.fetch.output import blamed, no_sync, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.report import saved_note, say_incomplete, say_stopped, verify
 from dumpd.fetch.space import space_note
@@ -94,7 +94,7 @@ def _run(client: Client, opener: Callable[[], Client], request: FetchRequest,
          info: dict[str, Any], job: Job) -> int:
     out, state = job.output, job.state
     progress = Progress(sum(length for _, length in state.todo()), request.quiet)
-    sync = os.fdatasync if request.fsync else _no_sync
+    sync = os.fdatasync if request.fsync else no_sync
     try:
         _copy(client, job, progress, request, sync)
         sync(out.fd)
@@ -138,14 +138,7 @@ def _checkpoint(job: Job, sync: Callable[[int], None]) -> None:
     assert job.state_path is not None
     with blamed():
         sync(job.output.fd)
-    with blamed(job.record.path):
-        job.state.record_bytes = job.record.checkpoint(sync)
-    with blamed(job.state_path):
-        job.state.save(job.state_path)
-
-
-def _no_sync(fd: int) -> None:
-    """Without --fsync: the kernel keeps what was written if the fetch process dies."""
+    job.save(sync)
 
 
 def _saved(job: Job, sync: Callable[[int], None]) -> str:
@@ -180,7 +173,7 @@ def report(client: Calls, request: FetchRequest, info: dict[str, Any], job: Job,
     if state.errors:
         if job.state_path is not None:
             try:
-                state.record_bytes = record.checkpoint(_no_sync)
+                state.record_bytes = record.checkpoint(no_sync)
                 state.save(job.state_path)
             except OSError as exc:
                 raise os_error(job.state_path, "save the resume state", exc) from exc

@@ -22,7 +22,7 @@ from dumpd.fetch.aiowrite import AsyncFiles
 from dumpd.fetch.kdumpcopy import SAVE, KdumpCopy, Pass, prepare
 from dumpd.fetch.kdumpout import FileSink
 from dumpd.fetch.loopclient import LoopClient, off_loop
-from dumpd.fetch.output import Output
+from dumpd.fetch.output import Output, no_sync
 from dumpd.fetch.report import saved_note, say_stopped
 from dumpd.fetch.start import Target
 
@@ -77,7 +77,7 @@ class _Async:
             return status
         seconds = copy.progress.finish()
         await self.files.close()  # the record is the report's to finish now
-        sync = os.fdatasync if self.files.fsync else _no_sync
+        sync = os.fdatasync if self.files.fsync else no_sync
         return await off_loop(self.executor, copy.report, seconds, sync)
 
     async def _copy(self) -> None:
@@ -124,7 +124,3 @@ class _Async:
         except SinkError as exc:
             return saved_note(self.copy.job.state_path, exc)
         return saved_note(self.copy.job.state_path, None)
-
-
-def _no_sync(fd: int) -> None:
-    """Without fsync: the kernel keeps what was written if the program dies."""

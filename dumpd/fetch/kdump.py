@@ -28,7 +28,7 @@ from dumpd.client import Client, RemoteError
 from dumpd.client.pieces import SinkError
 from dumpd.fetch.kdumpcopy import CHECKPOINT, SAVE, KdumpCopy, Pass, prepare
 from dumpd.fetch.kdumpout import FileSink, FlatSink
-from dumpd.fetch.output import Output, blamed
+from dumpd.fetch.output import Output, blamed, no_sync
 from dumpd.fetch.report import saved_note, say_stopped
 from dumpd.fetch.start import Target
 
@@ -55,7 +55,7 @@ class _Blocking:
     def __init__(self, client: Client, copy: KdumpCopy) -> None:
         self.client, self.copy = client, copy
         fsync = copy.request.fsync and copy.job.state_path
-        self.sync = os.fdatasync if fsync else _no_sync
+        self.sync = os.fdatasync if fsync else no_sync
 
     def run(self) -> int:
         copy = self.copy
@@ -107,7 +107,3 @@ class _Blocking:
         except SinkError as exc:
             return saved_note(self.copy.job.state_path, exc)
         return saved_note(self.copy.job.state_path, None)
-
-
-def _no_sync(fd: int) -> None:
-    """Without --fsync: the kernel keeps what was written if the fetch process dies."""

@@ -30,7 +30,7 @@ from dumpd.fetch.elfrange import CHECKPOINT_SECONDS, stream_ended
 from dumpd.fetch.kdumpcheck import RunHashes, verify
 from dumpd.fetch.kdumpout import FileSink, FlatSink
 from dumpd.fetch.kdumpplan import Run, dumped, make_plan, present, runs
-from dumpd.fetch.output import NO_SPACE, Output, blamed, os_error
+from dumpd.fetch.output import NO_SPACE, Output, os_error
 from dumpd.fetch.progress import Progress, rate, size
 from dumpd.fetch.report import say_incomplete
 from dumpd.fetch.start import Job, Target, identity, open_copy
@@ -266,13 +266,7 @@ class KdumpCopy:
 
     def save(self, sync: Callable[[int], None]) -> None:
         """The state saved, blocking (the record's runs first, synced by `sync`)."""
-        job = self.job
-        if job.state_path is None:
-            return
-        with blamed(job.record.path):
-            job.state.record_bytes = job.record.checkpoint(sync)
-        with blamed(job.state_path):
-            job.state.save(job.state_path)
+        self.job.save(sync)
 
     def may_checkpoint(self) -> bool:
         """Whether a failure's checkpoint may be saved (the feed between pages)."""

@@ -91,6 +91,10 @@ def look(path: str, served: Served) -> os.stat_result | None:
     return st
 
 
+def no_sync(fd: int) -> None:
+    """Without --fsync: the kernel keeps what was written if the fetch process dies."""
+
+
 @contextlib.contextmanager
 def blamed(filename: str | None = None) -> Iterator[None]:
     """An OSError inside is a SinkError naming `filename` (None: the copy)."""

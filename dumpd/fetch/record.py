@@ -39,7 +39,7 @@ from typing import IO, Any, Literal
 from dumpd.client import RemoteError
 from dumpd.errors import StartupError
 from dumpd.fetch.calls import Calls
-from dumpd.fetch.output import Served, look
+from dumpd.fetch.output import Served, look, no_sync
 from dumpd.sources.base import Segment, build_file_map
 
 SUFFIX = ".dumpd-holes"
@@ -223,7 +223,7 @@ class Record:
     def finish(self, client: Calls, info: dict[str, Any]) -> dict[str, int]:
         """Rewrite the record of a complete copy with the hook's reasons; its pages by
         final reason. OSError when the record cannot be written."""
-        self.checkpoint(_no_sync)
+        self.checkpoint(no_sync)
         self.close()
         if self.path is None or not self.vouched:
             return self.counted()
@@ -356,7 +356,3 @@ def _header(path: str) -> dict[str, Any] | None:
 
 def _line(item: object) -> bytes:
     return (json.dumps(item) + "\n").encode()
-
-
-def _no_sync(fd: int) -> None:
-    """The record of a complete copy is rewritten, then renamed: no sync needed here."""

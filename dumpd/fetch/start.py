@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from dumpd.codecs import Codec
 from dumpd.errors import StartupError
 from dumpd.fetch import output as out_mod
 from dumpd.fetch.calls import Calls
-from dumpd.fetch.output import STDOUT, Output, Served, look, os_error
+from dumpd.fetch.output import STDOUT, Output, Served, blamed, look, os_error
 from dumpd.fetch.record import PageMap, Record
 from dumpd.fetch.state import SUFFIX, FetchState
 from dumpd.fetch.wire import wire_codec
@@ -61,6 +62,16 @@ class Job:
     state_path: str | None
     record: Record
     codec: Codec | None = None  # what the server compresses an ELF copy's stream with
+
+    def save(self, sync: Callable[[int], None]) -> None:
+        """The record's runs written (synced by `sync`), then the state saved (none to
+        save without a `state_path`); SinkError names the file that failed."""
+        if self.state_path is None:
+            return
+        with blamed(self.record.path):
+            self.state.record_bytes = self.record.checkpoint(sync)
+        with blamed(self.state_path):
+            self.state.save(self.state_path)
 
 
 @dataclass(frozen=True, slots=True)
